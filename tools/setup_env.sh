@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root and install uniperceiver (editable) with its test extras.
+#
+#   bash tools/setup_env.sh            # CPU machine (pins the torch build that lies on local disk)
+#   TORCH_SPEC="" bash tools/setup_env.sh   # keep whatever torch the venv already has (GPU users)
+#
+# The torch pin is this machine's fact, not a requirement of the package: setup.py accepts a wide
+# range so GPU clusters keep their own CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC-"torch==2.14.1 torchvision==0.29.1"}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+if [ -n "$TORCH_SPEC" ]; then
+    # shellcheck disable=SC2086
+    .venv/bin/python -m pip install -q $TORCH_SPEC
+fi
+.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -c "import uniperceiver, torch; print('uniperceiver', uniperceiver.__version__, 'torch', torch.__version__)"
