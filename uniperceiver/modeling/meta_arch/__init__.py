@@ -1,0 +1,6 @@
+"""Meta architectures; importing this package registers them."""
+import importlib
+import pkgutil
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

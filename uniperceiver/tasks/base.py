@@ -1,0 +1,69 @@
+"""The Task interface: a task owns its data, input packing, loss and evaluator name.
+
+The model and the trainer never branch on task names or types; they only call these methods.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Dict, List
+
+import torch
+
+from uniperceiver.config import ConfigError
+from uniperceiver.utils.registry import Registry
+
+TASK_REGISTRY = Registry("TASK")
+TASK_REGISTRY.__doc__ = "Task families keyed by DATASETS.TASK_TYPE; built as cls(task_cfg, root_cfg)."
+
+
+class Task:
+    """Base class of task families.  Subclasses set ``family`` / ``default_evaluator`` / ``attributes``."""
+
+    family: str = ""
+    default_evaluator: str = ""
+    # Token attributes for attribute-routed MoE, e.g. {"modality": "image", "task": "classification"}.
+    attributes: Dict[str, str] = {}
+
+    def __init__(self, task_cfg, root_cfg):
+        self.name: str = task_cfg.NAME
+        self.cfg = task_cfg
+        self.root_cfg = root_cfg
+        self.loss_weight: float = float(task_cfg.LOSSES.LOSS_WEIGHT)
+
+    @property
+    def evaluator_name(self) -> str:
+        return self.cfg.INFERENCE.NAME or self.default_evaluator
+
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        """The torch Dataset of ``split`` ("train", "val" or "test")."""
+        raise NotImplementedError
+
+    def collate(self, samples: List[Any]) -> Dict[str, Any]:
+        """Samples of ``build_dataset`` -> one batch of CPU tensors."""
+        return torch.utils.data.default_collate(samples)
+
+    def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """``{"loss_<NAME>": scalar}`` already multiplied by LOSSES.LOSS_WEIGHT."""
+        raise NotImplementedError
+
+    def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """Evaluation outputs for this task's evaluator."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def build_task(task_cfg, root_cfg) -> Task:
+    family = task_cfg.DATASETS.TASK_TYPE
+    if family not in TASK_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in TASK_REGISTRY))
+        raise ConfigError(
+            f"TASKS.{task_cfg.NAME}.DATASETS.TASK_TYPE {family!r} is not a registered task family; "
+            f"registered: {known}"
+        )
+    return TASK_REGISTRY.get(family)(task_cfg, root_cfg)
+
+
+def build_tasks(cfg) -> "OrderedDict[str, Task]":
+    return OrderedDict((t.NAME, build_task(t, cfg)) for t in cfg.TASKS)
