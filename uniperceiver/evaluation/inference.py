@@ -1,0 +1,239 @@
+"""Run every task's evaluation sets through the model, sharded over ranks, and report the metrics.
+
+``inference_on_tasks`` is used by ``--eval-only`` (through ``run_eval_only``) and by the training-time
+``EvalHook``.  It needs no process group (one plain process) and under torchrun shards each split
+contiguously over the ranks without duplicating a sample; evaluators gather to rank 0.
+
+Result keys: the first of ``splits`` a task has gives ``results[task NAME]``; each later split gives
+``results["<task NAME>/<split>"]`` (so ``--eval-only`` on a task with VAL and TEST reports
+``coco_cap`` (val) and ``coco_cap/test``).  Each is written to ``OUTPUT_DIR/inference/<key>/results.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from contextlib import nullcontext
+from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .evaluator import build_evaluator
+from uniperceiver.utils import comm
+
+logger = logging.getLogger(__name__)
+
+SPLIT_KEYS = {"val": "VAL", "test": "TEST"}
+
+
+def shard_range(n: int, rank: int, world: int) -> Tuple[int, int]:
+    """Contiguous ``[start, end)`` of ``n`` samples for ``rank``: shards differ by at most one, never overlap."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+class InferenceSampler(Sampler):
+    """Sequential distributed sampler: rank r reads its contiguous shard once (no padding, no repeats)."""
+
+    def __init__(self, size: int, rank: int = None, world_size: int = None):
+        self.size = int(size)
+        rank = comm.get_rank() if rank is None else rank
+        world_size = comm.get_world_size() if world_size is None else world_size
+        self.start, self.end = shard_range(self.size, rank, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.end))
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors (nested in dicts / lists / tuples) moved to ``device``; everything else unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return type(obj)((k, to_device(v, device)) for k, v in obj.items()) if isinstance(obj, OrderedDict) \
+            else {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in obj):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def task_splits(task, splits: Sequence[str]) -> list:
+    """The splits of ``splits`` this task has data for (DATASETS.VAL / DATASETS.TEST non-empty)."""
+    out = []
+    for s in splits:
+        if s not in SPLIT_KEYS:
+            raise ValueError(f"unknown evaluation split {s!r}; use one of {sorted(SPLIT_KEYS)}")
+        if task.cfg.DATASETS.get(SPLIT_KEYS[s]):
+            out.append(s)
+    return out
+
+
+def _autocast(cfg, device: torch.device):
+    amp = cfg.SOLVER.AMP
+    if amp.ENABLED and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if amp.DTYPE == "bf16" else torch.float16)
+    return nullcontext()
+
+
+def inference_on_dataset(cfg, model, task, split: str) -> Dict[str, float]:
+    """Evaluate one split of one task; metrics on rank 0, ``{}`` on other ranks."""
+    dataset = task.build_dataset(split)
+    loader = DataLoader(
+        dataset,
+        batch_size=task.cfg.DATALOADER.TEST_BATCH_SIZE,
+        sampler=InferenceSampler(len(dataset)),
+        collate_fn=task.collate,
+        num_workers=task.cfg.DATALOADER.NUM_WORKERS,
+        pin_memory=model_device(model).type == "cuda",
+    )
+    evaluator = build_evaluator(task, split)
+    evaluator.reset()
+    device = model_device(model)
+    # Tasks that cache candidate encodings (class names, vocabulary) rebuild them here: weights may have
+    # changed since the last evaluation.
+    if hasattr(task, "start_inference"):
+        task.start_inference(model)
+    progress = _progress(loader, desc=f"eval {task.name}/{split}")
+    with torch.no_grad(), _autocast(cfg, device):
+        for batch in progress:
+            outputs = task.predict(model, to_device(batch, device))
+            evaluator.process(batch, outputs)
+    if hasattr(task, "end_inference"):
+        task.end_inference()
+    return evaluator.evaluate()
+
+
+def _progress(loader, desc: str):
+    if not comm.is_main_process():
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, total=len(loader), dynamic_ncols=True, leave=False)
+
+
+def _unwrap(model):
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def inference_on_tasks(cfg, model, tasks, splits: Sequence[str] = ("val", "test"),
+                       write: bool = True) -> Dict[str, Dict[str, float]]:
+    """``{key: {metric: value}}`` for every task (dict or list of Tasks) and split it has (see module doc).
+
+    Complete on rank 0; other ranks return ``{}``.  Writes ``OUTPUT_DIR/inference/<key>/results.json`` and
+    logs a table on rank 0 when ``write``.  The model's train/eval mode is restored afterwards.
+    """
+    model = _unwrap(model)
+    task_list = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    was_training = model.training
+    model.eval()
+    results: Dict[str, Dict[str, float]] = OrderedDict()
+    try:
+        for task in task_list:
+            for i, split in enumerate(task_splits(task, splits)):
+                key = task.name if i == 0 else f"{task.name}/{split}"
+                metrics = inference_on_dataset(cfg, model, task, split)
+                if comm.is_main_process():
+                    results[key] = {k: float(v) for k, v in metrics.items()}
+                    logger.info("Evaluated %s (%s split): %s", task.name, split, _fmt(results[key]))
+    finally:
+        model.train(was_training)
+    if comm.is_main_process() and write:
+        write_results(cfg.OUTPUT_DIR, results)
+        logger.info("Evaluation results:\n%s", results_table(results))
+    return results if comm.is_main_process() else {}
+
+
+def _fmt(metrics: Dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def write_results(output_dir: str, results: Dict[str, Dict[str, float]]) -> None:
+    """``OUTPUT_DIR/inference/<key>/results.json`` (flat metric -> number), written atomically."""
+    for key, metrics in results.items():
+        folder = os.path.join(output_dir, "inference", key)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "results.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(tmp, path)
+
+
+def results_table(results: Dict[str, Dict[str, float]]) -> str:
+    """A plain-text table: one row per task/split, one column per metric."""
+    if not results:
+        return "(no evaluation results)"
+    lines = []
+    for key, metrics in results.items():
+        cols = ["task".ljust(24)] + [k.rjust(max(8, len(k))) for k in metrics]
+        vals = [key.ljust(24)] + [f"{v:.2f}".rjust(max(8, len(k))) for k, v in metrics.items()]
+        lines += [" | ".join(cols), " | ".join(vals)]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------
+# --eval-only
+# ------------------------------------------------------------------------------------------------------
+def _device_for(cfg) -> torch.device:
+    if cfg.MODEL.DEVICE:
+        return torch.device(cfg.MODEL.DEVICE)
+    if torch.cuda.is_available():
+        return torch.device("cuda", comm.get_local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def write_tensorboard(output_dir: str, results: Dict[str, Dict[str, float]], step: int = 0) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=output_dir)
+    try:
+        for key, metrics in results.items():
+            for name, value in metrics.items():
+                writer.add_scalar(f"eval/{key}/{name}", value, step)
+    finally:
+        writer.close()
+
+
+def run_eval_only(cfg, args=None) -> Dict[str, Dict[str, float]]:
+    """``main.py --eval-only``: build the model and tasks, load MODEL.WEIGHTS, evaluate VAL and TEST sets.
+
+    Needs only the evaluation data and the weights: no training data, optimizer or trainer.  Works as one
+    plain process (no process group) and as N processes under torchrun (each evaluates its shard).
+    """
+    from uniperceiver.modeling import build_model
+    from uniperceiver.tasks import build_tasks
+
+    device = _device_for(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(cfg, model, cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("--eval-only without MODEL.WEIGHTS: evaluating randomly initialised weights")
+    model.to(device)
+    tasks = build_tasks(cfg)
+    results = inference_on_tasks(cfg, model, tasks, splits=("val", "test"))
+    if comm.is_main_process():
+        write_tensorboard(cfg.OUTPUT_DIR, results)
+    comm.synchronize()
+    return results
+
+
+def load_weights(cfg, model, path: str) -> None:
+    """Weights only, through the project's checkpointer (strict keys, resize rules, weights_only load)."""
+    from uniperceiver.checkpoint import Checkpointer
+
+    Checkpointer(model, save_dir=cfg.OUTPUT_DIR).load_weights(path)
