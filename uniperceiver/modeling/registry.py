@@ -5,9 +5,12 @@ from uniperceiver.config import ConfigError
 from uniperceiver.utils.registry import Registry
 
 MODEL_REGISTRY = Registry("MODEL")
-MODEL_REGISTRY.__doc__ = "Meta architectures, picked by MODEL.META_ARCHITECTURE; built as cls(cfg)."
+MODEL_REGISTRY.__doc__ = (
+    "Meta architectures, picked by MODEL.META_ARCHITECTURE; built as cls(**cls.from_config(cfg)) when the "
+    "class has from_config, else cls(cfg)."
+)
 ENCODER_REGISTRY = Registry("ENCODER")
-ENCODER_REGISTRY.__doc__ = "Shared encoders, picked by MODEL.ENCODER; built as cls(cfg)."
+ENCODER_REGISTRY.__doc__ = "Shared encoders, picked by MODEL.ENCODER; built as cls(**cls.from_config(cfg))."
 
 
 def build_model(cfg) -> nn.Module:
@@ -16,4 +19,7 @@ def build_model(cfg) -> nn.Module:
     if name not in MODEL_REGISTRY:
         known = ", ".join(sorted(k for k, _ in MODEL_REGISTRY))
         raise ConfigError(f"MODEL.META_ARCHITECTURE {name!r} is not registered; registered: {known}")
-    return MODEL_REGISTRY.get(name)(cfg)
+    cls = MODEL_REGISTRY.get(name)
+    if hasattr(cls, "from_config"):
+        return cls(**cls.from_config(cfg))
+    return cls(cfg)

@@ -1,0 +1,226 @@
+"""Uni-Perceiver (Zhu et al., "Uni-Perceiver: Pre-training Unified Architecture for Generic Perception for
+Zero-shot and Few-shot Tasks", CVPR 2022): light tokenizers, one shared transformer, a unified predictor.
+
+Every input is one sequence ``[<spe>, visual tokens, text tokens, query tokens]``; the predictor's output at
+``<spe>`` is the sequence representation, at text positions the MLM predictions, at query positions the
+captioning predictions.  Candidates (class names, vocabulary words, paired captions) are encoded as short
+text sequences with :meth:`UniPerceiver.encode_targets` and scored by :meth:`UniPerceiver.logits`.
+
+Attention pattern (True = may attend), with ``V`` visual, ``L`` text and ``Q`` query tokens:
+* everything sees ``<spe>`` and the visual tokens; nothing sees text padding;
+* ``causal_text=False``: ``<spe>``, visual and text tokens see all text;
+* ``causal_text=True``: ``<spe>`` and visual tokens see no text, text token j sees text tokens <= j;
+* query i sees text tokens < i and itself; no other token sees a query.
+No padding, no causal text and no queries -> ``attn_mask=None`` (the fused-kernel path).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import torch
+import torch.nn as nn
+
+from uniperceiver.config import ConfigError
+
+from ..embeddings import UnifiedEmbedding, resize_table_1d, resize_table_2d
+from ..encoder import build_encoder
+from ..predictor import Predictor, temp_names_from_cfg
+from ..registry import MODEL_REGISTRY
+from ..tokenization import SPE_ID, VOCAB_SIZE, ClipTokenizer, get_tokenizer
+
+
+def attention_mask(
+    batch: int,
+    num_visual: int,
+    num_text: int,
+    num_queries: int,
+    causal_text: bool,
+    text_mask: Optional[torch.Tensor],
+    device: torch.device,
+) -> Optional[torch.Tensor]:
+    """Boolean mask broadcastable to ``[B, heads, S, S]`` (True = may attend), or None when all may."""
+    structured = num_queries > 0 or (causal_text and num_text > 0)
+    key_valid = None
+    if text_mask is not None and num_text > 0:
+        ctx = torch.ones(batch, 1 + num_visual, dtype=torch.bool, device=device)
+        parts = [ctx, text_mask.to(device=device, dtype=torch.bool)]
+        if num_queries:
+            parts.append(torch.ones(batch, num_queries, dtype=torch.bool, device=device))
+        key_valid = torch.cat(parts, dim=1)  # [B, S]
+    if not structured:
+        return None if key_valid is None else key_valid[:, None, None, :]
+    ctx, s = 1 + num_visual, 1 + num_visual + num_text + num_queries
+    allowed = torch.zeros(s, s, dtype=torch.bool, device=device)
+    allowed[:, :ctx] = True
+    t0, q0 = ctx, ctx + num_text
+    if num_text:
+        if causal_text:
+            allowed[t0:q0, t0:q0] = torch.ones(num_text, num_text, dtype=torch.bool, device=device).tril()
+        else:
+            allowed[:q0, t0:q0] = True
+    if num_queries:
+        # query i sees text tokens < i: strictly lower-triangular block over the first min(Q, L) text columns.
+        allowed[q0:, t0:q0] = torch.ones(num_queries, num_text, dtype=torch.bool, device=device).tril(-1)
+        allowed[q0:, q0:] = torch.eye(num_queries, dtype=torch.bool, device=device)
+    if key_valid is None:
+        return allowed[None, None]
+    return (allowed[None] & key_valid[:, None, :])[:, None]
+
+
+@MODEL_REGISTRY.register()
+class UniPerceiver(nn.Module):
+    """The dense Uni-Perceiver; see the module docstring and ARCHITECTURE.md ("Model")."""
+
+    def __init__(self, *, embed: UnifiedEmbedding, encoder: nn.Module, predictor: Predictor, init_std: float = 0.02):
+        super().__init__()
+        self.embed = embed
+        self.encoder = encoder
+        self.predictor = predictor
+        self.init_std = init_std
+        self.apply(self._init_weights)
+        for name in ("text_pos_embed", "temporal_pos_embed", "spatial_pos_embed"):
+            table = getattr(self.embed, name)
+            if isinstance(table, nn.Parameter):
+                nn.init.trunc_normal_(table, std=init_std)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        m, bert = cfg.MODEL, cfg.MODEL.BERT
+        if m.VOCAB_SIZE < VOCAB_SIZE:
+            raise ConfigError(f"MODEL.VOCAB_SIZE {m.VOCAB_SIZE} < the tokenizer's {VOCAB_SIZE} ids")
+        if m.IMG_INPUT_SIZE % m.PATCH_SIZE:
+            raise ConfigError(f"MODEL.IMG_INPUT_SIZE {m.IMG_INPUT_SIZE} is not a multiple of MODEL.PATCH_SIZE {m.PATCH_SIZE}")
+        embed = UnifiedEmbedding(
+            dim=bert.HIDDEN_SIZE,
+            vocab_size=m.VOCAB_SIZE,
+            img_size=m.IMG_INPUT_SIZE,
+            patch_size=m.PATCH_SIZE,
+            max_frames=m.MAX_FRAMES,
+            max_positions=m.MAX_POSITION_EMBEDDINGS,
+            type_vocab_size=m.TYPE_VOCAB_SIZE,
+            fixed_spatial=m.POSEMBEDFIX,
+            posembed_scale=m.POSEMBED_SCALE,
+            norm_eps=bert.LAYER_NORM_EPS,
+            spe_id=SPE_ID,
+        )
+        predictor = Predictor(
+            bert.HIDDEN_SIZE,
+            temp_names=temp_names_from_cfg(cfg),
+            logit_scale_init=m.LOGIT_SCALE_INIT,
+            logit_scale_max=m.LOGIT_SCALE_MAX,
+            norm_eps=bert.LAYER_NORM_EPS,
+        )
+        return dict(embed=embed, encoder=build_encoder(cfg), predictor=predictor, init_std=bert.INITIALIZER_RANGE)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=self.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.trunc_normal_(module.weight, std=self.init_std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # --------------------------------------------------------------------------------------------- API
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        """The process-wide CLIP BPE tokenizer (not a submodule: deep copies / EMA do not duplicate it)."""
+        return get_tokenizer()
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
+
+    def encode(
+        self,
+        images: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        num_queries: int = 0,
+        causal_text: bool = False,
+        attributes: Optional[Dict[str, Any]] = None,
+    ) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+        """Encoder output ``[B, S, D]`` (before the predictor) and the layout ``(V, L, Q)``."""
+        x = self.embed(images, text, num_queries)
+        num_text = text.shape[1] if text is not None else 0
+        num_visual = x.shape[1] - 1 - num_text - num_queries
+        mask = attention_mask(x.shape[0], num_visual, num_text, num_queries, causal_text, text_mask, x.device)
+        return self.encoder(x, mask, attributes), (num_visual, num_text, num_queries)
+
+    def forward(
+        self,
+        images: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        num_queries: int = 0,
+        causal_text: bool = False,
+        attributes: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Optional[torch.Tensor]]:
+        """``{"spe": [B, D], "text": [B, L, D] or None, "queries": [B, Q, D] or None}``, L2-normalised."""
+        x, (num_visual, num_text, num_queries) = self.encode(images, text, text_mask, num_queries, causal_text, attributes)
+        t0 = 1 + num_visual
+        return {
+            "spe": self.predictor(x[:, 0]),
+            "text": self.predictor(x[:, t0 : t0 + num_text]) if num_text else None,
+            "queries": self.predictor(x[:, t0 + num_text :]) if num_queries else None,
+        }
+
+    def encode_targets(
+        self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None, attributes: Optional[Dict[str, Any]] = None
+    ) -> torch.Tensor:
+        """``[N, Lt]`` candidate token sequences -> ``[N, D]`` L2-normalised ``<spe>`` representations."""
+        x, _ = self.encode(text=ids, text_mask=mask, attributes=attributes)
+        return self.predictor(x[:, 0])
+
+    def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = "default") -> torch.Tensor:
+        """``[..., D] x [N, D] -> [..., N]``: cosine similarity * exp(logit_scale[temp_name]) (clamped)."""
+        return self.predictor.logits(query, targets, temp_name)
+
+    def layer_id(self, param_name: str) -> int:
+        """0 = embeddings, 1..num_layers = encoder blocks, num_layers + 1 = predictor (layer-wise LR decay)."""
+        if param_name.startswith("embed."):
+            return 0
+        if param_name.startswith("encoder."):
+            return self.encoder.layer_id(param_name[len("encoder.") :])
+        return self.num_layers + 1
+
+    def no_weight_decay(self) -> Set[str]:
+        """Embedding tables, logit scales and LayerScale gammas (norms and biases: the optimizer's 1-D rule)."""
+        skip = {"embed.token_embedding.weight", "embed.type_embedding.weight", "embed.text_pos_embed", "embed.temporal_pos_embed"}
+        if isinstance(self.embed.spatial_pos_embed, nn.Parameter):
+            skip.add("embed.spatial_pos_embed")
+        for name, _ in self.named_parameters():
+            if name.startswith("predictor.logit_scale.") or name.endswith(".gamma"):
+                skip.add(name)
+        return skip
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    @staticmethod
+    def resize_rules() -> List[Tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]]:
+        """``(regex over parameter names, fn(loaded, current) -> tensor)`` for learned tables whose size may
+        differ between a checkpoint and this model: 1D tables resampled linearly, the learned 2D spatial
+        table bilinearly.  (The frozen sin-cos table is not in the state dict: it is rebuilt.)"""
+        return [
+            (r"(^|\.)embed\.text_pos_embed$", resize_table_1d),
+            (r"(^|\.)embed\.temporal_pos_embed$", resize_table_1d),
+            (r"(^|\.)embed\.spatial_pos_embed$", resize_table_2d),
+        ]
+
+
+def apply_resize_rules(model: UniPerceiver, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A copy of ``state_dict`` with mismatched learned tables resized by ``model.resize_rules()`` (the
+    checkpointer does this itself; this helper is for scripts and tests)."""
+    current = model.state_dict()
+    out = dict(state_dict)
+    for name, tensor in state_dict.items():
+        if name in current and current[name].shape != tensor.shape:
+            for pattern, fn in model.resize_rules():
+                if re.search(pattern, name):
+                    out[name] = fn(tensor, current[name])
+                    break
+    return out

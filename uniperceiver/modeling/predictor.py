@@ -1,0 +1,72 @@
+"""Uni-Perceiver's unified predictor: project ``<spe>`` / query features into a shared space and score
+them against encoded candidates by cosine similarity times a learnable per-task-family temperature.
+
+The logit scales are created at build time (one per distinct ``MODEL.TEMP_NAME`` of ``cfg.TASKS`` plus
+``"default"``), so DDP and the optimizer see every parameter from the start; they are named
+``predictor.logit_scale.<name>`` so the optimizer's ``logit_scale`` no-decay pattern matches them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_TEMP_NAME = "default"
+
+
+def temp_names_from_cfg(cfg) -> list:
+    """``"default"`` plus every task's ``MODEL.TEMP_NAME`` (sorted, unique)."""
+    from uniperceiver.config import ConfigError
+
+    names = {DEFAULT_TEMP_NAME}
+    for task in cfg.TASKS:
+        name = task.MODEL.TEMP_NAME if "MODEL" in task and "TEMP_NAME" in task.MODEL else ""
+        if name:
+            if "." in name or not name.isidentifier():
+                raise ConfigError(f"TASKS.{task.NAME}.MODEL.TEMP_NAME {name!r} must be an identifier (no dots)")
+            names.add(name)
+    return sorted(names)
+
+
+class Predictor(nn.Module):
+    """LayerNorm + Linear + L2 normalisation; ``logits`` = cosine * exp(logit_scale[name]) (clamped)."""
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int = 0,
+        *,
+        temp_names: Iterable[str] = (DEFAULT_TEMP_NAME,),
+        logit_scale_init: float = 1 / 0.07,
+        logit_scale_max: float = 100.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.proj = nn.Linear(dim, out_dim or dim)
+        names = sorted(set(temp_names) | {DEFAULT_TEMP_NAME})
+        self.logit_scale = nn.ParameterDict(
+            {n: nn.Parameter(torch.tensor(math.log(logit_scale_init))) for n in names}
+        )
+        self.logit_scale_init = logit_scale_init
+        self.log_scale_max = math.log(logit_scale_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., dim] -> [..., out_dim], unit L2 norm."""
+        return F.normalize(self.proj(self.norm(x)), dim=-1)
+
+    def scale(self, temp_name: str) -> torch.Tensor:
+        name = temp_name or DEFAULT_TEMP_NAME
+        if name not in self.logit_scale:
+            raise KeyError(
+                f"no logit scale named {name!r}; known: {', '.join(self.logit_scale.keys())} "
+                "(scales are created from the TEMP_NAMEs of cfg.TASKS when the model is built)"
+            )
+        return self.logit_scale[name].clamp(max=self.log_scale_max).exp()
+
+    def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = DEFAULT_TEMP_NAME) -> torch.Tensor:
+        """[..., D] x [N, D] -> [..., N] scaled cosine similarities."""
+        return (query @ targets.t().to(query.dtype)) * self.scale(temp_name).to(query.dtype)
