@@ -1,0 +1,128 @@
+"""Shared pieces of the on-disk readers: annotation-file checks, image loading, bad-sample accounting.
+
+A reader is a ``torch.utils.data.Dataset`` over a list of records read once at construction.  A record whose
+image cannot be read (missing, truncated, not an image) is *skipped*: the reader logs it, counts it and
+returns the next readable record instead, so batch shapes stay fixed (retrieval gathers equal shapes across
+ranks).  When the bad records exceed ``max_bad_fraction`` the reader raises :class:`TooManyBadSamples` — of
+every record read so far once at least ``MIN_SAMPLES_FOR_FRACTION`` were read, or of the whole dataset at any
+time (distinct files, so re-reading one bad file every epoch does not add up).  Counts are per process
+(each DataLoader worker checks its own share).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, List, Optional, Set
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from uniperceiver.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Below this many reads, only the whole-dataset budget can stop training (one early bad file is not 100%).
+MIN_SAMPLES_FOR_FRACTION = 100
+# Log the first bad files one by one, then only every LOG_EVERY-th.
+_LOG_FIRST = 10
+_LOG_EVERY = 100
+
+
+class TooManyBadSamples(RuntimeError):
+    """More than DATALOADER.MAX_BAD_FRACTION of the samples could not be read."""
+
+
+def check_annotation_file(path: str, config_key: str) -> str:
+    """Fail at start-up, naming the path and the config key, when an annotation file is missing."""
+    if not path or not os.path.isfile(path):
+        raise ConfigError(
+            f"annotation file not found: {path or '<empty>'} (set by {config_key}; see PREPARE_DATA.md, "
+            f"or run tools/check_data.py --config-file <cfg>)"
+        )
+    return path
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file fully (so truncation is detected here, not in a transform) as RGB."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+class ImageRecordsDataset(torch.utils.data.Dataset):
+    """Base of image readers: ``records`` hold an ``image`` path; subclasses build samples in ``make_sample``.
+
+    Args:
+        records: one dict per sample, each with an "image" path (absolute or relative to ``image_root``).
+        image_root: folder that relative image paths are taken under.
+        transform: PIL image -> tensor.
+        max_bad_fraction: stop (raise) when more than this fraction of records are unreadable.
+        name: shown in log lines and errors.
+    """
+
+    def __init__(
+        self,
+        records: List[dict],
+        *,
+        image_root: str = "",
+        transform: Optional[Callable] = None,
+        max_bad_fraction: float = 0.01,
+        name: str = "",
+    ):
+        self.records = records
+        self.image_root = image_root
+        self.transform = transform
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.name = name or type(self).__name__
+        self.num_read = 0
+        self.num_bad = 0
+        self.bad_paths: Set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, record: dict) -> str:
+        path = record["image"]
+        return path if os.path.isabs(path) else os.path.join(self.image_root, path)
+
+    def _mark_bad(self, path: str, err: Exception) -> None:
+        self.num_bad += 1
+        self.bad_paths.add(path)
+        if self.num_bad <= _LOG_FIRST or self.num_bad % _LOG_EVERY == 0:
+            logger.warning(
+                "%s: skipping unreadable image %s (%s: %s); %d bad of %d read",
+                self.name, path, type(err).__name__, err, self.num_bad, self.num_read,
+            )
+        too_many_seen = self.num_read >= MIN_SAMPLES_FOR_FRACTION and (
+            self.num_bad > self.max_bad_fraction * self.num_read
+        )
+        too_many_total = len(self.bad_paths) > self.max_bad_fraction * len(self)
+        if too_many_seen or too_many_total:
+            raise TooManyBadSamples(
+                f"{self.name}: {self.num_bad} of {self.num_read} images read so far are unreadable (dataset "
+                f"size {len(self)}), more than DATALOADER.MAX_BAD_FRACTION={self.max_bad_fraction}; last: "
+                f"{path}. Fix the data (tools/check_data.py) or raise the fraction."
+            )
+
+    def read_image(self, record: dict) -> Optional[Any]:
+        """The transformed image of ``record``, or None (counted and logged) when it cannot be read."""
+        path = self.image_path(record)
+        self.num_read += 1
+        try:
+            image = load_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            self._mark_bad(path, err)
+            return None
+        return self.transform(image) if self.transform is not None else image
+
+    def make_sample(self, index: int, record: dict, image: Any) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.records)
+        for offset in range(n):
+            i = (index + offset) % n
+            image = self.read_image(self.records[i])
+            if image is not None:
+                return self.make_sample(i, self.records[i], image)
+        raise TooManyBadSamples(f"{self.name}: no readable image in the whole dataset ({n} records)")

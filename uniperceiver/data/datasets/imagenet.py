@@ -1,0 +1,69 @@
+"""ImageNet-style classification: a JPEG tree plus ``meta/<split>.txt`` lines "relative/path label".
+
+Layout (``PREPARE_DATA.md``)::
+
+    imagenet/train/n01440764/n01440764_10026.JPEG ...      # DATALOADER.FEATS_FOLDER = imagenet
+    imagenet/meta/train.txt  "train/n01440764/n01440764_10026.JPEG 0"   # ANNO_FOLDER = imagenet/meta
+    imagenet/meta/val.txt    "val/ILSVRC2012_val_00000001.JPEG 65"
+    imagenet/classnames.txt  one class name per line, line i = label i   # a SHARED_TARGETS FILE_PATH
+
+ImageNet-22k uses the same format with 21841 classes.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from .base import ImageRecordsDataset, check_annotation_file
+
+
+def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN") -> List[dict]:
+    """Parse "relative/path label" lines (the path may contain spaces: the label is the last field)."""
+    check_annotation_file(path, config_key)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise ValueError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
+            records.append({"image": parts[0], "label": int(parts[1])})
+    return records
+
+
+def read_class_names(path: str, config_key: str = "SHARED_TARGETS.FILE_PATH") -> List[str]:
+    """One class name per line; line i names label i.  Synonyms after a comma are dropped ("tench, Tinca")."""
+    check_annotation_file(path, config_key)
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f]
+    while names and not names[-1]:
+        names.pop()
+    return [n.split(",")[0].strip() for n in names]
+
+
+class ImageNetDataset(ImageRecordsDataset):
+    """Samples ``{"image": tensor, "label": int, "image_id": relative path, "index": int}``."""
+
+    def __init__(
+        self,
+        meta_file: str,
+        image_root: str,
+        *,
+        transform: Optional[Callable] = None,
+        max_bad_fraction: float = 0.01,
+        config_key: str = "DATASETS.TRAIN",
+        name: str = "",
+    ):
+        records = read_image_label_list(meta_file, config_key)
+        super().__init__(
+            records, image_root=image_root, transform=transform, max_bad_fraction=max_bad_fraction,
+            name=name or f"imagenet:{meta_file}",
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return 1 + max((r["label"] for r in self.records), default=-1)
+
+    def make_sample(self, index: int, record: dict, image) -> dict:
+        return {"image": image, "label": record["label"], "image_id": record["image"], "index": index}
