@@ -1,0 +1,60 @@
+"""Train or evaluate uniperceiver.
+
+One process (CPU or one GPU):
+    python main.py --config-file configs/quick_schedules/instant.yaml OUTPUT_DIR work_dirs/instant
+N local processes, spawned:
+    python main.py --num-gpus 2 --config-file CFG OUTPUT_DIR work_dirs/exp
+torchrun / torch.distributed.launch (single or multi node):
+    torchrun --nproc_per_node 8 main.py --config-file CFG OUTPUT_DIR work_dirs/exp
+    python -m torch.distributed.launch --nproc_per_node=8 --master_port=26511 \
+        main.py --num-gpus 8 --config-file CFG SOLVER.ACCUM_ITER 2 OUTPUT_DIR work_dirs/exp
+Slurm (srun sets SLURM_PROCID / SLURM_NTASKS): sh run.sh CFG JOBNAME GPUS PARTITION
+Resume from OUTPUT_DIR/last_checkpoint: add --resume.  Evaluate only: add --eval-only.
+Overrides: KEY VALUE pairs after the flags, incl. one task's keys: TASKS.<NAME>.DATALOADER.TRAIN_BATCH_SIZE 32.
+"""
+import logging
+import sys
+
+from uniperceiver.config import ConfigError, setup_cfg
+from uniperceiver.engine import default_argument_parser, default_setup, launch, train
+from uniperceiver.engine.defaults import run_is_finished
+
+
+def setup(args):
+    """The frozen config; None when ``--resume`` finds a finished run (nothing is written then)."""
+    cfg = setup_cfg(args.config_file, args.opts)
+    if args.resume and not args.eval_only and run_is_finished(cfg):
+        print(f"{cfg.OUTPUT_DIR}: training already reached SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}; nothing to do")
+        return None
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if cfg is None:
+        return 0
+    if args.eval_only:
+        from uniperceiver.evaluation.inference import run_eval_only
+
+        return run_eval_only(cfg, args)
+    return train(cfg, resume=args.resume)
+
+
+def run(argv=None) -> int:
+    args = default_argument_parser(__doc__).parse_args(argv)
+    try:
+        setup_cfg(args.config_file, args.opts)  # fail fast, before any process is spawned
+        result = launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                        dist_url=args.dist_url, args=(args,), local_rank_arg=args.local_rank)
+    except ConfigError as e:  # user errors (config, checkpoint mismatch): one line, exit 2
+        if args.debug:
+            raise
+        logging.getLogger("uniperceiver").debug("user error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

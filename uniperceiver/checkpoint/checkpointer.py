@@ -1,0 +1,247 @@
+"""Checkpoints with fvcore semantics: ``model_XXXXXXX.pth`` / ``model_final.pth`` + a ``last_checkpoint`` tag.
+
+* A checkpoint is a dict: ``"model"`` (state dict), one entry per checkpointable (optimizer, scheduler, ...),
+  and extras such as ``"iteration"``.  Everything is tensors or plain types: ``torch.load(p, weights_only=True)``
+  reads it in a fresh process.
+* :meth:`Checkpointer.save` is COLLECTIVE: every rank calls it (checkpointables may gather per-rank state);
+  only the main rank writes, atomically (temp file + ``os.replace``; the tag is written after the file).
+* :meth:`Checkpointer.resume_or_load`: ``resume=True`` with a tag restores everything; otherwise ``path``
+  (MODEL.WEIGHTS) is loaded as weights only, strictly: missing / unexpected keys and shape mismatches are a
+  :class:`CheckpointError` naming them, unless matched by ``ignore`` regexes (MODEL.WEIGHTS_IGNORE) or, for
+  shape mismatches, by ``model.resize_rules()`` -> ``[(regex, fn(loaded, current) -> tensor), ...]``.
+* A corrupt or truncated last checkpoint is logged and the newest readable older one is used instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from uniperceiver.config import ConfigError
+from uniperceiver.utils import comm
+
+logger = logging.getLogger(__name__)
+
+TAG_FILE = "last_checkpoint"
+_PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that does not fit the model (a user error: main.py prints one line, exit code 2)."""
+
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on CPU; a non-dict is wrapped as ``{"model": obj}``."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
+    if "model" not in data:
+        data = {"model": data}
+    return data
+
+
+def _strip_prefix(state: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def match_state_dict(model: nn.Module, loaded: Dict[str, torch.Tensor], ignore: Sequence[str] = (),
+                     resize_rules: Sequence[Tuple[str, Callable]] = ()) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[str]]]:
+    """Check ``loaded`` against ``model.state_dict()``; return (state to load, report).
+
+    report: ``{"loaded", "ignored", "resized", "missing_ignored", "unexpected_ignored"}`` key lists.  Any key
+    that cannot be explained raises :class:`CheckpointError` naming all of them.
+    """
+    current = model.state_dict()
+    ignore_re = [re.compile(p) for p in ignore]
+    rules = [(re.compile(p), fn) for p, fn in resize_rules]
+    ignored = lambda k: any(r.search(k) for r in ignore_re)  # noqa: E731
+    out: Dict[str, torch.Tensor] = {}
+    report: Dict[str, List[str]] = {k: [] for k in ("loaded", "resized", "ignored", "missing_ignored",
+                                                    "unexpected_ignored")}
+    errors: List[str] = []
+    for key, value in loaded.items():
+        if key not in current:
+            (report["unexpected_ignored"].append(key) if ignored(key) else errors.append(f"unexpected key {key}"))
+            continue
+        target = current[key]
+        if tuple(value.shape) != tuple(target.shape):
+            rule = next((fn for r, fn in rules if r.search(key)), None)
+            if rule is not None:
+                value = rule(value, target)
+                if tuple(value.shape) != tuple(target.shape):
+                    errors.append(f"resize rule for {key} returned shape {tuple(value.shape)}, "
+                                  f"model has {tuple(target.shape)}")
+                    continue
+                report["resized"].append(key)
+            elif ignored(key):
+                report["ignored"].append(key)
+                continue
+            else:
+                errors.append(f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
+                              f"model {tuple(target.shape)}")
+                continue
+        else:
+            report["loaded"].append(key)
+        out[key] = value.to(dtype=target.dtype)
+    for key in current:
+        if key not in loaded:
+            (report["missing_ignored"].append(key) if ignored(key) else errors.append(f"missing key {key}"))
+    if errors:
+        shown = "; ".join(errors[:20]) + (f"; ... ({len(errors) - 20} more)" if len(errors) > 20 else "")
+        raise CheckpointError(f"checkpoint does not match the model: {shown} "
+                              f"(allow keys with MODEL.WEIGHTS_IGNORE regexes)")
+    return out, report
+
+
+class Checkpointer:
+    """Saves / loads ``model`` plus named checkpointables (anything with ``state_dict`` / ``load_state_dict``)."""
+
+    def __init__(self, model: nn.Module, save_dir: str, *, save_to_disk: Optional[bool] = None,
+                 **checkpointables: Any):
+        self.model = getattr(model, "module", model)
+        self.save_dir = save_dir
+        self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
+        self.checkpointables = checkpointables
+
+    # ------------------------------------------------------------------------------------------- saving
+    def save(self, name: str, **extra: Any) -> Optional[str]:
+        """Write ``save_dir/<name>.pth`` and point the tag at it.  Collective: call on every rank."""
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(extra)
+        if not self.save_to_disk:
+            return None
+        os.makedirs(self.save_dir, exist_ok=True)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        _atomic_write(path, lambda tmp: torch.save(data, tmp))
+        self.tag_last_checkpoint(basename)
+        logger.info("Saved checkpoint to %s", path)
+        return path
+
+    def tag_last_checkpoint(self, basename: str) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(basename)
+
+        _atomic_write(os.path.join(self.save_dir, TAG_FILE), write)
+
+    # ------------------------------------------------------------------------------------------ finding
+    def has_checkpoint(self) -> bool:
+        return os.path.exists(os.path.join(self.save_dir, TAG_FILE))
+
+    def get_checkpoint_file(self) -> str:
+        """The tagged checkpoint's path ("" without a tag)."""
+        try:
+            with open(os.path.join(self.save_dir, TAG_FILE)) as f:
+                name = f.read().strip()
+        except OSError:
+            return ""
+        return os.path.join(self.save_dir, name)
+
+    def get_all_checkpoint_files(self) -> List[str]:
+        """Periodic checkpoints in save_dir, oldest first."""
+        if not os.path.isdir(self.save_dir):
+            return []
+        names = sorted((int(m.group(1)), f) for f in os.listdir(self.save_dir) if (m := _PERIODIC.match(f)))
+        return [os.path.join(self.save_dir, f) for _, f in names]
+
+    def load_last_readable(self) -> Tuple[str, Dict[str, Any]]:
+        """Load the tagged checkpoint; if it is unreadable, the newest readable older one (logged)."""
+        tagged = self.get_checkpoint_file()
+        candidates = [tagged] + [p for p in reversed(self.get_all_checkpoint_files()) if p != tagged]
+        if tagged and os.path.basename(tagged) != "model_final.pth":
+            # only periodic checkpoints older than the tagged one are fallbacks
+            m = _PERIODIC.match(os.path.basename(tagged))
+            if m:
+                limit = int(m.group(1))
+                candidates = [tagged] + [p for p in candidates[1:]
+                                         if int(_PERIODIC.match(os.path.basename(p)).group(1)) < limit]
+        for path in candidates:
+            try:
+                return path, load_checkpoint_file(path)
+            except Exception as e:  # truncated zip, missing file, unpickling error...
+                logger.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one",
+                               path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        raise CheckpointError(f"no readable checkpoint in {self.save_dir} (tag points at {tagged or 'nothing'})")
+
+    # ------------------------------------------------------------------------------------------ loading
+    def load_weights(self, path: str, ignore: Sequence[str] = ()) -> Dict[str, List[str]]:
+        """Load model weights only from ``path``, strictly (see module docstring)."""
+        if not os.path.isfile(path):
+            raise CheckpointError(f"MODEL.WEIGHTS file not found: {path}")
+        try:
+            data = load_checkpoint_file(path)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {type(e).__name__}: {e}") from None
+        return self._load_model(data["model"], ignore, source=path)
+
+    def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str) -> Dict[str, List[str]]:
+        rules = self.model.resize_rules() if hasattr(self.model, "resize_rules") else []
+        state, report = match_state_dict(self.model, _strip_prefix(state), ignore=ignore, resize_rules=rules)
+        self.model.load_state_dict(state, strict=False)
+        logger.info("Loaded %d tensors from %s", len(report["loaded"]), source)
+        for kind in ("resized", "ignored", "missing_ignored", "unexpected_ignored"):
+            if report[kind]:
+                logger.info("%s (%d): %s", kind.replace("_", " "), len(report[kind]), ", ".join(report[kind]))
+        return report
+
+    def resume(self) -> Dict[str, Any]:
+        """Restore everything from the last readable checkpoint; returns its extra entries (e.g. iteration)."""
+        path, data = self.load_last_readable()
+        logger.info("Resuming from %s", path)
+        self._load_model(data.pop("model"), ignore=(), source=path)
+        for key, obj in self.checkpointables.items():
+            if key in data:
+                obj.load_state_dict(data.pop(key))
+            else:
+                logger.warning("checkpoint %s has no state for %r; it starts fresh", path, key)
+        return data
+
+    def resume_or_load(self, path: str, *, resume: bool = True, ignore: Sequence[str] = ()) -> Dict[str, Any]:
+        """detectron2 semantics: resume everything when ``resume`` and a tag exist, else load weights from
+        ``path`` (if given).  Returns the extra entries of a resumed checkpoint ({} otherwise)."""
+        if resume and self.has_checkpoint():
+            return self.resume()
+        if path:
+            self.load_weights(path, ignore=ignore)
+        return {}
+
+
+def last_iteration(save_dir: str) -> Optional[int]:
+    """The ``iteration`` stored in the last readable checkpoint of ``save_dir`` (None without one).  Reads
+    nothing but that checkpoint; used to tell a finished run before anything is written."""
+    ckpt = Checkpointer(nn.Module(), save_dir, save_to_disk=False)
+    if not ckpt.has_checkpoint():
+        return None
+    try:
+        _, data = ckpt.load_last_readable()
+    except CheckpointError:
+        return None
+    it = data.get("iteration")
+    return int(it) if it is not None else None

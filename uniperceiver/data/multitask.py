@@ -1,0 +1,157 @@
+"""MultiTaskLoader: an infinite iterator of ``(task_name, batch)``, one task drawn per step.
+
+Contract (see ARCHITECTURE.md):
+* one torch ``DataLoader`` per task over an :class:`InfiniteShardedSampler` (sharded over ranks, epoch
+  permutations from ``seed + epoch``), batches of the task's ``DATALOADER.TRAIN_BATCH_SIZE``;
+* the task of each step is drawn from ``DATALOADER.SAMPLING_WEIGHT`` with a torch Generator seeded with
+  ``seed`` ("synced": the same draw on every rank) or ``seed + 1000003 * rank`` ("independent");
+* ``state_dict()`` counts CONSUMED batches per task (not the ones prefetched by workers) plus the draw
+  generator state; it is collective (gathers every rank's state) and ``load_state_dict`` restores this rank's,
+  so a resumed run sees exactly the same task / sample sequence, with any NUM_WORKERS.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from uniperceiver.utils import comm
+
+from .samplers import InfiniteShardedSampler
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("independent", "synced")
+
+
+def task_seed(seed: int, index: int) -> int:
+    """Seed of the sampler of the ``index``-th task (the same on every rank)."""
+    return int(seed) + 7919 * index
+
+
+class TaskStream:
+    """One task's infinite stream of batches; ``consumed`` batches so far (restorable)."""
+
+    def __init__(self, name: str, dataset: Dataset, batch_size: int, collate_fn: Callable, num_workers: int,
+                 seed: int, rank: int, world_size: int, weight: float):
+        self.name, self.dataset, self.batch_size = name, dataset, int(batch_size)
+        self.collate_fn, self.num_workers = collate_fn, int(num_workers)
+        self.seed, self.rank, self.world_size, self.weight = int(seed), rank, world_size, float(weight)
+        self.consumed = 0
+        self._iter: Optional[Iterator] = None
+
+    def _make_iter(self) -> Iterator:
+        sampler = InfiniteShardedSampler(len(self.dataset), seed=self.seed, rank=self.rank,
+                                         world_size=self.world_size, start=self.consumed * self.batch_size)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                            collate_fn=self.collate_fn, num_workers=self.num_workers,
+                            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                            worker_init_fn=_WorkerInit(self.seed, self.rank, self.consumed))
+        return iter(loader)
+
+    def next(self) -> Any:
+        if self._iter is None:
+            self._iter = self._make_iter()
+        batch = next(self._iter)
+        self.consumed += 1
+        return batch
+
+    def reset(self, consumed: int) -> None:
+        self.consumed = int(consumed)
+        self._iter = None  # rebuilt lazily from the new position
+
+
+class _WorkerInit:
+    """Seeds each worker from (seed, rank, resume position, worker id) so augmentations are reproducible."""
+
+    def __init__(self, seed: int, rank: int, consumed: int):
+        self.base = (seed * 1000003 + rank * 9973 + consumed * 31) % (2**31)
+
+    def __call__(self, worker_id: int) -> None:
+        import random
+
+        import numpy as np
+
+        s = (self.base + worker_id) % (2**31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class MultiTaskLoader:
+    """Iterator of ``(task_name, batch)``; see the module docstring for the contract."""
+
+    def __init__(self, streams: Sequence[TaskStream], seed: int, strategy: str = "independent",
+                 rank: int = 0, world_size: int = 1):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"DATALOADER.STRATEGY must be one of {STRATEGIES}, got {strategy!r}")
+        if not streams:
+            raise ValueError("MultiTaskLoader needs at least one task")
+        self.streams: "OrderedDict[str, TaskStream]" = OrderedDict((s.name, s) for s in streams)
+        self.strategy, self.seed, self.rank, self.world_size = strategy, int(seed), rank, world_size
+        weights = torch.tensor([s.weight for s in streams], dtype=torch.float64)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"DATALOADER.SAMPLING_WEIGHT must be >= 0 with a positive sum, got {weights.tolist()}")
+        self.weights = weights / weights.sum()
+        self._generator = torch.Generator()
+        self._generator.manual_seed(self._draw_seed())
+        self.steps = 0
+
+    def _draw_seed(self) -> int:
+        return self.seed if self.strategy == "synced" else self.seed + 1000003 * self.rank
+
+    @property
+    def task_names(self) -> List[str]:
+        return list(self.streams)
+
+    def draw_task(self) -> str:
+        idx = int(torch.multinomial(self.weights, 1, generator=self._generator).item())
+        return self.task_names[idx]
+
+    def __iter__(self) -> "MultiTaskLoader":
+        return self
+
+    def __next__(self) -> Tuple[str, Any]:
+        name = self.draw_task()
+        batch = self.streams[name].next()
+        self.steps += 1
+        return name, batch
+
+    # ------------------------------------------------------------------------------------------------ state
+    def local_state_dict(self) -> Dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "steps": int(self.steps),
+            "generator": self._generator.get_state(),
+            "consumed": {name: int(s.consumed) for name, s in self.streams.items()},
+        }
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Collective: every rank's state, ``{"ranks": [state of rank 0, ...]}``."""
+        return {"ranks": comm.all_gather(self.local_state_dict())}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        ranks = state["ranks"]
+        if len(ranks) != self.world_size:
+            logger.warning("data loader state saved with %d ranks, loading into %d: the sample sequence will "
+                           "differ from an uninterrupted run", len(ranks), self.world_size)
+        mine = ranks[self.rank % len(ranks)]
+        if int(mine["seed"]) != self.seed:
+            logger.info("data loader seed %d restored from the checkpoint (was %d)", mine["seed"], self.seed)
+            self.seed = int(mine["seed"])
+            for index, s in enumerate(self.streams.values()):
+                s.seed = task_seed(self.seed, index)
+        self.steps = int(mine["steps"])
+        if len(ranks) == self.world_size:
+            self._generator.set_state(mine["generator"])
+        else:
+            self._generator.manual_seed(self._draw_seed())
+        for name, stream in self.streams.items():
+            if name in mine["consumed"]:
+                stream.reset(mine["consumed"][name])
+            else:
+                logger.warning("task %s is new since the checkpoint; it starts at its first batch", name)
+                stream.reset(0)

@@ -1,0 +1,146 @@
+"""Command line, per-process setup and the wiring of a training run.
+
+``default_argument_parser()`` -> ``setup`` (config, logger, env report, config.yaml, seed) -> ``train(cfg)``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from typing import Optional
+
+import torch
+
+from uniperceiver.utils import comm
+from uniperceiver.utils.env import RNGState, collect_env_info, seed_all_rng
+from uniperceiver.utils.logger import setup_logger
+
+logger = logging.getLogger("uniperceiver")
+
+
+def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume from OUTPUT_DIR/last_checkpoint if it exists (else load MODEL.WEIGHTS)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint)")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (spawned without a launcher)")
+    parser.add_argument("--num-machines", type=int, default=1, help="machines (spawn mode)")
+    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (spawn mode)")
+    parser.add_argument("--dist-url", default="auto",
+                        help="init URL for spawn mode: 'auto' (a free local port) or tcp://<host>:<port>")
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                        help="set by python -m torch.distributed.launch (LOCAL_RANK in the environment wins)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 10 TASKS.<NAME>.DATALOADER.NUM_WORKERS 0")
+    return parser
+
+
+def default_setup(cfg, args) -> int:
+    """Logger (per-rank files), environment report, ``OUTPUT_DIR/config.yaml`` (rank 0), seeding.
+    Returns the seed of this process."""
+    rank = comm.get_rank()
+    output_dir = cfg.OUTPUT_DIR
+    if comm.is_main_process() and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+    comm.synchronize()
+    setup_logger(output_dir, distributed_rank=rank)
+    logger.info("Rank %d of %d (local rank %d)", rank, comm.get_world_size(), comm.get_local_rank())
+    logger.info("Environment:\n%s", collect_env_info())
+    logger.info("Command line: %s", " ".join(sys.argv))
+    if getattr(args, "config_file", ""):
+        logger.info("Config file %s", os.path.abspath(args.config_file))
+    if comm.is_main_process() and output_dir:
+        path = os.path.join(output_dir, "config.yaml")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(cfg.dump())
+        os.replace(tmp, path)
+        logger.info("Full config saved to %s", path)
+    seed = cfg.SEED
+    if seed < 0:
+        seed = comm.shared_random_seed()
+    seed = seed_all_rng(seed + rank)
+    logger.info("Seed of this rank: %d", seed)
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    return seed
+
+
+def run_is_finished(cfg) -> bool:
+    """True when OUTPUT_DIR's last checkpoint already reached SOLVER.MAX_ITER (so --resume has nothing to do)."""
+    from uniperceiver.checkpoint import last_iteration
+
+    it = last_iteration(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
+    return it is not None and it + 1 >= cfg.SOLVER.MAX_ITER
+
+
+def get_device(cfg) -> torch.device:
+    if cfg.MODEL.DEVICE:
+        return torch.device(cfg.MODEL.DEVICE)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def apply_trainable(cfg, model: torch.nn.Module) -> None:
+    """MODEL.TRAINABLE regexes: when set, only matching parameters train."""
+    if not cfg.MODEL.TRAINABLE:
+        return
+    patterns = [re.compile(p) for p in cfg.MODEL.TRAINABLE]
+    trainable = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(r.search(name) for r in patterns))
+        trainable += p.requires_grad
+    logger.info("MODEL.TRAINABLE: %d parameter tensors train, the rest is frozen", trainable)
+
+
+def build_step_engine(cfg, model, optimizer, device):
+    """The optimisation backend (plain / AMP; a DeepSpeed backend plugs in here)."""
+    from .step import AMPStepEngine
+
+    if comm.get_world_size() > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # tasks use different heads / logit scales
+        )
+    return AMPStepEngine.from_config(cfg, model, optimizer, device=device)
+
+
+def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
+    """Build model, tasks, loader, optimizer, schedule, step engine, checkpointer and hooks; resume or load;
+    train.  ``eval_hook_factory(cfg, model, tasks) -> HookBase`` adds evaluation (engine/eval_hook.py)."""
+    from uniperceiver.checkpoint import Checkpointer
+    from uniperceiver.data import build_train_loader
+    from uniperceiver.modeling import build_model
+    from uniperceiver.solver import build_lr_scheduler, build_optimizer
+    from uniperceiver.tasks import build_tasks
+
+    from .hooks import build_hooks
+    from .train_loop import Trainer
+
+    device = get_device(cfg)
+    model = build_model(cfg).to(device)
+    apply_trainable(cfg, model)
+    logger.info("Model %s: %.2fM parameters", type(model).__name__,
+                sum(p.numel() for p in model.parameters()) / 1e6)
+    tasks = build_tasks(cfg)
+    data_loader = build_train_loader(cfg, tasks)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    step_engine = build_step_engine(cfg, model, optimizer, device)
+    trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
+                      max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device)
+    checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=scheduler,
+                                step_engine=step_engine, data_loader=data_loader, trainer=trainer, rng=RNGState())
+    eval_hook = eval_hook_factory(cfg, model, tasks) if eval_hook_factory is not None else None
+    trainer.register_hooks(build_hooks(cfg, trainer, checkpointer, optimizer, scheduler, eval_hook=eval_hook))
+    extra = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume, ignore=cfg.MODEL.WEIGHTS_IGNORE)
+    start_iter = int(extra["iteration"]) + 1 if "iteration" in extra else 0
+    if start_iter >= cfg.SOLVER.MAX_ITER:
+        logger.info("Training already finished at iteration %d", start_iter)
+        return 0
+    trainer.train(start_iter, cfg.SOLVER.MAX_ITER)
+    return 0

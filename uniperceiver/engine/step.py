@@ -1,0 +1,122 @@
+"""The step interface between the training loop and the optimisation backend.
+
+The loop (``Trainer.run_step``) never branches on the backend; it only does, per optimizer step::
+
+    for i in range(k):                                   # k = SOLVER.ACCUM_ITER micro-batches
+        sync = i == k - 1
+        with engine.micro_step(sync):                    # DDP no_sync on all but the last micro-batch
+            with engine.autocast():
+                losses = task.losses(engine.model, batch)
+            engine.backward(sum(losses.values()) / k, sync=sync)
+    stats = engine.step()                                # once: unscale, clip, optimizer, scaler, zero_grad
+    # or, when the step must be dropped (non-finite loss on some rank):  engine.skip_step()
+
+A backend implements the :class:`StepEngine` methods below.  :class:`AMPStepEngine` is the plain / AMP
+backend (fp32, bf16 autocast on CPU or CUDA, fp16 autocast + GradScaler on CUDA).  A DeepSpeed backend
+(``engine/deepspeed_step.py``) wraps ``deepspeed.initialize`` behind the same methods.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from uniperceiver.config import ConfigError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StepEngine:
+    """Interface.  ``model`` is what the loop calls forward on (DDP / DeepSpeed wrapper or the module)."""
+
+    model: nn.Module
+
+    def autocast(self) -> ContextManager:
+        """Context for forward + loss computation (mixed precision or nothing)."""
+        return contextlib.nullcontext()
+
+    def micro_step(self, sync: bool) -> ContextManager:
+        """Context around forward AND backward of one micro-batch; ``sync=False`` defers gradient sync."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, sync: bool = True) -> None:
+        """Backward of an already 1/k-scaled loss; ``sync`` says whether this is the last micro-batch."""
+        raise NotImplementedError
+
+    def step(self) -> Dict[str, float]:
+        """Finish one optimizer step (unscale, clip, update, zero grads).  Returns stats, e.g. ``grad_norm``."""
+        raise NotImplementedError
+
+    def skip_step(self) -> None:
+        """Drop the accumulated gradients without updating anything."""
+        raise NotImplementedError
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+
+class AMPStepEngine(StepEngine):
+    """Plain PyTorch optimisation with optional autocast (bf16 anywhere; fp16 + GradScaler on CUDA)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
+                 amp_enabled: bool = False, amp_dtype: str = "bf16", device: Optional[torch.device] = None):
+        if amp_dtype not in _DTYPES:
+            raise ConfigError(f"SOLVER.AMP.DTYPE must be one of {', '.join(_DTYPES)}, got {amp_dtype!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.grad_clip = float(grad_clip)
+        self.device_type = (device or next(model.parameters()).device).type
+        self.amp_enabled = bool(amp_enabled)
+        self.amp_dtype = _DTYPES[amp_dtype]
+        use_scaler = self.amp_enabled and self.amp_dtype == torch.float16 and self.device_type == "cuda"
+        if self.amp_enabled and self.amp_dtype == torch.float16 and self.device_type != "cuda":
+            raise ConfigError("SOLVER.AMP.DTYPE fp16 needs CUDA; use bf16 on CPU")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, optimizer: torch.optim.Optimizer, device=None) -> "AMPStepEngine":
+        return cls(model, optimizer, grad_clip=cfg.SOLVER.GRAD_CLIP, amp_enabled=cfg.SOLVER.AMP.ENABLED,
+                   amp_dtype=cfg.SOLVER.AMP.DTYPE, device=device)
+
+    def autocast(self) -> ContextManager:
+        return torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled)
+
+    def micro_step(self, sync: bool) -> ContextManager:
+        if not sync and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, sync: bool = True) -> None:
+        self.scaler.scale(loss).backward()
+
+    def _params(self):
+        for group in self.optimizer.param_groups:
+            yield from (p for p in group["params"] if p.grad is not None)
+
+    def step(self) -> Dict[str, float]:
+        stats: Dict[str, float] = {}
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(list(self._params()), self.grad_clip)
+            stats["grad_norm"] = float(norm)
+        self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled():
+            stats["loss_scale"] = float(self.scaler.get_scale())
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def skip_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])

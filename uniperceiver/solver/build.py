@@ -1,0 +1,75 @@
+"""``build_optimizer(cfg, model)`` (AdamW with decay / no-decay and layer-wise LR groups) and
+``build_lr_scheduler(cfg, optimizer)``."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from uniperceiver.config import ConfigError
+
+from .lr_scheduler import LRScheduler, build_lr_multiplier
+
+logger = logging.getLogger(__name__)
+
+
+def get_param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float = 0.0,
+                     no_decay_patterns: Sequence[str] = (), layer_decay: float = 1.0,
+                     layer_id: Optional[Callable[[str], int]] = None) -> List[Dict[str, Any]]:
+    """Parameter groups keyed by (weight decay, lr_scale).  Frozen parameters are left out.
+
+    No decay: every parameter with ndim <= 1, names matching ``no_decay_patterns`` (regex search), and the
+    names in ``model.no_weight_decay()`` when the model has it.  Layer-wise LR decay (``layer_decay < 1``):
+    ``lr_scale = layer_decay ** (max_layer_id - layer_id(name))``, so the head keeps scale 1.
+    """
+    model = getattr(model, "module", model)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    patterns = [re.compile(p) for p in no_decay_patterns]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError("the model has no trainable parameters (check MODEL.TRAINABLE)")
+    if layer_decay < 1.0:
+        if layer_id is None:
+            layer_id = getattr(model, "layer_id", None)
+        if layer_id is None:
+            raise ConfigError(f"SOLVER.LAYER_LR_DECAY {layer_decay} < 1 needs a model with layer_id(name); "
+                              f"{type(model).__name__} has none")
+        ids = {n: int(layer_id(n)) for n, _ in named}
+        top = max(ids.values())
+    groups: Dict[tuple, Dict[str, Any]] = {}
+    for name, param in named:
+        no_decay = param.ndim <= 1 or name in skip or any(p.search(name) for p in patterns)
+        wd = weight_decay_norm if no_decay else weight_decay
+        scale = layer_decay ** (top - ids[name]) if layer_decay < 1.0 else 1.0
+        key = (wd, scale)
+        if key not in groups:
+            groups[key] = {"params": [], "param_names": [], "weight_decay": wd, "lr_scale": scale}
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.SOLVER.OPTIMIZER != "AdamW":
+        raise ConfigError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r} is unknown; only AdamW is supported")
+    groups = get_param_groups(
+        model,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        no_decay_patterns=cfg.SOLVER.NO_DECAY_PATTERNS,
+        layer_decay=cfg.SOLVER.LAYER_LR_DECAY,
+    )
+    for g in groups:
+        logger.debug("param group wd=%g lr_scale=%g: %d tensors", g["weight_decay"], g["lr_scale"], len(g["params"]))
+    # param_names are kept for logging only; torch.optim accepts extra group keys.
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
+
+
+def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    s = cfg.LR_SCHEDULER
+    multiplier = build_lr_multiplier(s.NAME, cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, min_lr=s.MIN_LR,
+                                     warmup=s.WARMUP, warmup_factor=s.WARMUP_FACTOR, steps=s.STEPS, gamma=s.GAMMA)
+    return LRScheduler(optimizer, multiplier, cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR)

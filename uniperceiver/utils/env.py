@@ -1,0 +1,124 @@
+"""Environment helpers: seeding, a text report of the environment, and RNG state for checkpoints."""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def seed_all_rng(seed: int) -> int:
+    """Seed python, numpy and torch.  ``seed < 0`` draws one from the OS.  Returns the seed used."""
+    if seed is None or seed < 0:
+        seed = int.from_bytes(os.urandom(4), "little") % (2**31)
+        logger.info("Using a generated random seed %d", seed)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return seed
+
+
+def git_hash(path: str = "") -> str:
+    path = path or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return "unknown"
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def collect_env_info() -> str:
+    """Versions, devices, git hash and the world, one ``key: value`` per line."""
+    from uniperceiver import __version__
+    from uniperceiver.utils import comm
+
+    rows = [
+        ("uniperceiver", f"{__version__} (git {git_hash()})"),
+        ("python", sys.version.replace("\n", " ")),
+        ("platform", platform.platform()),
+        ("torch", torch.__version__),
+        ("torch CUDA build", str(torch.version.cuda)),
+        ("CUDA available", str(torch.cuda.is_available())),
+    ]
+    if torch.cuda.is_available():
+        rows.append(("GPUs", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))))
+    for pkg in ("torchvision", "numpy", "fvcore", "timm", "yacs", "deepspeed"):
+        rows.append((pkg, _version(pkg)))
+    rows.append(("world", f"rank {comm.get_rank()} / world size {comm.get_world_size()}, "
+                          f"local rank {comm.get_local_rank()} / local size {comm.get_local_size()}"))
+    if comm.is_dist():
+        rows.append(("backend", torch.distributed.get_backend()))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+class RNGState:
+    """Checkpointable RNG state of python / numpy / torch (+ CUDA) of EVERY rank.
+
+    ``state_dict`` is collective (all ranks gather to all); the result holds only tensors and plain types so
+    ``torch.load(..., weights_only=True)`` reads it.  ``load_state_dict`` restores this rank's entry (rank
+    modulo the saved world size when the world changed).
+    """
+
+    def state_dict(self) -> Dict[str, Any]:
+        from uniperceiver.utils import comm
+
+        return {"ranks": comm.all_gather(_local_rng_state())}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        from uniperceiver.utils import comm
+
+        ranks = state.get("ranks", [])
+        if not ranks:
+            return
+        if len(ranks) != comm.get_world_size():
+            logger.warning("RNG state saved with %d ranks, restoring in %d; ranks reuse states modulo",
+                           len(ranks), comm.get_world_size())
+        _set_local_rng_state(ranks[comm.get_rank() % len(ranks)])
+
+
+def _local_rng_state() -> Dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": None if gauss is None else float(gauss)},
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_local_rng_state(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

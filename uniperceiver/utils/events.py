@@ -1,0 +1,207 @@
+"""Metrics: one :class:`EventStorage` per training run, and the writers that read it.
+
+The trainer opens ``with EventStorage(start_iter) as storage:``; code running inside (hooks, tasks) reaches it
+through :func:`get_event_storage`.  Values are put already reduced over ranks (the trainer does that in one
+place).  Writers: :class:`CommonMetricPrinter` (console), :class:`JSONWriter` (``metrics.json``, one JSON object
+per line with key ``iteration``), :class:`TensorboardWriter` (event files).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fvcore.common.history_buffer import HistoryBuffer
+
+_CURRENT_STORAGE_STACK: List["EventStorage"] = []
+
+
+def get_event_storage() -> "EventStorage":
+    """The storage of the innermost ``with EventStorage(...)`` block; an error outside of one."""
+    if not _CURRENT_STORAGE_STACK:
+        raise RuntimeError("get_event_storage() must be called inside a 'with EventStorage(...)' block")
+    return _CURRENT_STORAGE_STACK[-1]
+
+
+class EventStorage:
+    """Scalars keyed by name, with their history; ``iter`` is the current optimizer step."""
+
+    def __init__(self, start_iter: int = 0):
+        self._history: Dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
+        self._smoothing_hints: Dict[str, bool] = {}
+        self._latest: Dict[str, Tuple[float, int]] = {}
+        self._iter = start_iter
+
+    def put_scalar(self, name: str, value, smoothing_hint: bool = True) -> None:
+        """Record ``value`` at the current iteration.  ``smoothing_hint``: writers may show a windowed median."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().item()
+        value = float(value)
+        self._history[name].update(value, self._iter)
+        self._latest[name] = (value, self._iter)
+        existing = self._smoothing_hints.get(name)
+        if existing is not None and existing != smoothing_hint:
+            raise ValueError(f"scalar {name} was put with a different smoothing_hint before")
+        self._smoothing_hints[name] = smoothing_hint
+
+    def put_scalars(self, smoothing_hint: bool = True, **kwargs) -> None:
+        for name, value in kwargs.items():
+            self.put_scalar(name, value, smoothing_hint=smoothing_hint)
+
+    def history(self, name: str) -> HistoryBuffer:
+        if name not in self._history:
+            raise KeyError(f"no history for metric {name!r}")
+        return self._history[name]
+
+    def histories(self) -> Dict[str, HistoryBuffer]:
+        return self._history
+
+    def latest(self) -> Dict[str, Tuple[float, int]]:
+        """name -> (latest value, iteration it was put at)."""
+        return self._latest
+
+    def latest_with_smoothing_hint(self, window_size: int = 20) -> Dict[str, Tuple[float, int]]:
+        """Like :meth:`latest`, but values with a smoothing hint are the median of the last ``window_size``."""
+        out = {}
+        for name, (value, itr) in self._latest.items():
+            if self._smoothing_hints[name]:
+                value = self._history[name].median(window_size)
+            out[name] = (value, itr)
+        return out
+
+    @property
+    def iter(self) -> int:
+        return self._iter
+
+    @iter.setter
+    def iter(self, value: int) -> None:
+        self._iter = int(value)
+
+    def __enter__(self) -> "EventStorage":
+        _CURRENT_STORAGE_STACK.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert _CURRENT_STORAGE_STACK[-1] is self
+        _CURRENT_STORAGE_STACK.pop()
+
+
+class EventWriter:
+    def write(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONWriter(EventWriter):
+    """Append one JSON line per written iteration: ``{"iteration": i, name: value, ...}`` (new values only)."""
+
+    def __init__(self, json_file: str, window_size: int = 20):
+        self._file = open(json_file, "a")
+        self._window_size = window_size
+        self._last_write = -1
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
+        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if itr > self._last_write:
+                by_iter[itr][name] = value
+        if not by_iter:
+            return
+        for itr in sorted(by_iter):
+            self._file.write(json.dumps({"iteration": itr, **by_iter[itr]}, sort_keys=True) + "\n")
+        self._file.flush()
+        try:
+            os.fsync(self._file.fileno())
+        except OSError:
+            pass
+        self._last_write = max(by_iter)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorboardWriter(EventWriter):
+    """Scalars to TensorBoard event files in ``log_dir`` (torch.utils.tensorboard)."""
+
+    def __init__(self, log_dir: str, window_size: int = 20):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir)
+        self._window_size = window_size
+        self._last_write = -1
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        new_last = self._last_write
+        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if itr > self._last_write:
+                self._writer.add_scalar(name, value, itr)
+                new_last = max(new_last, itr)
+        self._last_write = new_last
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class CommonMetricPrinter(EventWriter):
+    """Console line: iteration, ETA, losses, time, data time, lr, max memory."""
+
+    def __init__(self, max_iter: int, window_size: int = 20):
+        self.logger = logging.getLogger("uniperceiver.events")
+        self._max_iter = max_iter
+        self._window_size = window_size
+        self._last_write: Optional[Tuple[int, float]] = None
+
+    def _eta(self, storage: EventStorage) -> str:
+        iteration = storage.iter
+        try:
+            eta = storage.history("time").median(1000) * (self._max_iter - iteration - 1)
+            return str(datetime.timedelta(seconds=int(eta)))
+        except KeyError:
+            now = time.perf_counter()
+            eta = ""
+            if self._last_write is not None and iteration > self._last_write[0]:
+                per_iter = (now - self._last_write[1]) / (iteration - self._last_write[0])
+                eta = str(datetime.timedelta(seconds=int(per_iter * (self._max_iter - iteration - 1))))
+            self._last_write = (iteration, now)
+            return eta
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        iteration = storage.iter
+        latest = storage.latest()
+
+        def fmt(name: str, spec: str = ".4f", window: Optional[int] = None) -> str:
+            if name not in latest:
+                return ""
+            value = storage.history(name).median(window) if window else latest[name][0]
+            return f"{name}: {value:{spec}}  "
+
+        losses = "  ".join(f"{k}: {storage.history(k).median(self._window_size):.4f}"
+                           for k in sorted(latest) if "loss" in k and latest[k][1] == iteration)
+        memory = ""
+        if torch.cuda.is_available():
+            memory = f"max_mem: {torch.cuda.max_memory_allocated() / 1024 ** 2:.0f}M"
+        eta = self._eta(storage)
+        self.logger.info(
+            f"{'eta: ' + eta + '  ' if eta else ''}iter: {iteration}/{self._max_iter}  {losses}  "
+            f"{fmt('time', '.4f', self._window_size)}{fmt('data_time', '.4f', self._window_size)}"
+            f"{fmt('lr', '.3e')}{memory}".rstrip()
+        )
+
+
+@contextmanager
+def null_storage():
+    """A throw-away storage for code run outside training (tests, evaluation)."""
+    with EventStorage() as storage:
+        yield storage
