@@ -26,6 +26,9 @@ EVALUATOR_REGISTRY.__doc__ = (
 class DatasetEvaluator:
     """Accumulates the outputs of one split, then computes its metrics."""
 
+    def __init__(self):
+        self.reset()
+
     @classmethod
     def from_config(cls, task_cfg, root_cfg, split: str = "val") -> "DatasetEvaluator":
         """Translate config keys into constructor arguments (override when the evaluator has any)."""

@@ -1,0 +1,396 @@
+"""Evaluators against hand-computed expectations, decoding, sharding and the inference loop (CPU, tiny)."""
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+
+from uniperceiver.evaluation import (
+    EVALUATOR_REGISTRY,
+    ClassificationEvaluator,
+    MLMEvaluator,
+    RetrievalEvaluator,
+    VQAEvaluator,
+)
+from uniperceiver.evaluation.classification import label_ranks
+from uniperceiver.evaluation.decoding import TargetEmbeddingCache, beam_search
+from uniperceiver.evaluation.inference import InferenceSampler, results_table, shard_range
+from uniperceiver.evaluation.retrieval import retrieval_ranks
+from uniperceiver.evaluation.vqa import normalize_answer, vqa_score
+
+
+# ------------------------------------------------------------------------------------------ classification
+def test_label_ranks_ties_count_against():
+    scores = torch.tensor([[1.0, 1.0, 1.0], [0.0, 2.0, 2.0], [3.0, 1.0, 2.0]])
+    assert label_ranks(scores, torch.tensor([0, 1, 0])).tolist() == [2, 1, 0]
+
+
+def test_classification_acc_at_k():
+    ev = ClassificationEvaluator(topk=(1, 2))
+    ev.reset()
+    # labels rank 0, 1, 2, 0 -> Acc@1 = 2/4, Acc@2 = 3/4
+    ev.process({}, {"logits": torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1]]), "labels": torch.tensor([0, 1])})
+    ev.process({}, {"logits": torch.tensor([[0.5, 0.3, 0.2], [0.0, 1.0, 0.5]]), "labels": [2, 1]})
+    assert ev.evaluate() == pytest.approx({"Acc@1": 50.0, "Acc@2": 75.0})
+
+
+def test_classification_constant_scores_get_zero():
+    ev = ClassificationEvaluator()
+    ev.process({}, {"logits": torch.zeros(4, 10), "labels": torch.arange(4)})
+    assert ev.evaluate() == {"Acc@1": 0.0, "Acc@5": 0.0}
+
+
+def test_multi_view_in_one_row():
+    # view 1 prefers class 0 mildly, view 2 prefers class 1 strongly: the softmax average picks class 1.
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.8, 0.1]]]))
+    ev = ClassificationEvaluator(topk=(1,))
+    ev.process({}, {"logits": logits, "labels": torch.tensor([1])})
+    assert ev.evaluate() == {"Acc@1": 100.0}
+    ev.reset()
+    ev.process({}, {"logits": logits, "labels": torch.tensor([0])})
+    assert ev.evaluate() == {"Acc@1": 0.0}
+
+
+def test_multi_view_by_sample_id_across_batches():
+    # sample 7: views [0.6,0.4] and [0.2,0.8] -> mean [0.4,0.6] -> class 1 (label 1: hit)
+    # sample 3: views [0.7,0.3] (one view only) -> class 0 (label 1: miss)
+    p = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.2, 0.8]])
+    ev = ClassificationEvaluator(topk=(1,))
+    ev.process({}, {"logits": p[:2].log(), "labels": torch.tensor([1, 1]), "sample_ids": torch.tensor([7, 3])})
+    ev.process({}, {"logits": p[2:].log(), "labels": torch.tensor([1]), "sample_ids": torch.tensor([7])})
+    assert ev.evaluate() == {"Acc@1": 50.0}
+
+
+# ---------------------------------------------------------------------------------------------- retrieval
+def _naive_ranks(query, qkeys, cands, ckeys):
+    """Loop reference: #wrong candidates scoring >= the best ground truth."""
+    sim = query @ cands.t()
+    out = []
+    for i in range(sim.shape[0]):
+        gt = ckeys == qkeys[i]
+        if not gt.any():
+            out.append(-1)
+            continue
+        best = sim[i][gt].max()
+        out.append(int(((sim[i] >= best) & ~gt).sum()))
+    return torch.tensor(out)
+
+
+def test_retrieval_multiple_captions_and_ties():
+    # 3 images (ids 10, 11, 12) as one-hot features; 5 captions, scores written directly as feature rows.
+    img = torch.eye(3)
+    img_ids = torch.tensor([10, 11, 12])
+    # caption rows = similarity to (img10, img11, img12)
+    txt = torch.tensor([
+        [0.9, 0.1, 0.0],  # cap0 of 10
+        [0.2, 0.3, 0.3],  # cap1 of 10
+        [0.5, 0.5, 0.0],  # cap2 of 11: ties with image 10 -> ranks 1 for t2i
+        [0.0, 0.2, 0.1],  # cap3 of 12
+        [0.0, 0.0, 0.4],  # cap4 of 12
+    ])
+    txt_ids = torch.tensor([10, 10, 11, 12, 12])
+    # i2t: img10 column = [.9,.2,.5,0,0]: best own .9 -> rank 0
+    #      img11 column = [.1,.3,.5,.2,0]: own .5 -> rank 0
+    #      img12 column = [0,.3,0,.1,.4]: best own .4 -> rank 0 ... make it harder below
+    i2t = retrieval_ranks(img, img_ids, txt, txt_ids)
+    assert i2t.tolist() == [0, 0, 0]
+    # t2i: cap0 -> 0; cap1 own .2 < .3, .3 -> rank 2; cap2 own .5 tie with .5 -> 1; cap3 own .1 < .2 -> 1; cap4 -> 0
+    t2i = retrieval_ranks(txt, txt_ids, img, img_ids)
+    assert t2i.tolist() == [0, 2, 1, 1, 0]
+    ev = RetrievalEvaluator(ks=(1, 2))
+    ev.process({}, {"image_feats": img, "image_ids": img_ids, "text_feats": txt, "text_image_ids": txt_ids})
+    res = ev.evaluate()
+    assert res["i2t_R@1"] == pytest.approx(100.0)
+    assert res["t2i_R@1"] == pytest.approx(40.0)
+    assert res["t2i_R@2"] == pytest.approx(80.0)
+    assert res["R_mean"] == pytest.approx((100 + 100 + 40 + 80) / 4)
+
+
+def test_retrieval_image_best_caption_rank_with_tie():
+    # image 0 has captions a (0.3) and b (0.6); image 1's caption c scores 0.6 for image 0 too (tie) and
+    # d scores 0.7 -> rank of image 0's best own caption = #{c, d} = 2.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[0.3, 0.0], [0.6, 0.0], [0.6, 0.9], [0.7, 0.1]])
+    ranks = retrieval_ranks(img, torch.tensor([0, 1]), txt, torch.tensor([0, 0, 1, 1]))
+    assert ranks.tolist() == [2, 0]
+
+
+def test_retrieval_collapsed_model_scores_zero():
+    ev = RetrievalEvaluator()
+    feats = torch.ones(4, 8) / math.sqrt(8)
+    ev.process({}, {"image_feats": feats, "image_ids": torch.arange(4), "text_feats": feats,
+                    "text_image_ids": torch.arange(4)})
+    res = ev.evaluate()
+    assert res["i2t_R@1"] == 0.0 and res["t2i_R@1"] == 0.0 and res["i2t_R@5"] == 100.0  # 3 wrong < 5
+
+
+def test_retrieval_chunked_equals_unchunked_and_naive():
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(23, 16, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(57, 16, generator=g), dim=1)
+    img_ids = torch.arange(23) * 3
+    txt_ids = img_ids[torch.randint(0, 23, (57,), generator=g)]
+    txt = torch.round(txt * 4) / 4  # coarse values: plenty of exact ties
+    img = torch.round(img * 4) / 4
+    for q, qk, c, ck in ((img, img_ids, txt, txt_ids), (txt, txt_ids, img, img_ids)):
+        ref = _naive_ranks(q, qk, c, ck)
+        for chunk in (1, 5, 1000):
+            assert torch.equal(retrieval_ranks(q, qk, c, ck, chunk_size=chunk), ref)
+
+
+def test_retrieval_dedups_repeated_images_and_splits_batches():
+    img = torch.eye(3)
+    txt = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0.9, 0.8], [0, 0, 1.0]])
+    txt_ids = torch.tensor([0, 1, 2, 2])
+    whole = RetrievalEvaluator()
+    whole.process({}, {"image_feats": img, "image_ids": torch.arange(3), "text_feats": txt, "text_image_ids": txt_ids})
+    pairs = RetrievalEvaluator()  # a pair dataset: the image repeats with each of its captions
+    for j in range(4):
+        i = int(txt_ids[j])
+        pairs.process({}, {"image_feats": img[i:i + 1], "image_ids": [i], "text_feats": txt[j:j + 1],
+                           "text_image_ids": [i]})
+    assert pairs.evaluate() == whole.evaluate()
+
+
+def test_retrieval_unknown_caption_image_raises():
+    ev = RetrievalEvaluator()
+    ev.process({}, {"image_feats": torch.eye(2), "image_ids": [0, 1], "text_feats": torch.eye(2),
+                    "text_image_ids": [0, 5]})
+    with pytest.raises(ValueError, match="never seen"):
+        ev.evaluate()
+
+
+# ------------------------------------------------------------------------------------------------ MLM, VQA
+def test_mlm_accuracy_ignores_unmasked():
+    ev = MLMEvaluator()
+    ev.process({}, {"labels": torch.tensor([[5, -100, 7], [-100, 9, -100]]),
+                    "predictions": torch.tensor([[5, 1, 8], [2, 9, 3]])})
+    logits = torch.zeros(1, 2, 10)
+    logits[0, 0, 4] = 1.0
+    logits[0, 1, 6] = 1.0
+    ev.process({}, {"labels": torch.tensor([[4, 3]]), "logits": logits})
+    assert ev.evaluate() == pytest.approx({"mlm_acc": 100.0 * 3 / 5})
+
+
+def test_vqa_accuracy():
+    assert normalize_answer("Two.") == "2" and normalize_answer("a Dog") == "dog"
+    answers = ["2"] * 2 + ["two"] + ["3"] * 7
+    assert vqa_score("2", answers) == 1.0  # "two" normalises to "2": 3 matches
+    assert vqa_score("3", answers) == 1.0
+    assert vqa_score("yes", answers) == 0.0
+    assert vqa_score("2", ["2", "3", "3"]) == pytest.approx(1 / 3)
+    ev = VQAEvaluator()
+    ev.process({}, {"predictions": ["2", "yes"], "answers": [["2", "3", "3"], ["yes", "yes", "no"]]})
+    assert ev.evaluate() == pytest.approx({"vqa_acc": 100.0 * (1 / 3 + 2 / 3) / 2})
+
+
+def test_registry_names():
+    for name in ("ClassificationEvaluator", "RetrievalEvaluator", "CaptionEvaluator", "MLMEvaluator", "VQAEvaluator"):
+        assert name in EVALUATOR_REGISTRY
+
+
+# -------------------------------------------------------------------------------------------------- decoding
+EOS, A, B_ = 0, 1, 2
+
+
+def _markov_step(table):
+    """step_fn from {prefix tuple: probs over (eos, a, b)}."""
+
+    def step(tokens, origin):
+        rows = [torch.tensor(table[tuple(t)]).log() for t in tokens.tolist()]
+        return torch.stack(rows)
+
+    return step
+
+
+def test_greedy_versus_beam():
+    # greedy: a (0.6) then eos (0.34) = 0.204; beam 2 finds b eos = 0.4 * 0.9 = 0.36
+    table = {(): [0.0, 0.6, 0.4], (A,): [0.34, 0.33, 0.33], (B_,): [0.9, 0.05, 0.05],
+             (A, A): [1.0, 0.0, 0.0], (A, B_): [1.0, 0.0, 0.0], (B_, A): [1.0, 0.0, 0.0], (B_, B_): [1.0, 0.0, 0.0]}
+    step = _markov_step(table)
+    seqs, scores = beam_search(step, 1, max_len=3, eos_id=EOS, beam_size=1)
+    assert seqs == [[A]] and scores.item() == pytest.approx(math.log(0.6 * 0.34), abs=1e-5)
+    seqs, scores = beam_search(step, 1, max_len=3, eos_id=EOS, beam_size=2)
+    assert seqs == [[B_]] and scores.item() == pytest.approx(math.log(0.36), abs=1e-5)
+
+
+def test_beam_length_penalty_and_max_len():
+    table = {(): [0.5, 0.5, 0.0], (A,): [0.9, 0.1, 0.0], (A, A): [1.0, 0.0, 0.0]}
+    step = _markov_step(table)
+    # raw: "" = log .5 (-0.693) beats "a" = log .45 (-0.799); per-token (alpha 1): -0.693 vs -0.399
+    assert beam_search(step, 1, 3, EOS, beam_size=2)[0] == [[]]
+    assert beam_search(step, 1, 3, EOS, beam_size=2, len_penalty=1.0)[0] == [[A]]
+    # max_len 1 without the end token: the sequence is cut
+    cut = {(): [0.1, 0.9, 0.0]}
+    assert beam_search(_markov_step(cut), 2, 1, EOS, beam_size=3)[0] == [[A], [A]]
+
+
+def test_beam_search_batches_are_independent():
+    def step(tokens, origin):
+        # item 0 prefers a then eos, item 1 prefers b then eos
+        out = torch.full((tokens.shape[0], 3), -5.0)
+        for r, (t, o) in enumerate(zip(tokens.tolist(), origin.tolist())):
+            out[r, (A if o == 0 else B_) if not t else EOS] = 0.0
+        return out.log_softmax(-1)
+
+    assert beam_search(step, 2, 5, EOS, beam_size=3)[0] == [[A], [B_]]
+
+
+def test_target_embedding_cache_recomputes_after_weight_change():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def encode_targets(self, ids, mask=None, attributes=None):
+            self.calls += 1
+            return ids.float() * self.w
+
+    m, cache = M(), TargetEmbeddingCache(chunk_size=2)
+    ids = torch.arange(5)[:, None]
+    first = cache.get(m, ids)
+    assert m.calls == 3 and torch.equal(first[:, 0], torch.arange(5.0))
+    cache.get(m, ids)
+    assert m.calls == 3
+    with torch.no_grad():
+        m.w.mul_(2)
+    assert torch.equal(cache.get(m, ids)[:, 0], torch.arange(5.0) * 2) and m.calls == 6
+
+
+# ------------------------------------------------------------------------------------------------- sharding
+@pytest.mark.parametrize("n", [0, 1, 5, 17, 64])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shard_range_covers_once(n, world):
+    seen = []
+    for r in range(world):
+        s, e = shard_range(n, r, world)
+        assert 0 <= s <= e <= n and e - s in (n // world, n // world + 1)
+        seen += list(InferenceSampler(n, rank=r, world_size=world))
+    assert seen == list(range(n))
+
+
+def test_results_table_lists_metrics():
+    table = results_table({"imagenet": {"Acc@1": 12.5, "Acc@5": 40.0}})
+    assert "imagenet" in table and "Acc@1" in table and "12.50" in table
+
+
+# ---------------------------------------------------------------------------------------------- captioning
+@pytest.mark.slow  # pycocoevalcap's PTB tokenizer and METEOR start Java
+def test_caption_metrics_match_pycocoevalcap():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from uniperceiver.evaluation import CaptionEvaluator
+
+    refs = {
+        1: ["A cat sits on the mat.", "There is a cat on the mat."],
+        2: ["Two dogs play in the park.", "Dogs are playing on the grass."],
+        3: ["A man rides a red bike.", "A person riding a bicycle down the street."],
+    }
+    preds = {1: "a cat sits on the mat", 2: "two dogs are playing", 3: "a man riding a bike"}
+    ev = CaptionEvaluator(use_spice=False)
+    ids = list(preds)
+    ev.process({}, {"image_ids": torch.tensor(ids[:2]), "captions": [preds[i] for i in ids[:2]],
+                    "references": [refs[i] for i in ids[:2]]})
+    ev.process({}, {"image_ids": [3, 3], "captions": [preds[3], "ignored duplicate"], "references": [refs[3]] * 2})
+    res = ev.evaluate()
+    assert set(res) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"}  # no SPICE offline
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in refs[i]] for i in ids})
+    res_tok = tok.tokenize({i: [{"caption": preds[i]}] for i in ids})
+    bleu, _ = Bleu(4).compute_score(gts, res_tok)
+    assert [res[f"Bleu_{n}"] for n in range(1, 5)] == pytest.approx(bleu)
+    assert res["CIDEr"] == pytest.approx(Cider().compute_score(gts, res_tok)[0])
+    assert 0.0 < res["METEOR"] <= 1.0 and 0.0 < res["ROUGE_L"] <= 1.0
+
+
+@pytest.mark.slow
+def test_caption_bleu_hand_computed():
+    from uniperceiver.evaluation.caption import coco_caption_scores
+
+    # unigram precision 1, candidate 3 words vs reference 6: brevity penalty exp(1 - 6/3)
+    res = coco_caption_scores({0: "a cat sits"}, {0: ["a cat sits on the mat"]}, use_spice=False)
+    assert res["Bleu_1"] == pytest.approx(math.exp(-1.0), rel=1e-4)
+    exact = coco_caption_scores({0: "a cat sits on the mat"}, {0: ["a cat sits on the mat"]}, use_spice=False)
+    assert exact["Bleu_4"] == pytest.approx(1.0, rel=1e-4) and exact["ROUGE_L"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------- two processes
+def _eval_data():
+    g = torch.Generator().manual_seed(1)
+    cls_logits = torch.randn(9, 6, generator=g)
+    cls_labels = torch.randint(0, 6, (9,), generator=g)
+    view_logits = torch.randn(6, 6, generator=g)
+    view_labels = torch.tensor([2, 2, 4, 4, 5, 5])
+    view_ids = torch.tensor([10, 11, 10, 11, 12, 12])  # two views per video, split across batches
+    img = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(15, 8, generator=g), dim=1)
+    txt_ids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6])
+    mlm_labels = torch.randint(0, 5, (5, 4), generator=g)
+    mlm_labels[torch.rand(5, 4, generator=g) < 0.5] = -100
+    mlm_preds = torch.randint(0, 5, (5, 4), generator=g)
+    vqa_preds = ["yes", "no", "2", "red", "cat"]
+    vqa_answers = [["yes"] * 3, ["yes", "no"], ["two", "2", "3"], ["red"] * 5, ["dog"]]
+    return locals()
+
+
+def _run_evaluators(rank, world):
+    """Evaluate the data of ``_eval_data`` as ``rank`` of ``world``, in batches of 2 over its shard."""
+    d = _eval_data()
+
+    def shard(n):
+        return range(*shard_range(n, rank, world))
+
+    cls_ev, ret_ev, mlm_ev, vqa_ev = ClassificationEvaluator(), RetrievalEvaluator(chunk_size=3), MLMEvaluator(), VQAEvaluator()
+    for i in shard(9):
+        cls_ev.process({}, {"logits": d["cls_logits"][i:i + 1], "labels": d["cls_labels"][i:i + 1]})
+    if rank == 0:  # multi-view rows only on rank 0: the other ranks gather nothing for them
+        for i in range(0, 6, 2):
+            cls_ev.process({}, {"logits": d["view_logits"][i:i + 2], "labels": d["view_labels"][i:i + 2],
+                                "sample_ids": d["view_ids"][i:i + 2]})
+    for i in shard(15):  # a pair dataset: each caption with its image
+        j = int(d["txt_ids"][i])
+        ret_ev.process({}, {"image_feats": d["img"][j:j + 1], "image_ids": [j], "text_feats": d["txt"][i:i + 1],
+                            "text_image_ids": [j]})
+    for i in shard(5):
+        mlm_ev.process({}, {"labels": d["mlm_labels"][i:i + 1], "predictions": d["mlm_preds"][i:i + 1]})
+        vqa_ev.process({}, {"predictions": d["vqa_preds"][i:i + 1], "answers": d["vqa_answers"][i:i + 1]})
+    return [ev.evaluate() for ev in (cls_ev, ret_ev, mlm_ev, vqa_ev)]
+
+
+def _dist_worker(rank, world, port, out_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results = _run_evaluators(rank, world)
+        if rank == 0:
+            torch.save(results, out_file)
+        else:
+            assert results == [{}, {}, {}, {}]
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_process_gloo_equals_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    single = _run_evaluators(0, 1)
+    assert all(single)
+    out = str(tmp_path / "results.pt")
+    mp.spawn(_dist_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    multi = torch.load(out)
+    for a, b in zip(single, multi):
+        assert a.keys() == b.keys()
+        assert a == pytest.approx(b)
