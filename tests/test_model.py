@@ -193,6 +193,12 @@ def test_load_learned_tables_of_another_size_with_resize_rules():
     with pytest.raises(RuntimeError):
         dst.load_state_dict(state, strict=True)
     dst.load_state_dict(apply_resize_rules(dst, state), strict=True)
+    # The foundation's strict loader applies the same rules.
+    from uniperceiver.checkpoint.checkpointer import match_state_dict
+
+    matched, report = match_state_dict(dst, state, resize_rules=dst.resize_rules())
+    assert sorted(report["resized"]) == ["embed.spatial_pos_embed", "embed.temporal_pos_embed", "embed.text_pos_embed"]
+    torch.testing.assert_close(matched["embed.text_pos_embed"], dst.embed.text_pos_embed.detach())
     assert dst.embed.spatial_pos_embed.shape == (196, 192) and dst.embed.text_pos_embed.shape == (64, 192)
     # Corners of a bilinear resize (align_corners=False) stay close to the source corners; the mean is kept.
     torch.testing.assert_close(dst.embed.spatial_pos_embed.mean(0), src.embed.spatial_pos_embed.mean(0), atol=2e-3, rtol=0)
@@ -239,7 +245,7 @@ def test_layer_id_and_no_weight_decay():
     assert all(0 <= model.layer_id(n) <= 4 for n in names)
     skip = model.no_weight_decay()
     assert skip <= set(names)
-    assert {"embed.token_embedding.weight", "embed.text_pos_embed", "predictor.logit_scale.logit_word",
+    assert {"embed.token_embedding.weight", "embed.spe_embedding", "embed.text_pos_embed", "predictor.logit_scale.logit_word",
             "encoder.blocks.1.ls1.gamma"} <= skip
     assert "embed.patch_embed.proj.weight" not in skip and "encoder.blocks.0.attn.qkv.weight" not in skip
 

@@ -4,8 +4,9 @@
   sin-cos spatial table (or a learned one, ``MODEL.POSEMBEDFIX False``), a learned temporal table over up to
   ``MODEL.MAX_FRAMES`` frames and a type embedding.
 * Text: token embedding + learned position (``MODEL.MAX_POSITION_EMBEDDINGS``) + type embedding.
-* ``<|spe|>``: the leading token of every sequence and the captioning query tokens use the ``<|spe|>`` row of
-  the token embedding; queries also get the position of the text token they predict.
+* ``<|spe|>``: the leading token of every sequence and the captioning query tokens use a dedicated learned
+  vector ``spe_embedding`` (not a row of the 49411-row token table, so an image-only step does not produce a
+  dense 49411 x D gradient); queries also get the position of the text token they predict.
 One LayerNorm (``norm``) is applied to the assembled sequence, shared by all modalities.
 
 The frozen sin-cos table is a non-persistent buffer built from the current grid and ``POSEMBED_SCALE``, so
@@ -19,8 +20,6 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from .tokenization import SPE_ID
 
 # Token type ids (rows of ``type_embedding``).
 TYPE_TEXT, TYPE_VISUAL, TYPE_SPE, TYPE_QUERY = 0, 1, 2, 3
@@ -98,20 +97,17 @@ class UnifiedEmbedding(nn.Module):
         fixed_spatial: bool = True,
         posembed_scale: float = 1.0,
         norm_eps: float = 1e-6,
-        spe_id: int = SPE_ID,
     ):
         super().__init__()
         if type_vocab_size < 4:
             raise ValueError(f"type_vocab_size must be >= 4 (text, visual, spe, query), got {type_vocab_size}")
-        if not 0 <= spe_id < vocab_size:
-            raise ValueError(f"<|spe|> id {spe_id} outside the vocabulary of {vocab_size}")
         self.dim = dim
-        self.spe_id = spe_id
         self.grid = img_size // patch_size
         self.posembed_scale = float(posembed_scale)
         self.fixed_spatial = fixed_spatial
         self.patch_embed = PatchEmbed(patch_size, 3, dim)
         self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.spe_embedding = nn.Parameter(torch.zeros(dim))
         self.type_embedding = nn.Embedding(type_vocab_size, dim)
         self.text_pos_embed = nn.Parameter(torch.zeros(max_positions, dim))
         self.temporal_pos_embed = nn.Parameter(torch.zeros(max_frames, dim))
@@ -160,7 +156,7 @@ class UnifiedEmbedding(nn.Module):
         """[B, Q, D]: ``<|spe|>`` + the position of the text token each query predicts + query type."""
         if num > self.text_pos_embed.shape[0]:
             raise ValueError(f"{num} queries > MODEL.MAX_POSITION_EMBEDDINGS = {self.text_pos_embed.shape[0]}")
-        q = self.token_embedding.weight[self.spe_id] + self.type_embedding.weight[TYPE_QUERY] + self.text_pos_embed[:num]
+        q = self.spe_embedding + self.type_embedding.weight[TYPE_QUERY] + self.text_pos_embed[:num]
         return q.expand(batch, num, self.dim)
 
     def forward(
@@ -180,6 +176,6 @@ class UnifiedEmbedding(nn.Module):
         batch = parts[0].shape[0]
         if num_queries:
             parts.append(self.embed_queries(batch, num_queries))
-        spe = self.token_embedding.weight[self.spe_id] + self.type_embedding.weight[TYPE_SPE]
+        spe = self.spe_embedding + self.type_embedding.weight[TYPE_SPE]
         parts.insert(0, spe.to(parts[0].dtype).expand(batch, 1, self.dim))
         return self.norm(torch.cat(parts, dim=1))

@@ -27,7 +27,7 @@ from ..embeddings import UnifiedEmbedding, resize_table_1d, resize_table_2d
 from ..encoder import build_encoder
 from ..predictor import Predictor, temp_names_from_cfg
 from ..registry import MODEL_REGISTRY
-from ..tokenization import SPE_ID, VOCAB_SIZE, ClipTokenizer, get_tokenizer
+from ..tokenization import VOCAB_SIZE, ClipTokenizer, get_tokenizer
 
 
 def attention_mask(
@@ -79,7 +79,7 @@ class UniPerceiver(nn.Module):
         self.predictor = predictor
         self.init_std = init_std
         self.apply(self._init_weights)
-        for name in ("text_pos_embed", "temporal_pos_embed", "spatial_pos_embed"):
+        for name in ("spe_embedding", "text_pos_embed", "temporal_pos_embed", "spatial_pos_embed"):
             table = getattr(self.embed, name)
             if isinstance(table, nn.Parameter):
                 nn.init.trunc_normal_(table, std=init_std)
@@ -102,7 +102,6 @@ class UniPerceiver(nn.Module):
             fixed_spatial=m.POSEMBEDFIX,
             posembed_scale=m.POSEMBED_SCALE,
             norm_eps=bert.LAYER_NORM_EPS,
-            spe_id=SPE_ID,
         )
         predictor = Predictor(
             bert.HIDDEN_SIZE,
@@ -189,7 +188,13 @@ class UniPerceiver(nn.Module):
 
     def no_weight_decay(self) -> Set[str]:
         """Embedding tables, logit scales and LayerScale gammas (norms and biases: the optimizer's 1-D rule)."""
-        skip = {"embed.token_embedding.weight", "embed.type_embedding.weight", "embed.text_pos_embed", "embed.temporal_pos_embed"}
+        skip = {
+            "embed.token_embedding.weight",
+            "embed.spe_embedding",
+            "embed.type_embedding.weight",
+            "embed.text_pos_embed",
+            "embed.temporal_pos_embed",
+        }
         if isinstance(self.embed.spatial_pos_embed, nn.Parameter):
             skip.add("embed.spatial_pos_embed")
         for name, _ in self.named_parameters():
