@@ -368,10 +368,12 @@ def _dist_worker(rank, world, port, out_file):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         results = _run_evaluators(rank, world)
+        cfg = _toy_cfg(os.path.dirname(out_file))
+        results.append(_inference_toy(cfg))
         if rank == 0:
             torch.save(results, out_file)
         else:
-            assert results == [{}, {}, {}, {}]
+            assert results == [{}, {}, {}, {}, {}]
     finally:
         dist.destroy_process_group()
 
@@ -386,11 +388,142 @@ def _free_port():
 def test_two_process_gloo_equals_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    single = _run_evaluators(0, 1)
+    single = _run_evaluators(0, 1) + [_inference_toy(_toy_cfg(tmp_path))]
     assert all(single)
     out = str(tmp_path / "results.pt")
     mp.spawn(_dist_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     multi = torch.load(out)
+    assert len(multi) == len(single)
     for a, b in zip(single, multi):
         assert a.keys() == b.keys()
         assert a == pytest.approx(b)
+
+
+def _inference_toy(cfg):
+    """inference_on_tasks on the toy task: 11 val / 5 test samples sharded over the ranks, batches of 3."""
+    from uniperceiver.evaluation import inference_on_tasks
+
+    res = inference_on_tasks(cfg, _toy_model(), [_ToyClsTask(cfg)], write=False)
+    return {f"{k}/{m}": v for k, ms in res.items() for m, v in ms.items()}
+
+
+# ------------------------------------------------------------------------------------------------- EvalHook
+def test_eval_hook_period_storage_and_best(tmp_path):
+    from uniperceiver.engine.eval_hook import EvalHook
+    from uniperceiver.engine.train_loop import TrainerBase
+
+    class NoOpTrainer(TrainerBase):
+        def run_step(self):
+            pass
+
+    scripted = iter([30.0, 50.0, 40.0, 45.0])
+    calls = []
+
+    def eval_fn():
+        value = next(scripted)
+        calls.append(value)
+        return {"imagenet": {"Acc@1": value, "Acc@5": 90.0}}
+
+    model = torch.nn.Linear(2, 1)
+    hook = EvalHook(3, eval_fn, model=model, output_dir=str(tmp_path), best_metric="imagenet/Acc@1")
+    trainer = NoOpTrainer()
+    trainer.register_hooks([hook])
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    trainer.train(0, 7)  # evaluates after steps 3, 6 and the last (7): 30, 50, 40
+    assert calls == [30.0, 50.0, 40.0]
+    hist = trainer.storage.history("imagenet/Acc@1").values()
+    assert [v for v, _ in hist] == [30.0, 50.0, 40.0] and [it for _, it in hist] == [2, 5, 6]
+    record = json.loads((tmp_path / "model_best.json").read_text())
+    assert record == {"metric": "imagenet/Acc@1", "value": 50.0, "iteration": 5}
+    best = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert best["iteration"] == 5 and torch.equal(best["model"]["weight"], torch.ones(1, 2))
+    assert hook.state_dict() == {"best_value": 50.0, "best_iter": 5}
+
+    # A resumed run that lost the hook state still knows the best from model_best.json: 45 < 50 keeps it.
+    hook2 = EvalHook(1, eval_fn, model=model, output_dir=str(tmp_path), best_metric="imagenet/Acc@1")
+    trainer2 = NoOpTrainer()
+    trainer2.register_hooks([hook2])
+    trainer2.train(7, 8)
+    assert json.loads((tmp_path / "model_best.json").read_text())["value"] == 50.0
+
+
+def test_eval_hook_unknown_best_metric_names_choices(tmp_path):
+    from uniperceiver.config import ConfigError
+    from uniperceiver.engine.eval_hook import EvalHook
+
+    hook = EvalHook(1, lambda: {"coco": {"CIDEr": 1.0}}, model=torch.nn.Linear(1, 1), output_dir=str(tmp_path),
+                    best_metric="coco/cider")
+    with pytest.raises(ConfigError, match="coco/CIDEr"):
+        hook.evaluate()
+    with pytest.raises(ConfigError, match="<task NAME>/<metric>"):
+        EvalHook(1, dict, model=torch.nn.Linear(1, 1), output_dir=str(tmp_path), best_metric="Acc@1")
+
+
+# ------------------------------------------------------------------------------------------ inference loop
+class _ToyClsTask:
+    """A task-shaped object: samples are (feature, label); the model's scores are its logits."""
+
+    evaluator_name = "ClassificationEvaluator"
+
+    def __init__(self, cfg, name="toy", sizes=(("val", 11), ("test", 5))):
+        self.name, self.root_cfg = name, cfg
+        self.cfg = cfg.TASKS[0]
+        self.sizes = dict(sizes)
+        self.started = 0
+
+    def build_dataset(self, split):
+        g = torch.Generator().manual_seed(len(split))
+        n = self.sizes[split]
+        feats, labels = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+        return [{"x": feats[i], "y": labels[i]} for i in range(n)]
+
+    def collate(self, samples):
+        return torch.utils.data.default_collate(samples)
+
+    def start_inference(self, model):
+        self.started += 1
+
+    def predict(self, model, batch):
+        assert not model.training and not torch.is_grad_enabled()
+        return {"logits": model(batch["x"]), "labels": batch["y"]}
+
+
+def _toy_cfg(output_dir, val="val", test="test"):
+    from uniperceiver.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_dict({"OUTPUT_DIR": str(output_dir), "TASKS": [
+        {"NAME": "toy", "DATASETS": {"TASK_TYPE": "toy", "VAL": val, "TEST": test},
+         "DATALOADER": {"TEST_BATCH_SIZE": 3}}]})
+    cfg.finalize()
+    return cfg
+
+
+def _toy_model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 3)
+
+
+def test_inference_on_tasks_keys_files_and_mode(tmp_path):
+    from uniperceiver.evaluation import inference_on_tasks
+
+    cfg = _toy_cfg(tmp_path)
+    model, task = _toy_model(), _ToyClsTask(cfg)
+    model.train()
+    results = inference_on_tasks(cfg, model, {"toy": task})
+    assert list(results) == ["toy", "toy/test"] and set(results["toy"]) == {"Acc@1", "Acc@5"}
+    assert model.training and task.started == 2
+    assert json.loads((tmp_path / "inference" / "toy" / "results.json").read_text()) == results["toy"]
+    assert json.loads((tmp_path / "inference" / "toy" / "test" / "results.json").read_text()) == results["toy/test"]
+    # Acc@1 by hand on the val split
+    data = task.build_dataset("val")
+    x = torch.stack([d["x"] for d in data])
+    y = torch.stack([d["y"] for d in data])
+    with torch.no_grad():
+        expected = 100.0 * (label_ranks(model(x), y) == 0).float().mean().item()
+    assert results["toy"]["Acc@1"] == pytest.approx(expected)
+    # training-time evaluation: the first split only, under the plain task name
+    assert list(inference_on_tasks(cfg, model, [task], max_splits_per_task=1, write=False)) == ["toy"]
+    only_test = _toy_cfg(tmp_path, val="")
+    assert list(inference_on_tasks(only_test, model, [_ToyClsTask(only_test)], write=False)) == ["toy"]

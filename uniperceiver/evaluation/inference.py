@@ -15,7 +15,7 @@ import logging
 import os
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -127,9 +127,10 @@ def _unwrap(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def inference_on_tasks(cfg, model, tasks, splits: Sequence[str] = ("val", "test"),
-                       write: bool = True) -> Dict[str, Dict[str, float]]:
-    """``{key: {metric: value}}`` for every task (dict or list of Tasks) and split it has (see module doc).
+def inference_on_tasks(cfg, model, tasks, splits: Sequence[str] = ("val", "test"), write: bool = True,
+                       max_splits_per_task: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """``{key: {metric: value}}`` for every task (dict or list of Tasks) and split it has (see module doc);
+    ``max_splits_per_task=1`` evaluates only the first split each task has (training-time evaluation).
 
     Complete on rank 0; other ranks return ``{}``.  Writes ``OUTPUT_DIR/inference/<key>/results.json`` and
     logs a table on rank 0 when ``write``.  The model's train/eval mode is restored afterwards.
@@ -141,7 +142,10 @@ def inference_on_tasks(cfg, model, tasks, splits: Sequence[str] = ("val", "test"
     results: Dict[str, Dict[str, float]] = OrderedDict()
     try:
         for task in task_list:
-            for i, split in enumerate(task_splits(task, splits)):
+            if not task.evaluator_name:
+                logger.warning("Task %s names no evaluator (INFERENCE.NAME); not evaluated", task.name)
+                continue
+            for i, split in enumerate(task_splits(task, splits)[:max_splits_per_task]):
                 key = task.name if i == 0 else f"{task.name}/{split}"
                 metrics = inference_on_dataset(cfg, model, task, split)
                 if comm.is_main_process():
@@ -186,15 +190,8 @@ def results_table(results: Dict[str, Dict[str, float]]) -> str:
 # ------------------------------------------------------------------------------------------------------
 # --eval-only
 # ------------------------------------------------------------------------------------------------------
-def _device_for(cfg) -> torch.device:
-    if cfg.MODEL.DEVICE:
-        return torch.device(cfg.MODEL.DEVICE)
-    if torch.cuda.is_available():
-        return torch.device("cuda", comm.get_local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def write_tensorboard(output_dir: str, results: Dict[str, Dict[str, float]], step: int = 0) -> None:
+    """Scalars ``eval/<key>/<metric>`` into TensorBoard events in ``output_dir``."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=output_dir)
@@ -206,34 +203,38 @@ def write_tensorboard(output_dir: str, results: Dict[str, Dict[str, float]], ste
         writer.close()
 
 
+def load_eval_weights(cfg, model, resume: bool = False) -> str:
+    """Load weights only: OUTPUT_DIR's last checkpoint with ``resume``, else MODEL.WEIGHTS, else OUTPUT_DIR's
+    last checkpoint if there is one.  Returns the path loaded ("" = none: random weights, logged)."""
+    from uniperceiver.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
+    tagged = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else ""
+    path = tagged if (resume and tagged) else (cfg.MODEL.WEIGHTS or tagged)
+    if not path:
+        logger.warning("--eval-only without MODEL.WEIGHTS or a checkpoint in %s: evaluating random weights",
+                       cfg.OUTPUT_DIR)
+        return ""
+    ckpt.load_weights(path, ignore=cfg.MODEL.WEIGHTS_IGNORE)
+    return path
+
+
 def run_eval_only(cfg, args=None) -> Dict[str, Dict[str, float]]:
-    """``main.py --eval-only``: build the model and tasks, load MODEL.WEIGHTS, evaluate VAL and TEST sets.
+    """``main.py --eval-only``: build the model and tasks, load the weights, evaluate VAL and TEST sets.
 
     Needs only the evaluation data and the weights: no training data, optimizer or trainer.  Works as one
     plain process (no process group) and as N processes under torchrun (each evaluates its shard).
     """
+    from uniperceiver.engine.defaults import get_device
     from uniperceiver.modeling import build_model
     from uniperceiver.tasks import build_tasks
 
-    device = _device_for(cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(cfg, model, cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("--eval-only without MODEL.WEIGHTS: evaluating randomly initialised weights")
-    model.to(device)
+    load_eval_weights(cfg, model, resume=bool(getattr(args, "resume", False)))
+    model.to(get_device(cfg))
     tasks = build_tasks(cfg)
     results = inference_on_tasks(cfg, model, tasks, splits=("val", "test"))
     if comm.is_main_process():
         write_tensorboard(cfg.OUTPUT_DIR, results)
     comm.synchronize()
     return results
-
-
-def load_weights(cfg, model, path: str) -> None:
-    """Weights only, through the project's checkpointer (strict keys, resize rules, weights_only load)."""
-    from uniperceiver.checkpoint import Checkpointer
-
-    Checkpointer(model, save_dir=cfg.OUTPUT_DIR).load_weights(path)
