@@ -63,7 +63,7 @@ _C.MODEL.LABELS_NUM = 0
 _C.MODEL.TEMP_NAME = ""
 # Vocabulary size of the text tokenizer (CLIP BPE 49406 + 5 special tokens).
 _C.MODEL.VOCAB_SIZE = 49411
-# Number of token-type ids (text / image / video / spe ...).
+# Number of token-type ids (>= 4: 0 text, 1 image/video, 2 leading <|spe|>, 3 captioning query).
 _C.MODEL.TYPE_VOCAB_SIZE = 4
 # Use a frozen 2D sin-cos spatial table (published); False = learned.
 _C.MODEL.POSEMBEDFIX = True
