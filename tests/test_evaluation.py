@@ -15,7 +15,7 @@ from uniperceiver.evaluation import (
     VQAEvaluator,
 )
 from uniperceiver.evaluation.classification import label_ranks
-from uniperceiver.evaluation.decoding import TargetEmbeddingCache, beam_search
+from uniperceiver.evaluation.decoding import beam_search
 from uniperceiver.evaluation.inference import InferenceSampler, results_table, shard_range
 from uniperceiver.evaluation.retrieval import retrieval_ranks
 from uniperceiver.evaluation.vqa import normalize_answer, vqa_score
@@ -236,28 +236,6 @@ def test_beam_search_batches_are_independent():
         return out.log_softmax(-1)
 
     assert beam_search(step, 2, 5, EOS, beam_size=3)[0] == [[A], [B_]]
-
-
-def test_target_embedding_cache_recomputes_after_weight_change():
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
-            self.calls = 0
-
-        def encode_targets(self, ids, mask=None, attributes=None):
-            self.calls += 1
-            return ids.float() * self.w
-
-    m, cache = M(), TargetEmbeddingCache(chunk_size=2)
-    ids = torch.arange(5)[:, None]
-    first = cache.get(m, ids)
-    assert m.calls == 3 and torch.equal(first[:, 0], torch.arange(5.0))
-    cache.get(m, ids)
-    assert m.calls == 3
-    with torch.no_grad():
-        m.w.mul_(2)
-    assert torch.equal(cache.get(m, ids)[:, 0], torch.arange(5.0) * 2) and m.calls == 6
 
 
 # ------------------------------------------------------------------------------------------------- sharding
@@ -527,3 +505,71 @@ def test_inference_on_tasks_keys_files_and_mode(tmp_path):
     assert list(inference_on_tasks(cfg, model, [task], max_splits_per_task=1, write=False)) == ["toy"]
     only_test = _toy_cfg(tmp_path, val="")
     assert list(inference_on_tasks(only_test, model, [_ToyClsTask(only_test)], write=False)) == ["toy"]
+
+
+# ------------------------------------------------------------------------------------------ tools/zeroshot
+def _load_tool(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_MODEL_YAML = """
+MODEL:
+  IMG_INPUT_SIZE: 32
+  PATCH_SIZE: 16
+  LAYER_SCALE_INIT: 1.0
+  BERT:
+    HIDDEN_SIZE: 16
+    NUM_HIDDEN_LAYERS: 1
+    NUM_ATTENTION_HEADS: 2
+    INTERMEDIATE_SIZE: 32
+"""
+
+
+def test_zeroshot_tool_ranks_classes_like_the_model(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from uniperceiver.config import setup_cfg
+    from uniperceiver.data.transforms import build_image_transform
+    from uniperceiver.modeling import build_model
+
+    (tmp_path / "cfg.yaml").write_text(TINY_MODEL_YAML)
+    cfg = setup_cfg(str(tmp_path / "cfg.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # spread the weights so that images and names get distinct features
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    classes = ["cat", "dog", "red car"]
+    tool = _load_tool("zeroshot")
+    results = tool.main(["--config-file", str(tmp_path / "cfg.yaml"), "--weights", str(tmp_path / "w.pth"),
+                         "--images", str(tmp_path / "imgs"), "--classes", ",".join(classes),
+                         "--templates", "a photo of a {}.|a drawing of a {}.", "--topk", "3"])
+    assert [os.path.basename(r["image"]) for r in results] == ["0.png", "1.png"]
+    out = capsys.readouterr().out
+    assert "0.png" in out and "red car" in out
+    # the same scores computed directly
+    model.eval()
+    names = tool.encode_texts(model, classes, ["a photo of a {}.", "a drawing of a {}."], "classification", "cpu")
+    transform = build_image_transform(32, is_train=False)
+    for r in results:
+        img = transform(Image.open(r["image"]).convert("RGB"))[None]
+        with torch.no_grad():
+            scores = (model(images=img)["spe"] @ names.t())[0]
+        assert scores.max() - scores.min() > 1e-3  # distinct scores: the ranking is meaningful
+        expected = [classes[j] for j in scores.argsort(descending=True).tolist()]
+        assert [label for label, _, _ in r["labels"]] == expected
+        assert sum(p for _, p, _ in r["labels"]) == pytest.approx(1.0, abs=1e-5)
+        assert [s for _, _, s in r["labels"]] == pytest.approx(scores.sort(descending=True).values.tolist(), abs=1e-5)

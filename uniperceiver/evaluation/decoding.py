@@ -8,8 +8,8 @@ decoding.  Beams are ranked by summed log-probability while searching; the final
 ``CaptionGenerator`` is the Uni-Perceiver step: the sequence ``[<spe>, image, prefix + generated tokens +
 placeholder, queries]`` with causal text; query ``i`` predicts text token ``i`` and sees only text tokens
 ``< i``, so the last query reads the generated prefix and the placeholder stays invisible to it.  Its logits
-are scored against the vocabulary embeddings (``model.encode_targets`` of every word), which
-``TargetEmbeddingCache`` encodes once per weights version, not once per step or batch.
+are scored against the vocabulary embeddings given to ``generate`` (row i = token i), which the caller encodes
+once per weights version (``data.target_sets.TargetEncoder`` caches them), not once per step or batch.
 """
 from __future__ import annotations
 
@@ -61,36 +61,6 @@ def beam_search(step_fn: StepFn, batch_size: int, max_len: int, eos_id: int, bea
     for row in tokens[best_rows].tolist():
         out.append(row[: row.index(eos_id)] if eos_id in row else row)
     return out, best_score
-
-
-def weights_version(model: torch.nn.Module) -> Tuple[int, int]:
-    """Changes whenever a parameter is modified in place (optimizer steps, ``load_state_dict``)."""
-    return id(model), sum(p._version for p in model.parameters())
-
-
-class TargetEmbeddingCache:
-    """``model.encode_targets`` of a fixed candidate set (vocabulary, class names), recomputed only when the
-    weights change (``weights_version``) or the candidates do."""
-
-    def __init__(self, chunk_size: int = 2048):
-        self.chunk_size = chunk_size
-        self._key: Optional[tuple] = None
-        self._value: Optional[torch.Tensor] = None
-
-    def clear(self) -> None:
-        self._key, self._value = None, None
-
-    @torch.no_grad()
-    def get(self, model, ids: torch.Tensor, mask: Optional[torch.Tensor] = None,
-            attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
-        key = (weights_version(model), ids.shape, int(ids.sum()), ids.device)
-        if key != self._key:
-            outs = []
-            for s in range(0, ids.shape[0], self.chunk_size):
-                m = None if mask is None else mask[s : s + self.chunk_size]
-                outs.append(model.encode_targets(ids[s : s + self.chunk_size], m, attributes=attributes))
-            self._value, self._key = torch.cat(outs, 0), key
-        return self._value
 
 
 class CaptionGenerator:
