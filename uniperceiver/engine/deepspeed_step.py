@@ -1,0 +1,232 @@
+"""DeepSpeed (ZeRO stage 1/2/3) behind the :class:`~uniperceiver.engine.step.StepEngine` interface.
+
+The trainer calls, per optimizer step of ``k = SOLVER.ACCUM_ITER`` micro-batches::
+
+    with engine.micro_step(sync): forward; engine.backward(loss / k, sync)      # k times
+    engine.step()                                                               # once
+
+which maps onto DeepSpeed's "set the accumulation boundary yourself" protocol: ``micro_step(sync)`` sets
+``set_gradient_accumulation_boundary(sync)`` before the forward (ZeRO reduces at the boundary),
+``backward`` is ``engine.backward(loss, scale_wrt_gas=False)`` (the loop already divided by k), and ``step``
+is one ``engine.step()`` at the boundary.  ``gradient_accumulation_steps`` in the DeepSpeed config is
+``SOLVER.ACCUM_ITER``, so DeepSpeed's own bookkeeping (samples, throughput) agrees with ours.
+
+The optimizer is the torch optimizer built by ``uniperceiver.solver.build_optimizer`` (DeepSpeed wraps it,
+keeping its ``param_groups``, so the LR-schedule hook keeps working); naming an optimizer in the DeepSpeed
+config would compile fused ops for nothing.  Precision: ``SOLVER.AMP`` bf16 -> DeepSpeed ``bf16`` (bf16
+weights, fp32 master copy), fp16 -> DeepSpeed ``fp16`` with dynamic loss scaling (CUDA only).  Gradient
+clipping is DeepSpeed's ``gradient_clipping = SOLVER.GRAD_CLIP``.
+
+Checkpoints: :meth:`state_dict` is collective and writes DeepSpeed's sharded checkpoint
+(``<OUTPUT_DIR>/deepspeed/<tag>/``: model + ZeRO optimizer shards, one per rank); the returned dict, stored
+in our ``model_*.pth``, names the tag, and :meth:`load_state_dict` loads it back.
+``tools/convert_checkpoint.py`` consolidates the shards into a plain ``{"model": ...}`` file.
+:meth:`module_state_dict` is the full model state on every rank (gathered under ZeRO-3), for ``"model"``.
+
+On a machine without CUDA, ``DS_ACCELERATOR=cpu`` is set before DeepSpeed is imported (gloo + CPU ops).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+from typing import Any, ContextManager, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from uniperceiver.config import ConfigError
+from uniperceiver.utils import comm
+
+from .step import StepEngine
+
+logger = logging.getLogger(__name__)
+
+_TAG = re.compile(r"^iter_(\d+)$")
+
+
+def import_deepspeed():
+    """Import DeepSpeed, choosing its CPU accelerator where there is no CUDA (unless DS_ACCELERATOR is set)."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    try:
+        import deepspeed
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ConfigError(f"SOLVER.DEEPSPEED.ENABLED needs the deepspeed package ({e})") from None
+    return deepspeed
+
+
+def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed config implied by ``cfg.SOLVER``; ``SOLVER.DEEPSPEED.CONFIG`` (a JSON file) is merged
+    under it, i.e. its keys win, except those that must agree with our loop (accumulation, batch size)."""
+    solver = cfg.SOLVER
+    stage = int(solver.DEEPSPEED.ZERO_STAGE)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"SOLVER.DEEPSPEED.ZERO_STAGE must be 0, 1, 2 or 3, got {stage}")
+    accum = max(1, int(solver.ACCUM_ITER))
+    ds: Dict[str, Any] = {
+        # We feed the data ourselves; the micro-batch size only enters DeepSpeed's throughput reports.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": float(solver.GRAD_CLIP) if solver.GRAD_CLIP > 0 else 0.0,
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    if stage == 3:
+        # model_*.pth files get a full state dict (module_state_dict gathers it).
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if solver.AMP.ENABLED:
+        if solver.AMP.DTYPE == "bf16":
+            ds["bf16"] = {"enabled": True}
+        elif solver.AMP.DTYPE == "fp16":
+            if not torch.cuda.is_available():
+                raise ConfigError("SOLVER.AMP.DTYPE fp16 with DeepSpeed needs CUDA; use bf16 on CPU")
+            ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+        else:
+            raise ConfigError(f"SOLVER.AMP.DTYPE must be bf16 or fp16, got {solver.AMP.DTYPE!r}")
+    if solver.DEEPSPEED.CONFIG:
+        path = solver.DEEPSPEED.CONFIG
+        try:
+            with open(path) as f:
+                user = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"SOLVER.DEEPSPEED.CONFIG {path}: {e}") from None
+        if "optimizer" in user or "scheduler" in user:
+            raise ConfigError(f"SOLVER.DEEPSPEED.CONFIG {path}: 'optimizer' / 'scheduler' come from SOLVER and "
+                              f"LR_SCHEDULER; remove them from the JSON")
+        ds = _merge(ds, user)
+        ds["gradient_accumulation_steps"] = accum
+        ds["train_micro_batch_size_per_gpu"] = 1
+        ds.pop("train_batch_size", None)
+    ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * accum * world_size
+    return ds
+
+
+class DeepSpeedStepEngine(StepEngine):
+    """``deepspeed.initialize(model, optimizer, config)`` driven through the StepEngine methods."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, ds_config: Dict[str, Any], *,
+                 checkpoint_dir: str, keep_checkpoints: int = 2):
+        deepspeed = import_deepspeed()
+        self.ds_config = ds_config
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 config=ds_config, dist_init_required=None)
+        self.model = self.engine  # forward goes through the engine (ZeRO-3 gathers parameters there)
+        self.module = model
+        self.stage = int(ds_config["zero_optimization"]["stage"])
+        self.clip = float(ds_config.get("gradient_clipping", 0.0))
+        self.checkpoint_dir = checkpoint_dir
+        self.keep_checkpoints = max(1, int(keep_checkpoints))
+        self._steps = 0  # optimizer steps taken (or skipped) through this object: names checkpoint tags
+        bf16 = ds_config.get("bf16", {}).get("enabled", False)
+        fp16 = ds_config.get("fp16", {}).get("enabled", False)
+        self._autocast_dtype = torch.bfloat16 if bf16 else (torch.float16 if fp16 else None)
+        self.device_type = self.engine.device.type if isinstance(self.engine.device, torch.device) else \
+            torch.device(self.engine.device).type
+        logger.info("DeepSpeed ZeRO stage %d, gradient_accumulation_steps %d, %s", self.stage,
+                    ds_config["gradient_accumulation_steps"],
+                    "bf16" if bf16 else ("fp16" if fp16 else "fp32"))
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, optimizer: torch.optim.Optimizer) -> "DeepSpeedStepEngine":
+        ds_config = build_deepspeed_config(cfg, comm.get_world_size())
+        return cls(model, optimizer, ds_config, checkpoint_dir=os.path.join(cfg.OUTPUT_DIR, "deepspeed"),
+                   keep_checkpoints=max(2, int(cfg.SOLVER.CHECKPOINT_MAX_SAVE) + 1)
+                   if cfg.SOLVER.CHECKPOINT_MAX_SAVE > 0 else 10 ** 9)
+
+    # ------------------------------------------------------------------------------------- the step
+    def autocast(self) -> ContextManager:
+        # DeepSpeed casts the weights to bf16 / fp16; autocast casts the (fp32) inputs to match.
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self._autocast_dtype)
+
+    def micro_step(self, sync: bool) -> ContextManager:
+        self.engine.set_gradient_accumulation_boundary(bool(sync))
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, sync: bool = True) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> Dict[str, float]:
+        self.engine.set_gradient_accumulation_boundary(True)
+        self.engine.step()
+        self._steps += 1
+        stats: Dict[str, float] = {}
+        norm = self.engine.get_global_grad_norm()
+        if self.clip > 0 and norm is not None:
+            stats["grad_norm"] = float(norm)
+        if self.ds_config.get("fp16", {}).get("enabled", False):
+            stats["loss_scale"] = float(self.optimizer.cur_scale)
+        return stats
+
+    def skip_step(self) -> None:
+        # Gradients of this step were already reduced into ZeRO's buffers at the boundary backward; a step
+        # without an update is DeepSpeed's overflow path, which we cannot trigger from outside.  Drop what we
+        # can reach (param grads and stage 1/2 partition buffers) and count the step.
+        self.engine.zero_grad()
+        zero_opt = self.optimizer
+        if hasattr(zero_opt, "averaged_gradients"):
+            for key in list(zero_opt.averaged_gradients):
+                zero_opt.averaged_gradients[key] = None
+        if hasattr(zero_opt, "zero_grad"):
+            zero_opt.zero_grad(set_to_none=True)
+        self._steps += 1
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def module_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Full model state (fp32 copies on CPU) on every rank.  Collective under ZeRO-3."""
+        if self.stage == 3:
+            deepspeed = import_deepspeed()
+            params = list(self.module.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                for k, v in self.module.state_dict().items()}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Collective: every rank writes its shards to ``checkpoint_dir/iter_<steps>``."""
+        tag = f"iter_{self._steps:07d}"
+        self.engine.save_checkpoint(self.checkpoint_dir, tag=tag, client_state={"steps": self._steps})
+        comm.synchronize()
+        self._prune(keep_tag=tag)
+        return {"deepspeed_tag": tag, "deepspeed_dir": os.path.basename(self.checkpoint_dir), "steps": self._steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        tag = state.get("deepspeed_tag")
+        if not tag:
+            logger.warning("checkpoint has no DeepSpeed tag; DeepSpeed state starts fresh")
+            return
+        if not os.path.isdir(os.path.join(self.checkpoint_dir, tag)):
+            raise ConfigError(f"DeepSpeed checkpoint {os.path.join(self.checkpoint_dir, tag)} is missing "
+                              f"(the .pth file refers to it)")
+        path, client = self.engine.load_checkpoint(self.checkpoint_dir, tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=False)
+        if path is None:
+            raise ConfigError(f"DeepSpeed could not load {self.checkpoint_dir}/{tag}")
+        self._steps = int(client.get("steps", state.get("steps", 0)))
+        logger.info("Loaded DeepSpeed checkpoint %s", path)
+
+    def _prune(self, keep_tag: str) -> None:
+        if not comm.is_main_process() or not os.path.isdir(self.checkpoint_dir):
+            return
+        tags = sorted(d for d in os.listdir(self.checkpoint_dir) if _TAG.match(d))
+        for tag in tags[: max(0, len(tags) - self.keep_checkpoints)]:
+            if tag != keep_tag:
+                shutil.rmtree(os.path.join(self.checkpoint_dir, tag), ignore_errors=True)
