@@ -69,6 +69,7 @@ VARIANTS = {
 
 def test_registered():
     assert "UniPerceiver" in MODEL_REGISTRY
+    assert isinstance(build_model(tiny_cfg(layers=1)), UniPerceiver)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
