@@ -606,3 +606,67 @@ def test_caption_generator_matches_teacher_forced_queries(tmp_path):
     gen.beam_size = 3
     _, beam_scores = gen.generate(model, images, table)
     assert (beam_scores >= greedy_scores - 1e-5).all()
+
+
+# ---------------------------------------------------------------------------------------------- --eval-only
+def _eval_only_setup(tmp_path):
+    """Weights of the instant classification config and a data root holding ONLY its val split."""
+    import shutil
+
+    from uniperceiver.config import setup_cfg
+    from uniperceiver.data.demo import ensure_demo_data
+    from uniperceiver.modeling import build_model
+    from uniperceiver.utils.paths import demo_data_root
+
+    from conftest import REPO
+
+    demo = ensure_demo_data(demo_data_root())
+    data = tmp_path / "data"
+    (data / "imagenet" / "meta").mkdir(parents=True)
+    shutil.copy(os.path.join(demo, "imagenet", "classnames.txt"), data / "imagenet")
+    shutil.copy(os.path.join(demo, "imagenet", "meta", "val.txt"), data / "imagenet" / "meta")
+    shutil.copytree(os.path.join(demo, "imagenet", "val"), data / "imagenet" / "val")
+    config = str(REPO / "configs" / "quick_schedules" / "instant_classification.yaml")
+    cfg = setup_cfg(config, ["DATA_PATH", str(data)])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
+    return config, data, model, cfg
+
+
+@pytest.mark.slow  # builds the demo data once and starts main.py (~20-30 s on 2 cores)
+def test_eval_only_without_training_data(tmp_path):
+    from conftest import run_main
+
+    from uniperceiver.evaluation import inference_on_tasks
+    from uniperceiver.tasks import build_tasks
+
+    config, data, model, cfg = _eval_only_setup(tmp_path)
+    out = tmp_path / "out"
+    assert not (data / "imagenet" / "meta" / "train.txt").exists()
+    run_main(["--config-file", config, "--eval-only", "MODEL.WEIGHTS", tmp_path / "w.pth", "DATA_PATH", data,
+              "OUTPUT_DIR", out])
+    results = json.loads((out / "inference" / "imagenet" / "results.json").read_text())
+    assert set(results) == {"Acc@1", "Acc@5"}
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    assert not any(f.endswith(".pth") for f in os.listdir(out))  # nothing trained, nothing saved
+    # the same numbers in-process
+    expected = inference_on_tasks(cfg, model, build_tasks(cfg), write=False)
+    assert results == pytest.approx(expected["imagenet"])
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_eval_only_two_processes_equals_one(tmp_path):
+    from conftest import run_main
+
+    config, data, _, _ = _eval_only_setup(tmp_path)
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        run_main(["--num-gpus", n, "--config-file", config, "--eval-only", "MODEL.WEIGHTS", tmp_path / "w.pth",
+                  "DATA_PATH", data, "OUTPUT_DIR", out, "TASKS.imagenet.DATALOADER.TEST_BATCH_SIZE", 7])
+        outs[n] = json.loads((out / "inference" / "imagenet" / "results.json").read_text())
+    assert outs[2] == pytest.approx(outs[1])
+    # rank 1 really read its half of the 100 val images
+    assert "rank 1 of 2 reads [50, 100)" in (tmp_path / "out2" / "log.txt.rank1").read_text()

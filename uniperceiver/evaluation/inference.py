@@ -88,10 +88,13 @@ def _autocast(cfg, device: torch.device):
 def inference_on_dataset(cfg, model, task, split: str) -> Dict[str, float]:
     """Evaluate one split of one task; metrics on rank 0, ``{}`` on other ranks."""
     dataset = task.build_dataset(split)
+    sampler = InferenceSampler(len(dataset))
+    logger.info("Evaluating %s/%s: %d samples; rank %d of %d reads [%d, %d)", task.name, split, len(dataset),
+                comm.get_rank(), comm.get_world_size(), sampler.start, sampler.end)
     loader = DataLoader(
         dataset,
         batch_size=task.cfg.DATALOADER.TEST_BATCH_SIZE,
-        sampler=InferenceSampler(len(dataset)),
+        sampler=sampler,
         collate_fn=task.collate,
         num_workers=task.cfg.DATALOADER.NUM_WORKERS,
         pin_memory=model_device(model).type == "cuda",
