@@ -146,3 +146,39 @@ def test_torch_distributed_launch_two_processes(tmp_path):
 @pytest.mark.slow
 def test_num_gpus_spawn_two_processes(tmp_path):
     _launcher_run(tmp_path, [], extra=["--num-gpus", "2"])
+
+
+# ------------------------------------------------------------------ world detection (pure functions)
+from uniperceiver.engine.defaults import default_argument_parser  # noqa: E402
+from uniperceiver.engine.launch import detect_world, expand_nodelist, slurm_port  # noqa: E402
+
+
+def test_expand_nodelist():
+    assert expand_nodelist("node[01-03,7],gpu5") == ["node01", "node02", "node03", "node7", "gpu5"]
+    assert expand_nodelist("rack[1-2]-n[08-09]") == ["rack1-n08", "rack1-n09", "rack2-n08", "rack2-n09"]
+    assert expand_nodelist("single") == ["single"]
+
+
+def test_detect_world_order():
+    launcher = {"RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "h", "MASTER_PORT": "1234",
+                "SLURM_PROCID": "0", "SLURM_NTASKS": "8"}
+    w = detect_world(local_rank_arg=1, env=launcher)
+    assert (w.source, w.rank, w.world_size, w.local_rank, w.master_port) == ("launcher", 3, 4, 1, 1234)
+    w = detect_world(env=dict(launcher, LOCAL_RANK="2"), local_rank_arg=1)
+    assert w.local_rank == 2  # the environment wins over --local-rank
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+             "SLURM_JOB_NODELIST": "gpu[10-11]"}
+    w = detect_world(env=slurm)
+    assert (w.source, w.rank, w.world_size, w.local_rank, w.master_addr) == ("slurm", 5, 8, 1, "gpu10")
+    assert w.master_port == 10000 + 123456 % 20000
+    assert slurm_port(dict(slurm, MASTER_PORT="2222")) == 2222
+    assert detect_world(env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).source == "single"
+    assert detect_world(env={}).source == "single"
+
+
+@pytest.mark.parametrize("flag", ["--local-rank=1", "--local_rank=1"])
+def test_parser_accepts_both_local_rank_spellings(flag):
+    args = default_argument_parser().parse_args([flag, "--num-gpus", "2", "--config-file", "c.yaml",
+                                                 "OUTPUT_DIR", "x", "SOLVER.ACCUM_ITER", "2"])
+    assert args.local_rank == 1 and args.num_gpus == 2
+    assert args.opts == ["OUTPUT_DIR", "x", "SOLVER.ACCUM_ITER", "2"]
