@@ -101,6 +101,10 @@ def build_step_engine(cfg, model, optimizer, device):
     """The optimisation backend (plain / AMP; a DeepSpeed backend plugs in here)."""
     from .step import AMPStepEngine
 
+    if cfg.SOLVER.DEEPSPEED.ENABLED:  # DeepSpeed does its own data parallelism (ZeRO), so no DDP wrapper
+        from .deepspeed_step import DeepSpeedStepEngine
+
+        return DeepSpeedStepEngine.from_config(cfg, model, optimizer)
     if comm.get_world_size() > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
