@@ -38,7 +38,9 @@ def main(args):
         from uniperceiver.evaluation.inference import run_eval_only
 
         return run_eval_only(cfg, args)
-    return train(cfg, resume=args.resume)
+    from uniperceiver.engine.eval_hook import build_eval_hook  # None when SOLVER.EVAL_PERIOD is 0
+
+    return train(cfg, resume=args.resume, eval_hook_factory=build_eval_hook)
 
 
 def run(argv=None) -> int:
