@@ -182,3 +182,12 @@ def test_parser_accepts_both_local_rank_spellings(flag):
                                                  "OUTPUT_DIR", "x", "SOLVER.ACCUM_ITER", "2"])
     assert args.local_rank == 1 and args.num_gpus == 2
     assert args.opts == ["OUTPUT_DIR", "x", "SOLVER.ACCUM_ITER", "2"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_spawn_user_error_exit_2(tmp_path):
+    """A user error raised inside spawned workers (a checkpoint that does not exist) still exits 2."""
+    proc = run_main(["--config-file", INSTANT, "--num-gpus", "2", "MODEL.WEIGHTS", tmp_path / "nope.pth",
+                     "OUTPUT_DIR", tmp_path / "o"], check=False, timeout=300)
+    assert proc.returncode == 2 and "nope.pth" in proc.stderr

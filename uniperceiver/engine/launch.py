@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -168,8 +169,11 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int = 1, num_mac
             if num_machines != 1:
                 raise ValueError("--dist-url auto only works with one machine; pass tcp://<host>:<port>")
             dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-        mp.start_processes(_spawned_worker, nprocs=num_gpus_per_machine, start_method="spawn",
-                           args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args))
+        try:
+            mp.start_processes(_spawned_worker, nprocs=num_gpus_per_machine, start_method="spawn",
+                               args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args))
+        except mp.ProcessExitedException as e:  # a worker exited non-zero (e.g. 2 after a user error)
+            return e.exit_code
         return 0
     return main_func(*args)
 
@@ -179,8 +183,15 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
     world = World("spawn", world_size, machine_rank * num_gpus_per_machine + local_rank, local_rank)
     os.environ.update(RANK=str(world.rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
     _init_process_group(world, dist_url)
+    from uniperceiver.config import ConfigError
+
     try:
         result = main_func(*args)
+    except ConfigError as e:  # user error: one line per worker, exit code 2 (the parent returns it)
+        if any(getattr(a, "debug", False) for a in args):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        result = 2
     finally:
         _destroy()
     if isinstance(result, int) and result != 0:

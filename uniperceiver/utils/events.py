@@ -189,9 +189,12 @@ class CommonMetricPrinter(EventWriter):
 
         losses = "  ".join(f"{k}: {storage.history(k).median(self._window_size):.4f}"
                            for k in sorted(latest) if "loss" in k and latest[k][1] == iteration)
-        memory = ""
         if torch.cuda.is_available():
             memory = f"max_mem: {torch.cuda.max_memory_allocated() / 1024 ** 2:.0f}M"
+        else:
+            import resource
+
+            memory = f"max_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}M"
         eta = self._eta(storage)
         self.logger.info(
             f"{'eta: ' + eta + '  ' if eta else ''}iter: {iteration}/{self._max_iter}  {losses}  "
