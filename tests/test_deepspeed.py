@@ -33,9 +33,10 @@ class ToyModel(nn.Module):
         self.fc1 = nn.Linear(8, 16)
         self.norm = nn.LayerNorm(16)
         self.fc2 = nn.Linear(16, 4)
+        self.scale = nn.Parameter(torch.ones(1))  # smaller than the world size: padded ZeRO-3 partitions
 
     def forward(self, x):
-        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+        return self.fc2(torch.relu(self.norm(self.fc1(x)))) * self.scale
 
 
 class ToyTask:
@@ -100,6 +101,7 @@ def _worker(rank: int, port: int, stage: int, bf16: bool, out_dir: str) -> None:
     engine = DeepSpeedStepEngine(model, toy_optimizer(model), ds_config(stage, bf16), checkpoint_dir=ckpt_dir)
     run_trainer(model, engine, [rank], 0, STEPS)
     state = engine.state_dict()
+    mid = engine.module_state_dict()
     run_trainer(model, engine, [rank], STEPS, STEPS)
     full = engine.module_state_dict()
     if rank == 0:
@@ -113,6 +115,18 @@ def _worker(rank: int, port: int, stage: int, bf16: bool, out_dir: str) -> None:
     full2 = engine2.module_state_dict()
     if rank == 0:
         torch.save({"model": full2}, os.path.join(out_dir, "resumed.pth"))
+
+    # MODEL.WEIGHTS: weights loaded through the checkpoint view after deepspeed.initialize must reach DeepSpeed's
+    # fp32 master copy (else the first step would silently revert to the initial weights).
+    model3 = ToyModel()
+    engine3 = DeepSpeedStepEngine(model3, toy_optimizer(model3), ds_config(stage, bf16),
+                                  checkpoint_dir=os.path.join(out_dir, "unused"))
+    view, _ = engine3.checkpoint_targets(model3, None)
+    view.load_state_dict(mid)
+    run_trainer(model3, engine3, [rank], STEPS, STEPS)
+    full3 = engine3.module_state_dict()
+    if rank == 0:
+        torch.save({"model": full3}, os.path.join(out_dir, "warm.pth"))
     torch.distributed.destroy_process_group()
 
 
@@ -132,13 +146,15 @@ def extensions_dir():
     return path
 
 
-def reference(steps: int) -> dict:
+def reference(steps: int, start: int = 0, weights=None) -> dict:
     """The same training with the plain step engine in one process, on both ranks' batches concatenated."""
     from uniperceiver.engine.step import AMPStepEngine
 
     model = toy_model()
+    if weights is not None:
+        model.load_state_dict(weights)
     engine = AMPStepEngine(model, toy_optimizer(model), grad_clip=1.0)
-    run_trainer(model, engine, list(range(WORLD)), 0, steps)
+    run_trainer(model, engine, list(range(WORLD)), start, steps)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -157,6 +173,12 @@ def test_zero_matches_plain_training_and_resumes(stage, bf16, tmp_path, extensio
         # resuming is exact: same shards, same optimizer state, same data
         torch.testing.assert_close(resumed["model"][key], run["model"][key], atol=0, rtol=0,
                                    msg=f"{key} differs after resume")
+
+    # fine-tuning from loaded weights (fresh optimizer) = the plain run doing the same
+    warm = torch.load(tmp_path / "warm.pth", weights_only=True)
+    warm_ref = reference(STEPS, start=STEPS, weights=reference(STEPS))
+    for key, value in warm_ref.items():
+        torch.testing.assert_close(warm["model"][key], value, **tol, msg=f"{key} differs after loading weights")
 
     # Consolidate the ZeRO shards of the mid-run checkpoint into a plain model file.
     tag = run["state"]["deepspeed_tag"]

@@ -21,7 +21,8 @@ Checkpoints: :meth:`state_dict` is collective and writes DeepSpeed's sharded che
 (``<OUTPUT_DIR>/deepspeed/<tag>/``: model + ZeRO optimizer shards, one per rank); the returned dict, stored
 in our ``model_*.pth``, names the tag, and :meth:`load_state_dict` loads it back.
 ``tools/convert_checkpoint.py`` consolidates the shards into a plain ``{"model": ...}`` file.
-:meth:`module_state_dict` is the full model state on every rank (gathered under ZeRO-3), for ``"model"``.
+Our own ``"model"`` entry is the full fp32 model (gathered from the ZeRO partitions by :class:`ZeroModelView`,
+which also writes loaded ``MODEL.WEIGHTS`` into DeepSpeed's fp32 master copy); ``"optimizer"`` is empty.
 
 On a machine without CUDA, ``DS_ACCELERATOR=cpu`` is set before DeepSpeed is imported (gloo + CPU ops).
 """
@@ -88,9 +89,6 @@ def build_deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
-    if stage == 3:
-        # model_*.pth files get a full state dict (module_state_dict gathers it).
-        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     if solver.AMP.ENABLED:
         if solver.AMP.DTYPE == "bf16":
             ds["bf16"] = {"enabled": True}
@@ -190,15 +188,14 @@ class DeepSpeedStepEngine(StepEngine):
         self._steps += 1
 
     # ------------------------------------------------------------------------------------ checkpoints
+    def checkpoint_targets(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        """The Checkpointer saves the full fp32 model through :class:`ZeroModelView` and no optimizer state
+        (ZeRO's optimizer shards are in the DeepSpeed checkpoint that :meth:`state_dict` writes)."""
+        return ZeroModelView(self.module, self.stage), _StateInDeepSpeedCheckpoint()
+
     def module_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Full model state (fp32 copies on CPU) on every rank.  Collective under ZeRO-3."""
-        if self.stage == 3:
-            deepspeed = import_deepspeed()
-            params = list(self.module.parameters())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
-        return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-                for k, v in self.module.state_dict().items()}
+        """Full model state (fp32 master weights, on CPU) on every rank.  Collective."""
+        return ZeroModelView(self.module, self.stage).state_dict()
 
     def state_dict(self) -> Dict[str, Any]:
         """Collective: every rank writes its shards to ``checkpoint_dir/iter_<steps>``."""
@@ -230,3 +227,74 @@ class DeepSpeedStepEngine(StepEngine):
         for tag in tags[: max(0, len(tags) - self.keep_checkpoints)]:
             if tag != keep_tag:
                 shutil.rmtree(os.path.join(self.checkpoint_dir, tag), ignore_errors=True)
+
+
+class _StateInDeepSpeedCheckpoint:
+    """Stands for the optimizer in our checkpoints: its (sharded) state is saved by DeepSpeed."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+
+class ZeroModelView:
+    """The model as the Checkpointer sees it under DeepSpeed: ``state_dict()`` is the FULL fp32 state (master
+    weights gathered from the ZeRO partitions; under ZeRO-3 the partitioned parameters too) and
+    ``load_state_dict()`` writes both the working (bf16 / fp32) parameters and DeepSpeed's fp32 master copy,
+    so ``MODEL.WEIGHTS`` loaded after ``deepspeed.initialize`` really trains from those weights.
+    Both are collective: every rank calls them (the Checkpointer does)."""
+
+    def __init__(self, module: nn.Module, stage: int) -> None:
+        self._module = module
+        self._stage = int(stage)
+
+    def __getattr__(self, name: str):
+        if name == "module" or name.startswith("_"):  # the Checkpointer unwraps ``.module``: we are the model
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+    def _gathered(self, modifier_rank=None) -> ContextManager:
+        if self._stage != 3:
+            return contextlib.nullcontext()
+        deepspeed = import_deepspeed()
+        return deepspeed.zero.GatheredParameters(list(self._module.parameters()), modifier_rank=modifier_rank)
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        with self._gathered():
+            state = {k: v.detach().cpu().clone() for k, v in self._module.state_dict().items()}
+        for name, param in self._module.named_parameters(remove_duplicate=False):
+            full = safe_get_full_fp32_param(param)  # collective; None for frozen parameters
+            if full is not None and name in state:
+                state[name] = full.detach().float().cpu().reshape(state[name].shape).clone()
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor], strict: bool = True):
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        with self._gathered(modifier_rank=0):
+            result = self._module.load_state_dict(state, strict=strict)
+        for name, param in self._module.named_parameters(remove_duplicate=False):
+            if name not in state or not param.requires_grad:
+                continue
+            value = state[name].detach().float().to(param.device)
+            if hasattr(param, "ds_tensor"):
+                _set_zero3_master(param, value)
+            else:
+                safe_set_full_fp32_param(param, value)
+        return result
+
+
+def _set_zero3_master(param: torch.Tensor, value: torch.Tensor) -> None:
+    """This rank's slice of ``value`` into the ZeRO-3 fp32 partition of ``param``.  (DeepSpeed's
+    ``safe_set_full_fp32_param`` fails on parameters smaller than the world size: their partitions are padded.)"""
+    from deepspeed.utils import safe_set_local_fp32_param
+
+    n = param.ds_tensor.numel()
+    flat = value.flatten()
+    padded = torch.zeros(n * comm.get_world_size(), dtype=flat.dtype, device=flat.device)
+    padded[: flat.numel()] = flat
+    safe_set_local_fp32_param(param, padded.narrow(0, n * comm.get_rank(), n))

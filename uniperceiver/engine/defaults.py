@@ -137,7 +137,8 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     step_engine = build_step_engine(cfg, model, optimizer, device)
     trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
                       max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device)
-    checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=scheduler,
+    ckpt_model, ckpt_optimizer = step_engine.checkpoint_targets(model, optimizer)
+    checkpointer = Checkpointer(ckpt_model, cfg.OUTPUT_DIR, optimizer=ckpt_optimizer, scheduler=scheduler,
                                 step_engine=step_engine, data_loader=data_loader, trainer=trainer, rng=RNGState())
     eval_hook = eval_hook_factory(cfg, model, tasks) if eval_hook_factory is not None else None
     trainer.register_hooks(build_hooks(cfg, trainer, checkpointer, optimizer, scheduler, eval_hook=eval_hook))

@@ -59,6 +59,11 @@ class StepEngine:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         pass
 
+    def checkpoint_targets(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        """``(model, optimizer)`` as the Checkpointer should save them.  A backend that shards them substitutes
+        views (DeepSpeed: a full-state model view; its ZeRO optimizer state lives in its own checkpoint)."""
+        return model, optimizer
+
 
 class AMPStepEngine(StepEngine):
     """Plain PyTorch optimisation with optional autocast (bf16 anywhere; fp16 + GradScaler on CUDA)."""
