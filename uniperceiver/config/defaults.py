@@ -45,7 +45,9 @@ _C.MODEL.ENCODER = "UnifiedBertEncoder"
 _C.MODEL.WEIGHTS = ""
 # Regexes over parameter names that may be missing from / unexpected in MODEL.WEIGHTS (new heads, prompts...).
 _C.MODEL.WEIGHTS_IGNORE = []
-# Regexes over parameter names that train; empty = everything trains, all else is frozen.
+# Regexes (re.search) over parameter names that train; empty = everything trains.  All other parameters are
+# frozen (requires_grad False, left out of the optimizer); patterns matching nothing are a ConfigError.
+# Prompt tuning: ["prompt"]; LoRA: ["lora_"].
 _C.MODEL.TRAINABLE = []
 # Shared token-embedding width is MODEL.BERT.HIDDEN_SIZE; input image side in pixels.
 _C.MODEL.IMG_INPUT_SIZE = 224
@@ -80,8 +82,10 @@ _C.MODEL.VOCAB_NEGATIVES = 0
 # Initial logit scale exp(s) = 1 / 0.07, and its clamp.
 _C.MODEL.LOGIT_SCALE_INIT = 14.285714285714286
 _C.MODEL.LOGIT_SCALE_MAX = 100.0
-# Keep an exponential moving average of the weights.
+# Keep an exponential moving average of the weights (engine/ema.py), saved as "model_ema" in checkpoints and
+# evaluated with main.py --eval-only --eval-ema.
 _C.MODEL.MODEL_EMA = False
+# EMA decay per optimizer step: ema = decay * ema + (1 - decay) * weights.
 _C.MODEL.MODEL_EMA_DECAY = 0.9999
 
 _C.MODEL.BERT = CN()
@@ -103,8 +107,20 @@ _C.MODEL.PROMPT = CN()
 _C.MODEL.PROMPT.ENABLED = False
 # Learnable deep prompt tokens per layer.
 _C.MODEL.PROMPT.NUM_TOKENS = 10
-# Weight of the linear head blended with the similarity score.
+# Weight w of the linear head blended with the similarity score: logits = scale * ((1 - w) * cos + w * head);
+# 0 = no head.  The head scores (W q + b) . target with W initialised to the identity.
 _C.MODEL.PROMPT.FC_WEIGHT = 0.0
+
+# LoRA low-rank adapters on the encoder's linear layers (uniperceiver/modeling/lora.py).  Train only them with
+# MODEL.TRAINABLE ["lora_"]; tools/merge_lora.py folds them into a plain checkpoint.
+_C.MODEL.LORA = CN()
+_C.MODEL.LORA.ENABLED = False
+# Rank r of the update B A (A: [r, in], B: [out, r]).
+_C.MODEL.LORA.RANK = 8
+# The update is scaled by ALPHA / RANK.
+_C.MODEL.LORA.ALPHA = 16.0
+# Regex (re.search) over module names of the nn.Linear layers that get adapters.
+_C.MODEL.LORA.TARGET = r"encoder\.blocks\.\d+\.attn\.(qkv|proj)$"
 
 # ---------------------------------------------------------------------------------------------------------
 # Mixture of experts (Uni-Perceiver-MoE)

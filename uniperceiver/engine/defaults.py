@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from typing import Optional
 
@@ -26,6 +25,8 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument("--resume", action="store_true",
                         help="resume from OUTPUT_DIR/last_checkpoint if it exists (else load MODEL.WEIGHTS)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint)")
+    parser.add_argument("--eval-ema", action="store_true",
+                        help="with --eval-only: evaluate the checkpoint's model_ema weights (MODEL.MODEL_EMA)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (spawned without a launcher)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines (spawn mode)")
     parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (spawn mode)")
@@ -86,15 +87,10 @@ def get_device(cfg) -> torch.device:
 
 
 def apply_trainable(cfg, model: torch.nn.Module) -> None:
-    """MODEL.TRAINABLE regexes: when set, only matching parameters train."""
-    if not cfg.MODEL.TRAINABLE:
-        return
-    patterns = [re.compile(p) for p in cfg.MODEL.TRAINABLE]
-    trainable = 0
-    for name, p in model.named_parameters():
-        p.requires_grad_(any(r.search(name) for r in patterns))
-        trainable += p.requires_grad
-    logger.info("MODEL.TRAINABLE: %d parameter tensors train, the rest is frozen", trainable)
+    """MODEL.TRAINABLE regexes: when set, only matching parameters train (modeling/adaptation.py)."""
+    from uniperceiver.modeling.adaptation import apply_trainable as _apply
+
+    _apply(model, cfg.MODEL.TRAINABLE)
 
 
 def build_step_engine(cfg, model, optimizer, device):
@@ -122,6 +118,7 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     from uniperceiver.solver import build_lr_scheduler, build_optimizer
     from uniperceiver.tasks import build_tasks
 
+    from .ema import build_model_ema, insert_ema_hook
     from .hooks import build_hooks
     from .train_loop import Trainer
 
@@ -138,11 +135,17 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
                       max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device)
     ckpt_model, ckpt_optimizer = step_engine.checkpoint_targets(model, optimizer)
+    model_ema = build_model_ema(cfg, model)  # None unless MODEL.MODEL_EMA
+    extra_ckpt = {"model_ema": model_ema} if model_ema is not None else {}
     checkpointer = Checkpointer(ckpt_model, cfg.OUTPUT_DIR, optimizer=ckpt_optimizer, scheduler=scheduler,
-                                step_engine=step_engine, data_loader=data_loader, trainer=trainer, rng=RNGState())
+                                step_engine=step_engine, data_loader=data_loader, trainer=trainer, rng=RNGState(),
+                                **extra_ckpt)
     eval_hook = eval_hook_factory(cfg, model, tasks) if eval_hook_factory is not None else None
-    trainer.register_hooks(build_hooks(cfg, trainer, checkpointer, optimizer, scheduler, eval_hook=eval_hook))
+    hooks = build_hooks(cfg, trainer, checkpointer, optimizer, scheduler, eval_hook=eval_hook)
+    trainer.register_hooks(insert_ema_hook(hooks, model_ema) if model_ema is not None else hooks)
     extra = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume, ignore=cfg.MODEL.WEIGHTS_IGNORE)
+    if model_ema is not None and not model_ema.loaded:
+        model_ema.reset()  # start the average from the loaded (or initial) weights
     start_iter = int(extra["iteration"]) + 1 if "iteration" in extra else 0
     if start_iter >= cfg.SOLVER.MAX_ITER:
         logger.info("Training already finished at iteration %d", start_iter)

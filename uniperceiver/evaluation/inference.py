@@ -206,9 +206,10 @@ def write_tensorboard(output_dir: str, results: Dict[str, Dict[str, float]], ste
         writer.close()
 
 
-def load_eval_weights(cfg, model, resume: bool = False) -> str:
+def load_eval_weights(cfg, model, resume: bool = False, ema: bool = False) -> str:
     """Load weights only: OUTPUT_DIR's last checkpoint with ``resume``, else MODEL.WEIGHTS, else OUTPUT_DIR's
-    last checkpoint if there is one.  Returns the path loaded ("" = none: random weights, logged)."""
+    last checkpoint if there is one.  Returns the path loaded ("" = none: random weights, logged).
+    ``ema`` (``--eval-ema``): load that checkpoint's ``model_ema`` weights instead of ``model``."""
     from uniperceiver.checkpoint import Checkpointer
 
     ckpt = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
@@ -218,6 +219,11 @@ def load_eval_weights(cfg, model, resume: bool = False) -> str:
         logger.warning("--eval-only without MODEL.WEIGHTS or a checkpoint in %s: evaluating random weights",
                        cfg.OUTPUT_DIR)
         return ""
+    if ema:
+        from uniperceiver.engine.ema import load_ema_weights
+
+        load_ema_weights(model, path)
+        return path
     ckpt.load_weights(path, ignore=cfg.MODEL.WEIGHTS_IGNORE)
     return path
 
@@ -233,7 +239,7 @@ def run_eval_only(cfg, args=None) -> Dict[str, Dict[str, float]]:
     from uniperceiver.tasks import build_tasks
 
     model = build_model(cfg)
-    load_eval_weights(cfg, model, resume=bool(getattr(args, "resume", False)))
+    load_eval_weights(cfg, model, resume=bool(getattr(args, "resume", False)), ema=bool(getattr(args, "eval_ema", False)))
     model.to(get_device(cfg))
     tasks = build_tasks(cfg)
     results = inference_on_tasks(cfg, model, tasks, splits=("val", "test"))

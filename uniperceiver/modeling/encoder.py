@@ -124,6 +124,7 @@ class UnifiedBertEncoder(nn.Module):
         norm_eps: float = 1e-6,
         grad_checkpointing: bool = False,
         block_layers: Optional[Callable[[int], Tuple[Callable[..., nn.Module], Callable[..., nn.Module]]]] = None,
+        num_prompt_tokens: int = 0,
     ):
         super().__init__()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -146,6 +147,13 @@ class UnifiedBertEncoder(nn.Module):
             )
         self.blocks = nn.ModuleList(blocks)
         self.grad_checkpointing = grad_checkpointing
+        # Prompt tuning (MODEL.PROMPT): deep prompts, ``num_prompt_tokens`` learned tokens per block, and a
+        # learned bias on the leading <spe> token (raw Parameters, so the model's Linear init leaves them be).
+        self.num_prompt_tokens = int(num_prompt_tokens)
+        if self.num_prompt_tokens > 0:
+            self.prompt_tokens = nn.Parameter(torch.zeros(depth, self.num_prompt_tokens, dim))
+            nn.init.trunc_normal_(self.prompt_tokens, std=0.02)
+            self.prompt_spe_bias = nn.Parameter(torch.zeros(dim))
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
@@ -167,6 +175,7 @@ class UnifiedBertEncoder(nn.Module):
             norm_eps=bert.LAYER_NORM_EPS,
             grad_checkpointing=cfg.MODEL.ACTIVATION_CHECKPOINTING,
             block_layers=lambda i: layer_factories(cfg, i),
+            num_prompt_tokens=cfg.MODEL.PROMPT.NUM_TOKENS if cfg.MODEL.PROMPT.ENABLED else 0,
         )
 
     @property
@@ -182,13 +191,39 @@ class UnifiedBertEncoder(nn.Module):
         return int(match.group(1)) + 1 if match else self.num_layers + 1
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, attributes: Attributes = None) -> torch.Tensor:
+        """``x`` [B, S, D] (``x[:, 0]`` is <spe>) -> [B, S, D].  With deep prompts, block i sees ``S + P``
+        tokens: the sequence followed by its own P prompt tokens (the previous block's prompt outputs are
+        dropped, VPT-deep style); every token may attend to the prompts, and they leave before the return."""
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
+        num_prompts = self.num_prompt_tokens
+        if num_prompts:
+            seq_len = x.shape[1]
+            x = torch.cat([x[:, :1] + self.prompt_spe_bias.to(x.dtype), x[:, 1:]], dim=1)
+            attn_mask = prompt_attention_mask(attn_mask, seq_len, num_prompts)
+        for i, block in enumerate(self.blocks):
+            if num_prompts:
+                prompts = self.prompt_tokens[i].to(x.dtype).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :seq_len], prompts], dim=1)
             if checkpointing:
                 x = checkpoint(block, x, attn_mask, attributes, use_reentrant=False)
             else:
                 x = block(x, attn_mask, attributes)
-        return x
+        return x[:, :seq_len] if num_prompts else x
+
+
+def prompt_attention_mask(attn_mask: Optional[torch.Tensor], seq_len: int, num_prompts: int) -> Optional[torch.Tensor]:
+    """Extend a boolean mask over ``seq_len`` tokens (None, key padding ``[B, 1, 1, S]`` or full
+    ``[B|1, 1, S, S]``) to ``S + P`` tokens with P prompt tokens appended: every token may attend to every
+    prompt; prompt rows may attend to everything (their outputs are replaced before the next block)."""
+    if attn_mask is None:
+        return None
+    lead = attn_mask.shape[:-2]
+    rows, cols = attn_mask.shape[-2], attn_mask.shape[-1]
+    if cols != seq_len or rows not in (1, seq_len):
+        raise ValueError(f"attention mask of shape {tuple(attn_mask.shape)} does not fit {seq_len} tokens")
+    out = attn_mask.new_ones(*lead, rows if rows == 1 else seq_len + num_prompts, seq_len + num_prompts)
+    out[..., :rows, :seq_len] = attn_mask
+    return out
 
 
 def build_encoder(cfg) -> nn.Module:

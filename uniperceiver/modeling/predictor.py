@@ -4,6 +4,11 @@ them against encoded candidates by cosine similarity times a learnable per-task-
 The logit scales are created at build time (one per distinct ``MODEL.TEMP_NAME`` of ``cfg.TASKS`` plus
 ``"default"``), so DDP and the optimizer see every parameter from the start; they are named
 ``predictor.logit_scale.<name>`` so the optimizer's ``logit_scale`` no-decay pattern matches them.
+
+Prompt tuning (``prompt_fc_weight > 0``, MODEL.PROMPT.FC_WEIGHT) adds a linear head over the query whose class
+weights are the encoded candidates, ``(W q + b) . t``, initialised to the identity (so it starts equal to
+the similarity), and blends it in: ``logits = scale * ((1 - w) * cos(q, t) + w * (W q + b) . t)``.  Its
+parameters (``prompt_fc_weight_matrix`` / ``prompt_fc_bias``) train with the prompts.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class Predictor(nn.Module):
         logit_scale_init: float = 1 / 0.07,
         logit_scale_max: float = 100.0,
         norm_eps: float = 1e-6,
+        prompt_fc_weight: float = 0.0,
     ):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
@@ -53,6 +59,13 @@ class Predictor(nn.Module):
         )
         self.logit_scale_init = logit_scale_init
         self.log_scale_max = math.log(logit_scale_max)
+        self.prompt_fc_weight = float(prompt_fc_weight)
+        if not 0.0 <= self.prompt_fc_weight <= 1.0:
+            raise ValueError(f"prompt_fc_weight (MODEL.PROMPT.FC_WEIGHT) must be in [0, 1], got {prompt_fc_weight}")
+        if self.prompt_fc_weight > 0:
+            d = out_dim or dim
+            self.prompt_fc_weight_matrix = nn.Parameter(torch.eye(d))
+            self.prompt_fc_bias = nn.Parameter(torch.zeros(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[..., dim] -> [..., out_dim], unit L2 norm."""
@@ -68,5 +81,11 @@ class Predictor(nn.Module):
         return self.logit_scale[name].clamp(max=self.log_scale_max).exp()
 
     def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = DEFAULT_TEMP_NAME) -> torch.Tensor:
-        """[..., D] x [N, D] -> [..., N] scaled cosine similarities."""
-        return (query @ targets.t().to(query.dtype)) * self.scale(temp_name).to(query.dtype)
+        """[..., D] x [N, D] -> [..., N] scaled cosine similarities (blended with the prompt head if any)."""
+        targets_t = targets.t().to(query.dtype)
+        scores = query @ targets_t
+        if self.prompt_fc_weight > 0:
+            head = F.linear(query, self.prompt_fc_weight_matrix.to(query.dtype), self.prompt_fc_bias.to(query.dtype))
+            w = self.prompt_fc_weight
+            scores = (1.0 - w) * scores + w * (head @ targets_t)
+        return scores * self.scale(temp_name).to(query.dtype)

@@ -72,7 +72,8 @@ def attention_mask(
 class UniPerceiver(nn.Module):
     """The dense Uni-Perceiver; see the module docstring and ARCHITECTURE.md ("Model")."""
 
-    def __init__(self, *, embed: UnifiedEmbedding, encoder: nn.Module, predictor: Predictor, init_std: float = 0.02):
+    def __init__(self, *, embed: UnifiedEmbedding, encoder: nn.Module, predictor: Predictor, init_std: float = 0.02,
+                 lora: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.embed = embed
         self.encoder = encoder
@@ -83,6 +84,13 @@ class UniPerceiver(nn.Module):
             table = getattr(self.embed, name)
             if isinstance(table, nn.Parameter):
                 nn.init.trunc_normal_(table, std=init_std)
+        if lora:  # {"rank", "alpha", "target"}: adapters after the init, so they keep their own (B = 0)
+            from ..lora import apply_lora
+
+            try:
+                apply_lora(self, **lora)
+            except ValueError as e:
+                raise ConfigError(f"MODEL.LORA.TARGET: {e}") from None
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
@@ -109,8 +117,11 @@ class UniPerceiver(nn.Module):
             logit_scale_init=m.LOGIT_SCALE_INIT,
             logit_scale_max=m.LOGIT_SCALE_MAX,
             norm_eps=bert.LAYER_NORM_EPS,
+            prompt_fc_weight=m.PROMPT.FC_WEIGHT if m.PROMPT.ENABLED else 0.0,
         )
-        return dict(embed=embed, encoder=build_encoder(cfg), predictor=predictor, init_std=bert.INITIALIZER_RANGE)
+        lora = dict(rank=m.LORA.RANK, alpha=m.LORA.ALPHA, target=m.LORA.TARGET) if m.LORA.ENABLED else None
+        return dict(embed=embed, encoder=build_encoder(cfg), predictor=predictor, init_std=bert.INITIALIZER_RANGE,
+                    lora=lora)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
