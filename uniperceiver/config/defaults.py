@@ -140,7 +140,11 @@ _C.MOE.NOISE_STD = 1.0
 # Token routing capacity factors.
 _C.MOE.CAPACITY_FACTOR = 1.0
 _C.MOE.EVAL_CAPACITY_FACTOR = 1.0
-# Weight of the load-balancing loss (token routing).
+# Minimum slots per expert (token routing); the deepspeed backend asserts when tokens < this, keep it small.
+_C.MOE.MIN_CAPACITY = 4
+# Width of the learned attribute embedding the attribute gate reads.
+_C.MOE.GATE_DIM = 64
+# Weight of the load-balancing loss (token routing), added to the step's losses as ``loss_moe_aux``.
 _C.MOE.AUX_LOSS_WEIGHT = 0.01
 # "native" (pure PyTorch) or "deepspeed" (deepspeed.moe.layer.MoE).
 _C.MOE.BACKEND = "native"

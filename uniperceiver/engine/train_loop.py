@@ -158,6 +158,8 @@ class Trainer(TrainerBase):
             with self.step_engine.micro_step(sync):
                 with self.step_engine.autocast():
                     loss_dict = self.tasks[task_name].losses(model, batch)
+                    # Losses the model recorded in those forwards (MoE load balancing: loss_moe_aux).
+                    loss_dict.update(self._model_extra_losses())
                 loss = sum(v.float() for v in loss_dict.values())
                 self.step_engine.backward(loss / k, sync=sync)
             for name, value in loss_dict.items():
@@ -175,6 +177,10 @@ class Trainer(TrainerBase):
         metrics["total_loss"] = sum(totals) / len(totals)
         metrics.update(stats)
         self._write_metrics(metrics, data_time)
+
+    def _model_extra_losses(self) -> Dict[str, torch.Tensor]:
+        extra = getattr(self.model, "extra_losses", None)  # self.model: the unwrapped module
+        return extra() if extra is not None else {}
 
     def _any_rank_flag(self, flag: bool) -> bool:
         if comm.get_world_size() == 1:

@@ -102,8 +102,13 @@ class Block(nn.Module):
 
 
 def layer_factories(cfg, layer_index: int) -> Tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
-    """``(attn_layer, mlp_layer)`` of block ``layer_index``: the seam where MoE layers plug in (MOE.*)."""
-    return Attention, Mlp
+    """``(attn_layer, mlp_layer)`` of block ``layer_index``: dense, or with ``MOE.MOE`` on the blocks chosen by
+    ``MOE.MOE_EXPERT_LOCATION`` the conditional-MoE layers of ``MOE.BACKEND`` (``modeling/moe``)."""
+    from .moe import MoESpec, is_moe_layer, moe_layer_factories
+
+    if not is_moe_layer(cfg, layer_index):
+        return Attention, Mlp
+    return moe_layer_factories(MoESpec.from_config(cfg))
 
 
 @ENCODER_REGISTRY.register()

@@ -25,6 +25,7 @@ from uniperceiver.config import ConfigError
 
 from ..embeddings import UnifiedEmbedding, resize_table_1d, resize_table_2d
 from ..encoder import build_encoder
+from ..moe import merge_experts, pop_aux_loss, token_attribute_ids, with_token_attributes
 from ..predictor import Predictor, temp_names_from_cfg
 from ..registry import MODEL_REGISTRY
 from ..tokenization import VOCAB_SIZE, ClipTokenizer, get_tokenizer
@@ -73,12 +74,15 @@ class UniPerceiver(nn.Module):
     """The dense Uni-Perceiver; see the module docstring and ARCHITECTURE.md ("Model")."""
 
     def __init__(self, *, embed: UnifiedEmbedding, encoder: nn.Module, predictor: Predictor, init_std: float = 0.02,
-                 lora: Optional[Dict[str, Any]] = None):
+                 lora: Optional[Dict[str, Any]] = None, moe: bool = False, moe_aux_loss_weight: float = 0.0):
         super().__init__()
         self.embed = embed
         self.encoder = encoder
         self.predictor = predictor
         self.init_std = init_std
+        # MoE: encode() adds per-token routing attributes; extra_losses() hands over the load-balancing loss.
+        self.moe = moe
+        self.moe_aux_loss_weight = float(moe_aux_loss_weight)
         self.apply(self._init_weights)
         for name in ("spe_embedding", "text_pos_embed", "temporal_pos_embed", "spatial_pos_embed"):
             table = getattr(self.embed, name)
@@ -121,7 +125,7 @@ class UniPerceiver(nn.Module):
         )
         lora = dict(rank=m.LORA.RANK, alpha=m.LORA.ALPHA, target=m.LORA.TARGET) if m.LORA.ENABLED else None
         return dict(embed=embed, encoder=build_encoder(cfg), predictor=predictor, init_std=bert.INITIALIZER_RANGE,
-                    lora=lora)
+                    lora=lora, moe=cfg.MOE.MOE, moe_aux_loss_weight=cfg.MOE.AUX_LOSS_WEIGHT)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -152,12 +156,21 @@ class UniPerceiver(nn.Module):
         num_queries: int = 0,
         causal_text: bool = False,
         attributes: Optional[Dict[str, Any]] = None,
+        *,
+        side: Optional[str] = None,
     ) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-        """Encoder output ``[B, S, D]`` (before the predictor) and the layout ``(V, L, Q)``."""
+        """Encoder output ``[B, S, D]`` (before the predictor) and the layout ``(V, L, Q)``.  With MoE,
+        ``attributes`` gains ``token_attributes`` ``[S, 3]`` (modality / task type / side per token, see
+        ``modeling/moe/attributes.py``); ``side`` is ``"target"`` for candidate sequences."""
         x = self.embed(images, text, num_queries)
         num_text = text.shape[1] if text is not None else 0
         num_visual = x.shape[1] - 1 - num_text - num_queries
         mask = attention_mask(x.shape[0], num_visual, num_text, num_queries, causal_text, text_mask, x.device)
+        if self.moe:
+            frames = images.shape[1] if images is not None and images.dim() == 5 else 1
+            ids = token_attribute_ids(num_visual, num_text, num_queries, num_frames=frames, attributes=attributes,
+                                      side=side, device=x.device)
+            attributes = with_token_attributes(attributes, ids)
         return self.encoder(x, mask, attributes), (num_visual, num_text, num_queries)
 
     def forward(
@@ -182,7 +195,7 @@ class UniPerceiver(nn.Module):
         self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None, attributes: Optional[Dict[str, Any]] = None
     ) -> torch.Tensor:
         """``[N, Lt]`` candidate token sequences -> ``[N, D]`` L2-normalised ``<spe>`` representations."""
-        x, _ = self.encode(text=ids, text_mask=mask, attributes=attributes)
+        x, _ = self.encode(text=ids, text_mask=mask, attributes=attributes, side="target")
         return self.predictor(x[:, 0])
 
     def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = "default") -> torch.Tensor:
@@ -208,10 +221,30 @@ class UniPerceiver(nn.Module):
         }
         if isinstance(self.embed.spatial_pos_embed, nn.Parameter):
             skip.add("embed.spatial_pos_embed")
-        for name, _ in self.named_parameters():
+        for name, param in self.named_parameters():
             if name.startswith("predictor.logit_scale.") or name.endswith(".gamma"):
                 skip.add(name)
+            if getattr(param, "moe_expert", False) and name.endswith(".bias"):  # [E, out] expert biases
+                skip.add(name)
+        if self.moe:  # the MoE gates' attribute embeddings
+            for prefix, module in self.named_modules():
+                if module is not self and hasattr(module, "no_weight_decay"):
+                    skip.update(f"{prefix}.{n}" for n in module.no_weight_decay())
         return skip
+
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        """Losses the model recorded during the training forwards since the last call, popped:
+        ``{"loss_moe_aux": MOE.AUX_LOSS_WEIGHT * sum of the MoE load-balancing losses}`` (token routing), else
+        ``{}``.  The Trainer adds them to the task's losses of the micro-batch (ARCHITECTURE.md, Engine)."""
+        if not self.moe:
+            return {}
+        aux = pop_aux_loss(self)
+        return {} if aux is None else {"loss_moe_aux": self.moe_aux_loss_weight * aux}
+
+    def merge_moe_experts(self, enable: bool = True) -> int:
+        """Eval with pre-merged dense weights per attribute combination (attribute routing, native backend);
+        returns the number of merged units."""
+        return merge_experts(self, enable)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)

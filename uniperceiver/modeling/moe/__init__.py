@@ -1,0 +1,73 @@
+"""Uni-Perceiver-MoE (Zhu et al., "Uni-Perceiver-MoE: Learning Sparse Generalist Models with Conditional
+MoEs", NeurIPS 2022): conditional mixture-of-experts on the attention projections (qkv, output) and the FFN
+of the shared encoder's blocks selected by ``MOE.MOE_EXPERT_LOCATION``.
+
+* ``attributes.py``: per-token (modality, task type, side) ids built by the model from the task's attributes;
+* ``routing.py``: attribute / token gates, top-k, capacity and the batched dispatch;
+* ``layers.py``: the native backend (pure PyTorch, one process or DDP);
+* ``deepspeed_layers.py``: the DeepSpeed backend (``deepspeed.moe.layer.MoE``, expert parallelism).
+
+Model-level helpers: :func:`moe_layer_factories` (used by ``encoder.layer_factories``), :func:`pop_aux_loss`
+(the load-balancing losses recorded since the last call; ``UniPerceiver.extra_losses`` weights it and the
+Trainer adds it to the step's losses as ``loss_moe_aux``) and :func:`merge_experts`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .attributes import MODALITIES, SIDES, TASK_TYPES, TOKEN_ATTRIBUTES_KEY, token_attribute_ids, with_token_attributes
+from .layers import AuxLossRecorder, MoEAttention, MoEMlp, MoESpec, RoutedExperts
+
+LOCATIONS = ("odd", "even", "all")
+
+
+def is_moe_layer(cfg, layer_index: int) -> bool:
+    """Whether block ``layer_index`` (0-based) has experts.  ``odd`` = blocks 1, 3, 5, ... (every other layer,
+    starting with the second, as in the paper), ``even`` = 0, 2, 4, ..., ``all`` = every block."""
+    from uniperceiver.config import ConfigError
+
+    if not cfg.MOE.MOE:
+        return False
+    where = cfg.MOE.MOE_EXPERT_LOCATION
+    if where not in LOCATIONS:
+        raise ConfigError(f"MOE.MOE_EXPERT_LOCATION {where!r}: expected one of {', '.join(LOCATIONS)}")
+    return where == "all" or (layer_index % 2 == 1) == (where == "odd")
+
+
+def moe_layer_factories(spec: MoESpec) -> Tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
+    """``(attn_layer, mlp_layer)`` factories with the Block's call signature for ``spec.backend``."""
+    if spec.backend == "deepspeed":
+        from .deepspeed_layers import DeepSpeedMoEAttention, DeepSpeedMoEMlp
+
+        return functools.partial(DeepSpeedMoEAttention, spec=spec), functools.partial(DeepSpeedMoEMlp, spec=spec)
+    return functools.partial(MoEAttention, spec=spec), functools.partial(MoEMlp, spec=spec)
+
+
+def pop_aux_loss(model: nn.Module) -> Optional[torch.Tensor]:
+    """Sum of the (unweighted) load-balancing losses every MoE unit recorded since the last call, or None."""
+    total = None
+    for m in model.modules():
+        if isinstance(m, AuxLossRecorder):
+            loss = m.pop_aux_loss()
+            if loss is not None:
+                total = loss if total is None else total + loss
+    return total
+
+
+def merge_experts(model: nn.Module, enable: bool = True) -> int:
+    """Switch every native attribute-routed unit to pre-merged dense weights in eval; returns how many."""
+    units = [m for m in model.modules() if isinstance(m, RoutedExperts)]
+    for m in units:
+        m.merge(enable)
+    return len(units)
+
+
+__all__ = [
+    "MODALITIES", "SIDES", "TASK_TYPES", "TOKEN_ATTRIBUTES_KEY", "MoESpec", "MoEAttention", "MoEMlp",
+    "RoutedExperts", "is_moe_layer", "merge_experts", "moe_layer_factories", "pop_aux_loss",
+    "token_attribute_ids", "with_token_attributes",
+]
