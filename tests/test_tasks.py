@@ -164,3 +164,55 @@ def test_label_set_entry_of():
     ls = LabelSet("v", torch.tensor([[4], [9], [2]]), torch.ones(3, 1, dtype=torch.bool),
                   token_ids=torch.tensor([4, 9, 2]))
     assert ls.entry_of(torch.tensor([2, 4, 9, 5, 100])).tolist() == [2, 0, 1, -1, -1]
+
+
+def _synced_retrieval_worker(rank, world, port, cache, out):
+    import torch.distributed as dist
+
+    os.environ["UNIPERCEIVER_CACHE"] = cache
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        _, model, task = _setup("retrieval", "DATALOADER.STRATEGY", "synced")
+        ds = task.build_dataset("train")
+        model.eval()  # deterministic: no augmentation randomness in the comparison below
+        full = task.collate([ds[i] for i in range(8)])
+        local = {k: v[4 * rank : 4 * rank + 4] for k, v in full.items()}
+        loss = task.losses(model, local)[f"loss_{task.name}"]
+        loss.backward()
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        for g in grads:
+            dist.all_reduce(g)
+            g /= world  # what DDP does
+        losses = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(losses, loss.detach())
+        if rank == 0:
+            model.zero_grad()
+            task.synced = False  # one process over the whole batch
+            ref = task.losses(model, full)[f"loss_{task.name}"]
+            ref.backward()
+            ref_grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+            torch.save({"mean": torch.stack(losses).mean(), "ref": ref.detach(),
+                        "max_err": max(float((a - b).abs().max()) for a, b in zip(grads, ref_grads)),
+                        "scale": max(float(b.abs().max()) for b in ref_grads)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_synced_retrieval_uses_negatives_from_every_rank(tmp_path):
+    """Two gloo ranks holding half a batch each give the loss and (DDP-averaged) gradients of one process
+    holding the whole batch: every rank scored its captions against all 8 images and vice versa."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "result.pt")
+    mp.spawn(_synced_retrieval_worker, args=(2, port, os.environ["UNIPERCEIVER_CACHE"], out), nprocs=2, join=True)
+    r = torch.load(out)
+    torch.testing.assert_close(r["mean"], r["ref"], rtol=1e-5, atol=1e-6)
+    assert r["max_err"] <= 1e-5 * max(1.0, r["scale"]), r
