@@ -34,6 +34,7 @@ setup(
         "pycocoevalcap>=1.2",
         "submitit>=1.4",
         "av>=10",
+        "matplotlib",  # tools/plot_metrics.py, tools/visualize_data.py
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.14"],

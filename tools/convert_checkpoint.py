@@ -7,6 +7,10 @@
 The output is ``{"model": fp32 state dict}`` (the fp32 master weights, not the bf16/fp16 copies), readable with
 ``torch.load(path, weights_only=True)``, usable as ``MODEL.WEIGHTS`` and by ``--eval-only`` without DeepSpeed.
 Runs on CPU; no GPUs or process group needed.
+
+Other sources (``--from``; uniperceiver/checkpoint/official.py, uniperceiver/modeling/lora.py):
+    python tools/convert_checkpoint.py --from uniperceiver-official uni-perceiver-base-L12-H768.pth base.pth
+    python tools/convert_checkpoint.py --from lora work_dirs/lora/model_final.pth merged.pth   # = tools/merge_lora.py
 """
 from __future__ import annotations
 
@@ -48,14 +52,41 @@ def convert(checkpoint_dir: str, output: str, tag: str = None) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="OUTPUT_DIR of a DeepSpeed run, or its deepspeed/ folder")
+    parser.add_argument("--from", dest="source", default="deepspeed", choices=["deepspeed", "uniperceiver-official", "lora"],
+                        help="deepspeed: consolidate ZeRO shards; uniperceiver-official: map a published .pth onto "
+                             "our model; lora: fold LoRA adapters into a plain checkpoint")
+    parser.add_argument("--spe-id", type=int, default=None,
+                        help="uniperceiver-official: token id of <spe> (default: the BPE word 'spe'; 49410 for old checkpoints)")
+    parser.add_argument("--learned-spatial", action="store_true",
+                        help="uniperceiver-official: keep the spatial position table (for MODEL.POSEMBEDFIX False)")
+    parser.add_argument("checkpoint", help="OUTPUT_DIR of a DeepSpeed run, or its deepspeed/ folder; else the input .pth")
     parser.add_argument("output", help="the plain .pth file to write, e.g. model_final.pth")
     parser.add_argument("--tag", default=None, help="checkpoint tag (iter_XXXXXXX); default: the latest")
     args = parser.parse_args(argv)
+    if args.source != "deepspeed":
+        return convert_other(args)
     ckpt_dir = find_checkpoint_dir(args.checkpoint)
     state = convert(ckpt_dir, args.output, args.tag)
     n = sum(v.numel() for v in state.values())
     print(f"wrote {args.output}: {len(state)} tensors, {n} values from {ckpt_dir} (tag {args.tag or 'latest'})")
+    return 0
+
+
+def convert_other(args) -> int:
+    """``--from uniperceiver-official`` / ``--from lora``."""
+    if args.source == "lora":
+        from uniperceiver.modeling.lora import merge_lora_checkpoint
+
+        state = merge_lora_checkpoint(args.checkpoint, args.output)
+        print(f"wrote {args.output}: {len(state)} tensors with the LoRA adapters merged")
+        return 0
+    from uniperceiver.checkpoint.official import convert_official_checkpoint
+
+    report = convert_official_checkpoint(args.checkpoint, args.output, spe_id=args.spe_id,
+                                         fixed_spatial=not args.learned_spatial)
+    print(f"wrote {args.output}: {len(report['written'])} tensors; derived: {', '.join(report['derived'])}")
+    if report["unmapped"]:
+        print(f"not mapped ({len(report['unmapped'])}): {', '.join(report['unmapped'][:30])}")
     return 0
 
 
