@@ -128,13 +128,17 @@ def build_hooks(cfg, trainer, checkpointer, optimizer, scheduler,
     1. IterationTimer     – times the step
     2. LRScheduler        – records this step's LR, then moves the schedule to the next step
     3. PeriodicCheckpointer – saves before evaluation, so a crash in evaluation keeps the weights
-    4. ``eval_hook``      – evaluation (engine/eval_hook.py), optional
-    5. PeriodicWriter     – last: writes everything the hooks above put into the storage (rank 0 only)
+    4. PreemptionHandler  – on SIGUSR1/SIGTERM: checkpoint, requeue the Slurm job, exit 0 (engine/preemption.py)
+    5. ``eval_hook``      – evaluation (engine/eval_hook.py), optional
+    6. PeriodicWriter     – last: writes everything the hooks above put into the storage (rank 0 only)
     """
+    from .preemption import PreemptionHandler
+
     hooks: List[Optional[HookBase]] = [
         IterationTimer(),
         LRScheduler(optimizer, scheduler),
         PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.CHECKPOINT_MAX_SAVE),
+        PreemptionHandler(checkpointer),
         eval_hook,
     ]
     if comm.is_main_process():

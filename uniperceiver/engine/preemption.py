@@ -1,0 +1,121 @@
+"""Preemption: on SIGUSR1 / SIGTERM finish the current step, write a checkpoint, requeue the Slurm job, exit 0.
+
+Slurm sends SIGTERM before a preemption or at the time limit (``KillWait`` seconds before SIGKILL), and SIGUSR1
+when asked to (``sbatch --signal=USR1@120``, ``SRUN_ARGS="--signal=USR1@120" sh run.sh ...``,
+``scancel --signal=USR1 JOBID``).  Every rank installs the handler; a signal only sets a flag.  After each step
+the flag is reduced over ranks (MAX), so all ranks stop at the same iteration even when only one was signalled,
+then they write ``model_<iter>.pth`` together (the normal, collective checkpoint with data-loader and RNG
+state, so ``--resume`` continues exactly), rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` when under a Slurm
+batch job, and the processes exit with status 0 (:class:`TrainingPreempted` is a ``SystemExit(0)``).
+Under submitit (``SUBMITIT_EXECUTOR`` set) the hook does not requeue: ``tools/submit.py`` catches
+:class:`TrainingPreempted` and hands over to submitit's checkpoint protocol, which requeues.
+
+Launchers: each training process must receive the signal itself.  That is the case for ``srun`` (run.sh: one
+task per GPU, Slurm signals all tasks) and for a signal sent to the whole process group; a ``torchrun`` agent or
+a ``--num-gpus`` spawning parent does not forward SIGUSR1.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from uniperceiver.utils import comm
+
+from .train_loop import HookBase
+
+logger = logging.getLogger(__name__)
+
+# SIGUSR2 is submitit's preemption / timeout signal (tools/submit.py).
+DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+
+
+class TrainingPreempted(SystemExit):
+    """Raised (with exit status 0) after the preemption checkpoint is written."""
+
+    def __init__(self, iteration: int, checkpoint: Optional[str]) -> None:
+        super().__init__(0)
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
+def requeue_slurm_job(env: Optional[Dict[str, str]] = None) -> bool:
+    """``scontrol requeue $SLURM_JOB_ID`` for a batch job (interactive srun allocations cannot be requeued).
+    Returns whether Slurm accepted it."""
+    env = dict(os.environ) if env is None else env
+    job = env.get("SLURM_JOB_ID")  # for an array task, its own job id
+    if not job:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.warning("scontrol requeue %s failed: %s", job, e)
+        return False
+    if out.returncode != 0:
+        logger.warning("scontrol requeue %s failed: %s", job, (out.stderr or out.stdout).strip())
+        return False
+    logger.info("Requeued Slurm job %s", job)
+    return True
+
+
+class PreemptionHandler(HookBase):
+    """See the module docstring.  ``checkpointer`` is the run's Checkpointer; ``requeue`` (default: not under
+    submitit) runs ``scontrol requeue`` from rank 0 under a Slurm job."""
+
+    def __init__(self, checkpointer, signals: Sequence[int] = DEFAULT_SIGNALS, requeue: Optional[bool] = None,
+                 file_prefix: str = "model") -> None:
+        self.checkpointer = checkpointer
+        self.signals = tuple(signals)
+        self.requeue = "SUBMITIT_EXECUTOR" not in os.environ if requeue is None else requeue
+        self.file_prefix = file_prefix
+        self.received: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            # logging from a signal handler can deadlock on the handler's lock: write directly
+            os.write(2, f"[rank {comm.get_rank()}] received {signal.Signals(signum).name}: stopping after this "
+                        f"step with a checkpoint\n".encode())
+
+    def before_train(self) -> None:
+        for sig in self.signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: signals cannot be handled here
+                logger.warning("Preemption handler not installed (not in the main thread)")
+                self._previous.clear()
+                return
+
+    def after_train(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _any_rank_received(self) -> bool:
+        flag = self.received is not None
+        if comm.get_world_size() == 1:
+            return flag
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def after_step(self) -> None:
+        if not self._any_rank_received():
+            return
+        it = self.trainer.iter
+        if it >= self.trainer.max_iter - 1:
+            return  # the last step: the final checkpoint is written anyway and the run ends normally
+        path = self.checkpointer.save(f"{self.file_prefix}_{it:07d}", iteration=it)
+        comm.synchronize()
+        name = signal.Signals(self.received).name if self.received else "a signal on another rank"
+        logger.info("Preempted by %s at iteration %d; checkpoint %s", name, it, path or "(written by rank 0)")
+        if self.requeue and comm.is_main_process():
+            requeue_slurm_job()
+        raise TrainingPreempted(it, path)
