@@ -152,3 +152,42 @@ def test_missing_annotation_file_fails_naming_path_and_key(tmp_path):
     cfg = _task_cfg(tmp_path, DATASET_NAME="laion", TRAIN="x")
     with pytest.raises(ConfigError, match="DATASET_NAME 'laion'"):
         build_reader(cfg.TASKS[0], cfg, "train")
+
+
+def _tool(name):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_karpathy_coco_splits(tmp_path):
+    data = {"dataset": "coco", "images": [
+        {"filepath": "train2014", "filename": "a.jpg", "split": "train", "cocoid": 1, "imgid": 0,
+         "sentences": [{"raw": " A dog. ", "sentid": 10}]},
+        {"filepath": "val2014", "filename": "b.jpg", "split": "restval", "cocoid": 2, "imgid": 1,
+         "sentences": [{"raw": "A cat", "sentid": 11}, {"raw": "cat", "sentid": 12}]},
+        {"filepath": "val2014", "filename": "c.jpg", "split": "test", "cocoid": 3, "imgid": 2,
+         "sentences": [{"raw": "a bird", "sentid": 13}]},
+    ]}
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(data))
+    assert _tool("convert_karpathy").main([str(tmp_path / "dataset_coco.json"), "--out", str(tmp_path / "ann")]) == 0
+    train = read_coco_captions(str(tmp_path / "ann" / "captions_train113k.json"))
+    assert train == [{"image": "train2014/a.jpg", "image_id": 1, "captions": ["A dog."]},
+                     {"image": "val2014/b.jpg", "image_id": 2, "captions": ["A cat", "cat"]}]
+    assert read_coco_captions(str(tmp_path / "ann" / "captions_val5k.json")) == []
+    assert [r["image_id"] for r in read_coco_captions(str(tmp_path / "ann" / "captions_test5k.json"))] == [3]
+
+
+def test_check_data_reports_missing_files_and_bad_images(tmp_path, capsys):
+    _coco(tmp_path)
+    (tmp_path / "images" / "val2014" / "b.jpg").write_bytes(b"truncated")
+    cfg = _task_cfg(tmp_path, DATASET_NAME="coco_caption", TRAIN="val5k", VAL="missing")
+    problems = _tool("check_data").check(cfg, samples=10)
+    assert len(problems) == 2
+    assert "1 of 2 sampled images unreadable" in problems[0] and "b.jpg" in problems[0]
+    assert "captions_missing.json" in problems[1] and "TASKS.t.DATASETS.VAL" in problems[1]

@@ -37,11 +37,11 @@ def check(cfg, samples: int) -> list:
             if not task.DATASETS[split.upper()]:
                 continue
             try:
-                ds = build_reader(task, cfg, split, mode="images" if split != "train" else "pairs")
+                ds = build_reader(task, cfg, split, mode="images")  # caption files: each image once
             except (ConfigError, OSError, ValueError) as e:
                 problems.append(f"{task.NAME}/{split}: {e}")
                 continue
-            line = f"  {task.NAME}/{split}: {len(ds)} samples"
+            line = f"  {task.NAME}/{split}: {len(ds)} records"
             if isinstance(ds, ImageRecordsDataset) and len(ds):
                 step = max(1, len(ds) // max(1, samples))
                 picked = list(range(0, len(ds), step))[:samples]
