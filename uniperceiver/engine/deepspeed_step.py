@@ -123,8 +123,9 @@ class DeepSpeedStepEngine(StepEngine):
                  checkpoint_dir: str, keep_checkpoints: int = 2):
         deepspeed = import_deepspeed()
         self.ds_config = ds_config
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 config=ds_config, dist_init_required=None)
+        with _scalar_safe_broadcast():
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                     config=ds_config, dist_init_required=None)
         self.model = self.engine  # forward goes through the engine (ZeRO-3 gathers parameters there)
         self.module = model
         self.stage = int(ds_config["zero_optimization"]["stage"])
@@ -227,6 +228,38 @@ class DeepSpeedStepEngine(StepEngine):
         for tag in tags[: max(0, len(tags) - self.keep_checkpoints)]:
             if tag != keep_tag:
                 shutil.rmtree(os.path.join(self.checkpoint_dir, tag), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _scalar_safe_broadcast():
+    """DeepSpeed's initial parameter broadcast (``DeepSpeedEngine._broadcast_model``) takes byte views
+    ``p.data.view(torch.uint8)``, which 0-dim parameters (the model's logit scales) cannot give; during
+    ``deepspeed.initialize`` use the same broadcast over flat views instead."""
+    from deepspeed import comm as dist
+    from deepspeed.moe.utils import is_moe_param
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from deepspeed.utils import groups
+
+    def broadcast_model(engine) -> None:
+        if engine.dist_backend is None:
+            return
+        for _, p in engine.module.named_parameters():
+            if (hasattr(p, "ds_status") and p.ds_status is not ZeroParamStatus.AVAILABLE) or hasattr(p, "ds_optim_param"):
+                continue  # not replicated
+            data = p.data.reshape(-1).view(torch.uint8)
+            if is_moe_param(p):
+                dist.broadcast(data, groups._get_expert_broadcast_src_rank(p.group_name),
+                               group=engine.expert_data_parallel_group[p.group_name])
+            else:
+                dist.broadcast(data, groups._get_broadcast_src_rank(), group=engine.seq_data_parallel_group)
+
+    original = DeepSpeedEngine._broadcast_model
+    DeepSpeedEngine._broadcast_model = broadcast_model
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model = original
 
 
 class _StateInDeepSpeedCheckpoint:
