@@ -24,6 +24,8 @@ def get_param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: f
     No decay: every parameter with ndim <= 1, names matching ``no_decay_patterns`` (regex search), and the
     names in ``model.no_weight_decay()`` when the model has it.  Layer-wise LR decay (``layer_decay < 1``):
     ``lr_scale = layer_decay ** (max_layer_id - layer_id(name))``, so the head keeps scale 1.
+    MoE expert parameters (native ``moe_expert`` / DeepSpeed ``allreduce=False``) get groups of their own,
+    flagged ``"moe_expert": True``; every group has a ``"name"``.
     """
     model = getattr(model, "module", model)
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -44,12 +46,35 @@ def get_param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: f
         no_decay = param.ndim <= 1 or name in skip or any(p.search(name) for p in patterns)
         wd = weight_decay_norm if no_decay else weight_decay
         scale = layer_decay ** (top - ids[name]) if layer_decay < 1.0 else 1.0
-        key = (wd, scale)
+        expert = is_expert_param(param)
+        key = (wd, scale, expert)
         if key not in groups:
-            groups[key] = {"params": [], "param_names": [], "weight_decay": wd, "lr_scale": scale}
+            groups[key] = {"params": [], "param_names": [], "weight_decay": wd, "lr_scale": scale,
+                           "moe_expert": expert, "name": f"wd{wd:g}_lr{scale:g}" + ("_experts" if expert else "")}
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     return list(groups.values())
+
+
+def is_expert_param(param: torch.Tensor) -> bool:
+    """MoE expert weights: native (``moe_expert``) or DeepSpeed's (``allreduce = False``, expert-parallel)."""
+    return bool(getattr(param, "moe_expert", False)) or getattr(param, "allreduce", True) is False
+
+
+def split_deepspeed_expert_groups(groups: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """DeepSpeed MoE: one optimizer group per (group, expert-parallel group) flagged ``moe`` (what the DeepSpeed
+    engine reduces over the expert-data-parallel group), via
+    ``deepspeed.moe.utils.split_params_into_different_moe_groups_for_optimizer``; empty groups dropped."""
+    if not any(getattr(p, "allreduce", True) is False for g in groups for p in g["params"]):
+        return groups
+    from uniperceiver.engine.deepspeed_step import import_deepspeed
+
+    import_deepspeed()
+    from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+    for g in groups:
+        g.pop("param_names", None)  # no longer aligned with params after the split
+    return [g for g in split_params_into_different_moe_groups_for_optimizer(groups) if g["params"]]
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -62,6 +87,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         no_decay_patterns=cfg.SOLVER.NO_DECAY_PATTERNS,
         layer_decay=cfg.SOLVER.LAYER_LR_DECAY,
     )
+    groups = split_deepspeed_expert_groups(groups)
     for g in groups:
         logger.debug("param group wd=%g lr_scale=%g: %d tensors", g["weight_decay"], g["lr_scale"], len(g["params"]))
     # param_names are kept for logging only; torch.optim accepts extra group keys.

@@ -1,0 +1,150 @@
+"""DeepSpeed backend of the conditional-MoE layers (``MOE.BACKEND deepspeed``): ``deepspeed.moe.layer.MoE``
+with expert parallelism ``MOE.EP_SIZE``, run under the DeepSpeed step engine (``SOLVER.DEEPSPEED.ENABLED``;
+the engine creates the expert-parallel process groups).
+
+DeepSpeed's MoE needs experts whose output width equals their input width, so the units are:
+
+* :class:`DeepSpeedMoEAttention`: ``q``, ``k``, ``v`` and ``proj`` are each an MoE over ``Linear(D, D)``;
+* :class:`DeepSpeedMoEMlp`: one MoE over the whole FFN ``Linear(D, H) -> GELU -> Linear(H, D)``.
+
+(The native backend mixes expert *linears* with a shared routing, which makes pre-merging exact; with top-2
+the two backends therefore compute different functions and their checkpoints are not interchangeable.)
+
+Routing: ``token`` uses DeepSpeed's ``TopKGate`` as is (capacity ``MOE.CAPACITY_FACTOR`` /
+``EVAL_CAPACITY_FACTOR``, ``MIN_CAPACITY``, token dropping, its ``l_aux`` recorded for ``loss_moe_aux``).
+``attribute`` replaces the gate by :class:`AttributeLogitsGate`: the logits come from our
+:class:`~.routing.AttributeGate` (fp32 attribute embedding, Jitter noise) and are handed to DeepSpeed's
+top-k functions through the ``used_token`` argument of ``MoE.forward``; no capacity limit (no dropping).
+``NOISY_GATE_POLICY RSample`` maps to DeepSpeed's RSample (top-1) / sampled second expert (top-2).
+Expert parameters carry ``allreduce = False`` (DeepSpeed); ``solver.build_optimizer`` splits them into
+DeepSpeed's expert groups.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from uniperceiver.engine.deepspeed_step import import_deepspeed
+
+from .layers import AuxLossRecorder, MoESpec, token_attributes
+from .routing import AttributeGate
+
+
+def _deepspeed_moe():
+    import_deepspeed()
+    from deepspeed.moe import sharded_moe
+    from deepspeed.moe.layer import MoE
+
+    return MoE, sharded_moe
+
+
+def _attribute_gate_class():
+    _, sharded_moe = _deepspeed_moe()
+
+    class AttributeLogitsGate(sharded_moe.TopKGate):
+        """DeepSpeed ``TopKGate`` that takes ready fp32 logits ``[N, E]`` in place of ``used_token``."""
+
+        def __init__(self, num_experts: int, k: int, min_capacity: int, noisy_gate_policy: Optional[str]):
+            super().__init__(1, num_experts, k, capacity_factor=0.0, eval_capacity_factor=0.0,
+                             min_capacity=min_capacity, noisy_gate_policy=noisy_gate_policy, drop_tokens=False,
+                             use_rts=False, top2_2nd_expert_sampling=noisy_gate_policy == "RSample")
+            self.wg = None  # the logits come from the attribute gate
+
+        def forward(self, input, used_token=None, sparse_routes=False, use_tutel=False):
+            logits = used_token.float()
+            policy = self.noisy_gate_policy if self.training else None
+            if self.k == 1:
+                return sharded_moe.top1gating(logits, 0.0, self.min_capacity, None, policy, False, False,
+                                              self.ep_group, sparse_routes, use_tutel)
+            if self.k == 2:
+                return sharded_moe.top2gating(logits, 0.0, self.min_capacity, False, self.ep_group,
+                                              self.top2_2nd_expert_sampling and self.training, sparse_routes)
+            return sharded_moe.topkgating(logits, self.k, 0.0, self.min_capacity, False, self.ep_group,
+                                          sparse_routes=sparse_routes)
+
+    return AttributeLogitsGate
+
+
+class DeepSpeedRouted(AuxLossRecorder):
+    """``deepspeed.moe.layer.MoE`` over ``expert`` (a ``D -> D`` module) with attribute or token routing."""
+
+    def __init__(self, dim: int, expert: nn.Module, spec: MoESpec):
+        super().__init__()
+        MoE, _ = _deepspeed_moe()
+        self.spec = spec
+        policy = spec.noise_policy or None
+        attribute = spec.routing == "attribute"
+        self.moe = MoE(hidden_size=dim, expert=expert, num_experts=spec.num_experts, ep_size=spec.ep_size,
+                       k=spec.top_k, capacity_factor=spec.capacity_factor,
+                       eval_capacity_factor=spec.eval_capacity_factor, min_capacity=spec.min_capacity,
+                       noisy_gate_policy=None if attribute else policy, drop_tokens=not attribute, use_rts=False,
+                       top2_2nd_expert_sampling=policy == "RSample")
+        if attribute:
+            self.attr_gate = AttributeGate(spec.num_experts, spec.top_k, embed_dim=spec.gate_dim,
+                                           noise_policy="Jitter" if policy == "Jitter" else "",
+                                           noise_std=spec.noise_std)
+            self.moe.deepspeed_moe.gate = _attribute_gate_class()(
+                spec.num_experts, spec.top_k, spec.min_capacity, "RSample" if policy == "RSample" else None)
+        else:
+            nn.init.trunc_normal_(self.moe.deepspeed_moe.gate.wg.weight, std=spec.init_std)
+
+    def forward(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        b, s, _ = x.shape
+        if self.spec.routing == "attribute":
+            logits = self.attr_gate.logits(token_attributes(attributes, s))  # [S, E] fp32
+            out, _, _ = self.moe(x, logits.repeat(b, 1))
+        else:
+            out, l_aux, _ = self.moe(x)
+            self.record_aux(l_aux)
+        return out
+
+
+def _linear(dim: int, out: int, init_std: float) -> nn.Linear:
+    layer = nn.Linear(dim, out)
+    nn.init.trunc_normal_(layer.weight, std=init_std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class _Ffn(nn.Sequential):
+    def __init__(self, dim: int, hidden_dim: int, init_std: float):
+        super().__init__(_linear(dim, hidden_dim, init_std), nn.GELU(), _linear(hidden_dim, dim, init_std))
+
+
+class DeepSpeedMoEAttention(nn.Module):
+    """Multi-head self-attention with DeepSpeed-MoE ``q``, ``k``, ``v`` and output projections."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, spec: MoESpec):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.proj = (DeepSpeedRouted(dim, _linear(dim, dim, spec.init_std), spec)
+                                             for _ in range(4))
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = (m(x, attributes).view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+                   for m in (self.q, self.k, self.v))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c), attributes))
+
+
+class DeepSpeedMoEMlp(nn.Module):
+    """A DeepSpeed MoE whose experts are whole FFNs."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, *, spec: MoESpec):
+        super().__init__()
+        self.experts = DeepSpeedRouted(dim, _Ffn(dim, hidden_dim, spec.init_std), spec)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        return self.drop(self.experts(x, attributes))
