@@ -216,3 +216,11 @@ def test_synced_retrieval_uses_negatives_from_every_rank(tmp_path):
     r = torch.load(out)
     torch.testing.assert_close(r["mean"], r["ref"], rtol=1e-5, atol=1e-6)
     assert r["max_err"] <= 1e-5 * max(1.0, r["scale"]), r
+
+
+def test_published_pickle_label_sets_are_refused(tmp_path):
+    from uniperceiver.data.target_sets import load_label_set
+
+    (tmp_path / "vocab.pkl").write_bytes(b"\x80\x04N.")
+    with pytest.raises(ConfigError, match="pickles are never loaded"):
+        load_label_set("Vocab_Word", str(tmp_path / "vocab.pkl"), get_tokenizer())

@@ -182,6 +182,11 @@ def load_label_set(
     name: str, path: str, tokenizer, *, templates: Sequence[str] = (), cache_dir: str = "", context_length: int = 77
 ) -> LabelSet:
     """Tokenise (or read from the cache) the label set in ``path``; ``path`` absolute or ``vocabulary``."""
+    if path.endswith((".pkl", ".pickle")):
+        raise ConfigError(
+            f"label set {name!r}: {path} is a pickle (the published format); pickles are never loaded. Use a "
+            f"class-name .txt, a .tokens list (tools/build_target_set.py) or 'vocabulary' (PREPARE_DATA.md)"
+        )
     if path != VOCABULARY and not os.path.isfile(path):
         raise ConfigError(f"label set {name!r}: file not found: {path} (SHARED_TARGETS.{name}.FILE_PATH)")
     data = None
