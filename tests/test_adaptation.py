@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REPO, clean_env, run_main
+from conftest import INSTANT, REPO, clean_env, run_main
 from test_model import batch, full_loss, tiny_cfg
 from uniperceiver.checkpoint import match_state_dict
 from uniperceiver.checkpoint.official import convert_official_state_dict, official_state_dict
@@ -231,28 +231,34 @@ def test_model_ema_update_and_state_roundtrip():
 
 @pytest.mark.slow
 def test_ema_saved_resumed_exactly_and_evaluated_with_eval_ema(tmp_path):
+    # resume exactness on the engine's instant config (the placeholder model resumes bit-exactly)
     out = tmp_path / "out"
-    opts = ["--config-file", CLS, "MODEL.MODEL_EMA", "True", "MODEL.MODEL_EMA_DECAY", "0.9", "SOLVER.MAX_ITER", "6",
-            "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.CHECKPOINT_MAX_SAVE", "0", "OUTPUT_DIR", out]
+    opts = ["--config-file", INSTANT, "MODEL.MODEL_EMA", "True", "MODEL.MODEL_EMA_DECAY", "0.9",
+            "SOLVER.CHECKPOINT_MAX_SAVE", "0", "OUTPUT_DIR", out]
     run_main(opts)
     straight = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
-    assert straight["model_ema"]["updates"] == 6
-    ema_w = straight["model_ema"]["model"]["encoder.blocks.0.mlp.fc1.weight"]
-    assert not torch.equal(ema_w, straight["model"]["encoder.blocks.0.mlp.fc1.weight"])
-    # resume from iteration 2's checkpoint: the EMA continues where it was and ends identical
-    os.remove(out / "model_final.pth")
-    (out / "last_checkpoint").write_text("model_0000002.pth")
+    assert straight["model_ema"]["updates"] == 12
+    assert any(not torch.equal(v, straight["model"][k]) for k, v in straight["model_ema"]["model"].items())
+    # the state a kill right after iteration 4's checkpoint leaves: the EMA continues where it was
+    for name in ("model_final.pth", "model_0000009.pth"):
+        os.remove(out / name)
+    (out / "last_checkpoint").write_text("model_0000004.pth")
     run_main(["--resume"] + opts)
     resumed = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
-    assert resumed["model_ema"]["updates"] == 6
+    assert resumed["model_ema"]["updates"] == 12
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
     for k, v in straight["model_ema"]["model"].items():
-        assert torch.allclose(v, resumed["model_ema"]["model"][k], atol=1e-6), k
-    proc = run_main(["--eval-only", "--eval-ema", "--config-file", CLS, "MODEL.WEIGHTS", out / "model_final.pth",
-                     "OUTPUT_DIR", tmp_path / "eval"])
-    assert "Loaded the EMA weights (6 updates)" in (tmp_path / "eval" / "log.txt").read_text()
+        assert torch.equal(v, resumed["model_ema"]["model"][k]), k
+    # --eval-only --eval-ema on the real model
+    cls_out = tmp_path / "cls"
+    run_main(["--config-file", CLS, "MODEL.MODEL_EMA", "True", "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", cls_out])
+    run_main(["--eval-only", "--eval-ema", "--config-file", CLS, "MODEL.WEIGHTS", cls_out / "model_final.pth",
+              "OUTPUT_DIR", tmp_path / "eval"])
+    assert "Loaded the EMA weights (3 updates)" in (tmp_path / "eval" / "log.txt").read_text()
     assert json.loads((tmp_path / "eval/inference/imagenet/results.json").read_text())["Acc@1"] >= 0
     # without model_ema in the checkpoint, --eval-ema is a one-line user error
-    torch.save({"model": straight["model"]}, tmp_path / "plain.pth")
+    plain = torch.load(cls_out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    torch.save({"model": plain}, tmp_path / "plain.pth")
     proc = run_main(["--eval-only", "--eval-ema", "--config-file", CLS, "MODEL.WEIGHTS", tmp_path / "plain.pth",
                      "OUTPUT_DIR", tmp_path / "eval2"], check=False)
     assert proc.returncode == 2 and "no model_ema" in proc.stderr
