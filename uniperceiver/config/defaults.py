@@ -77,6 +77,8 @@ _C.MODEL.LAYER_SCALE = True
 _C.MODEL.LAYER_SCALE_INIT = 1e-3
 # Recompute block activations in backward to save memory.
 _C.MODEL.ACTIVATION_CHECKPOINTING = False
+# torch.compile the model the training loop calls (engine.defaults.maybe_compile; the first steps compile).
+_C.MODEL.COMPILE = False
 # Training samples this many vocabulary negatives per step for vocabulary targets (0 = all words).
 _C.MODEL.VOCAB_NEGATIVES = 0
 # Initial logit scale exp(s) = 1 / 0.07, and its clamp.

@@ -93,6 +93,12 @@ def apply_trainable(cfg, model: torch.nn.Module) -> None:
     _apply(model, cfg.MODEL.TRAINABLE)
 
 
+def maybe_compile(cfg, model: torch.nn.Module) -> torch.nn.Module:
+    """MODEL.COMPILE: ``torch.compile(model)`` (shares the parameters; attribute access falls through to the
+    module, so ``encode_targets`` / ``logits`` still work), else ``model``."""
+    return torch.compile(model) if cfg.MODEL.COMPILE else model
+
+
 def build_step_engine(cfg, model, optimizer, device):
     """The optimisation backend (plain / AMP; a DeepSpeed backend plugs in here)."""
     from .step import AMPStepEngine
@@ -101,6 +107,7 @@ def build_step_engine(cfg, model, optimizer, device):
         from .deepspeed_step import DeepSpeedStepEngine
 
         return DeepSpeedStepEngine.from_config(cfg, model, optimizer)
+    model = maybe_compile(cfg, model)  # the one place MODEL.COMPILE is honoured (before DDP wraps it)
     if comm.get_world_size() > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,

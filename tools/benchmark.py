@@ -1,0 +1,559 @@
+#!/usr/bin/env python
+"""Performance benchmark of uniperceiver: one JSON line per measurement (``name``, ``value``, ``unit``; comparisons
+add ``ratio``), so results can be grepped, diffed and plotted.  Modes (README, "Performance"):
+
+    # P1: our image path (patch embed + shared encoder + <spe> predictor) vs timm's VisionTransformer of the
+    # same depth / width / heads / patch / tokens, forward + backward + AdamW, interleaved A, B, A, B ...
+    python tools/benchmark.py --mode reference --config-file configs/BERT_L12_H192_experiments/base_model_bert_l12_h192.yaml \
+        --img-size 160 --batch-size 32 --amp fp32
+    # throughput of a config's training step (image path, or a task's real losses with --task NAME);
+    # peak memory of each configuration in a fresh subprocess; on GPU also TFLOP/s and MFU
+    python tools/benchmark.py --mode train_step --config-file CFG --batch-size 32 --img-size 224 \
+        --activation-checkpointing off,on --amp bf16 --compile off
+    # P2: framework overhead of main.py's training loop on the 7-task config (NUM_WORKERS 0, decoded images in memory)
+    python tools/benchmark.py --mode loop --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
+    # P4: zero-shot retrieval: encode + rank throughput and peak memory vs the number of candidates
+    python tools/benchmark.py --mode eval_retrieval --candidates 1000,25000
+
+Trailing ``KEY VALUE`` pairs override the config as in main.py.  Timings on a shared machine are noisy: compare
+ratios measured in one process (reference mode), not absolute numbers from different runs.  FLOPs count a
+multiply-add as 2 FLOPs (fvcore's count x 2; training = 3 x forward).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+H100_BF16_DENSE_TFLOPS = 989.0
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "BERT_L12_H192_experiments", "base_model_bert_l12_h192.yaml")
+SEVEN_TASKS = os.path.join(REPO, "configs", "BERT_L12_H192_experiments", "7tasks_berttiny_training.yaml")
+
+
+# ----------------------------------------------------------------------------------------------- output
+def emit(name: str, value: float, unit: str, **extra: Any) -> Dict[str, Any]:
+    """Print one measurement as a JSON line (flushed: a parent process may be reading it)."""
+    record = {"name": name, "value": round(float(value), 6), "unit": unit, **extra}
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def on_off(value: str) -> List[bool]:
+    out = []
+    for v in value.split(","):
+        if v not in ("on", "off"):
+            raise argparse.ArgumentTypeError(f"expected on/off (comma-separated), got {v!r}")
+        out.append(v == "on")
+    return out
+
+
+def amp_list(value: str) -> List[str]:
+    out = value.split(",")
+    for v in out:
+        if v not in ("bf16", "fp32"):
+            raise argparse.ArgumentTypeError(f"--amp takes bf16 / fp32 (comma-separated), got {v!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, ru_maxrss (KiB on Linux) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(argv: List[str]) -> List[Dict[str, Any]]:
+    """Run this tool in a fresh interpreter (fresh peak-memory counters); relay and return its JSON lines."""
+    cmd = [sys.executable, os.path.abspath(__file__)] + argv
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"benchmark child failed (exit {proc.returncode}): {' '.join(cmd)}")
+    records = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            records.append(json.loads(line))
+            print(line, flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def make_cfg(args, extra_opts: Optional[List[str]] = None):
+    from uniperceiver.config import setup_cfg
+
+    opts = list(args.opts or []) + list(extra_opts or [])
+    return setup_cfg(args.config_file, opts)
+
+
+def device_of(args) -> torch.device:
+    if args.device:
+        return torch.device(args.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_opts(args, checkpointing: bool, compile_: bool, amp: str) -> List[str]:
+    opts = ["MODEL.ACTIVATION_CHECKPOINTING", str(checkpointing), "MODEL.COMPILE", str(compile_),
+            "SOLVER.AMP.ENABLED", str(amp == "bf16")]
+    if args.img_size:
+        opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
+    return opts
+
+
+def build_ours(cfg, device: torch.device):
+    """Our model, optimizer and (possibly compiled) callable, built the way engine.defaults.train builds them."""
+    from uniperceiver.engine.defaults import maybe_compile
+    from uniperceiver.modeling import build_model
+    from uniperceiver.solver import build_optimizer
+
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(cfg, model)
+    return model, optimizer, maybe_compile(cfg, model)
+
+
+def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, compile_: bool):
+    """timm ViT with our depth / width / heads / MLP / patch, a class token, pre-norm (our embedding LayerNorm),
+    LayerScale with our init, no head: the same token count and the same blocks."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    bert = cfg.MODEL.BERT
+    vit = VisionTransformer(
+        img_size=img_size, patch_size=cfg.MODEL.PATCH_SIZE, embed_dim=bert.HIDDEN_SIZE, depth=bert.NUM_HIDDEN_LAYERS,
+        num_heads=bert.NUM_ATTENTION_HEADS, mlp_ratio=bert.INTERMEDIATE_SIZE / bert.HIDDEN_SIZE, num_classes=0,
+        global_pool="token", pre_norm=True, init_values=cfg.MODEL.LAYER_SCALE_INIT if cfg.MODEL.LAYER_SCALE else None,
+    ).to(device)
+    vit.set_grad_checkpointing(checkpointing)
+    optimizer = torch.optim.AdamW(vit.parameters(), lr=1e-4, weight_decay=0.05)
+    return vit, optimizer, torch.compile(vit) if compile_ else vit
+
+
+def image_step(fn: Callable, optimizer, images: torch.Tensor, amp: str, ours: bool) -> Callable[[], None]:
+    """One forward + backward + optimizer step on the image path."""
+
+    def step() -> None:
+        with autocast(images.device, amp):
+            out = fn(images=images)["spe"] if ours else fn(images)
+        out.float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def image_flops(model: nn.Module, images: torch.Tensor) -> float:
+    """Training FLOPs of one image-path step: 3 x forward, forward from fvcore (MACs x 2) or analytic."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(model, (images[:1],))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            fwd = analysis.total() * 2
+        if fwd > 0:
+            return 3 * fwd * images.shape[0]
+    except Exception:  # noqa: BLE001 - fvcore cannot trace every op; fall back to the analytic count
+        pass
+    return 3 * analytic_forward_flops(model, images.shape[-2:]) * images.shape[0]
+
+
+def analytic_forward_flops(model: nn.Module, hw) -> float:
+    """Forward FLOPs of one image: 2 x (patch-embed MACs + per block: qkv, proj, MLP, QK^T and AV)."""
+    enc, embed = model.encoder, model.embed
+    d = embed.dim
+    p = embed.patch_embed.patch_size
+    n = (hw[0] // p) * (hw[1] // p)
+    s = n + 1
+    hidden = enc.blocks[0].mlp.fc1.out_features
+    per_block = s * (3 * d * d + d * d + 2 * d * hidden) + 2 * s * s * d
+    return 2.0 * (n * 3 * p * p * d + enc.num_layers * per_block + d * d)
+
+
+# ----------------------------------------------------------------------------------------------- modes
+def mode_reference(args) -> None:
+    """Interleaved paired repetitions of our image path vs timm's ViT in one process; medians and a ratio."""
+    from timm.layers import set_fused_attn
+
+    set_fused_attn(True)  # timm's F.scaled_dot_product_attention path, like ours
+    device = device_of(args)
+    amp = args.amp[0]
+    ckpt, compile_ = args.activation_checkpointing[0], args.compile[0]
+    cfg = make_cfg(args, model_opts(args, ckpt, compile_, amp))
+    size = cfg.MODEL.IMG_INPUT_SIZE
+    torch.manual_seed(0)
+    images = torch.randn(args.batch_size, 3, size, size, device=device)
+    model, opt, fn = build_ours(cfg, device)
+    model.train()
+    vit, vopt, vfn = build_timm(cfg, size, device, ckpt, compile_)
+    vit.train()
+    steps = {"ours": image_step(fn, opt, images, amp, True), "timm": image_step(vfn, vopt, images, amp, False)}
+    for _ in range(args.warmup):
+        for s in steps.values():
+            s()
+    times: Dict[str, List[float]] = {k: [] for k in steps}
+    order = list(steps)
+    for i in range(args.iters):
+        for k in order if i % 2 == 0 else order[::-1]:  # alternate who goes first: A B, B A, ...
+            times[k].append(timed(steps[k], device))
+    common = dict(batch=args.batch_size, img_size=size, amp=amp, device=str(device), tokens=model.embed.grid ** 2 + 1,
+                  activation_checkpointing=ckpt, compile=compile_, threads=torch.get_num_threads(), reps=args.iters)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k in order:
+        emit(f"step_time_{k}", med[k], "s", samples_per_s=round(args.batch_size / med[k], 2),
+             min=round(min(times[k]), 6), **common)
+    ratios = sorted(a / b for a, b in zip(times["ours"], times["timm"]))
+    emit("ratio_vs_timm", med["ours"] / med["timm"], "x", ratio=round(med["ours"] / med["timm"], 4),
+         paired_median=round(statistics.median(ratios), 4), **common)
+
+
+def mode_train_step(args) -> None:
+    """Each (checkpointing, compile, amp) configuration in a fresh subprocess; then memory comparisons."""
+    results = {}
+    for ckpt, comp, amp in itertools.product(args.activation_checkpointing, args.compile, args.amp):
+        argv = ["--mode", "_train_step_one", "--config-file", args.config_file, "--batch-size", str(args.batch_size),
+                "--iters", str(args.iters), "--warmup", str(args.warmup), "--img-size", str(args.img_size),
+                "--activation-checkpointing", "on" if ckpt else "off", "--compile", "on" if comp else "off",
+                "--amp", amp, "--peak-tflops", str(args.peak_tflops), "--threads", str(args.threads)]
+        if args.task:
+            argv += ["--task", args.task]
+        if args.device:
+            argv += ["--device", args.device]
+        records = run_child(argv + list(args.opts or []))
+        results[(ckpt, comp, amp)] = {r["name"]: r for r in records}
+    for (comp, amp) in itertools.product(args.compile, args.amp):
+        off, on = results.get((False, comp, amp)), results.get((True, comp, amp))
+        if off and on:
+            for key in ("peak_memory", "peak_memory_delta"):
+                saving = 1.0 - on[key]["value"] / off[key]["value"]
+                emit(f"activation_checkpointing_{key}_saving", 100 * saving, "%", ratio=round(1 - saving, 4),
+                     off_mb=off[key]["value"], on_mb=on[key]["value"], compile=comp, amp=amp,
+                     batch=args.batch_size)
+
+
+def task_batches(cfg, task_name: str, device: torch.device, count: int):
+    """``count`` real training batches of one task (demo data unless DATA_PATH), collated and on the device."""
+    from uniperceiver.data import build_train_loader
+    from uniperceiver.engine.train_loop import _to_device
+    from uniperceiver.tasks import build_tasks
+
+    tasks = build_tasks(cfg)
+    if task_name not in tasks:
+        raise SystemExit(f"--task {task_name!r} is not in the config; tasks: {', '.join(tasks)}")
+    tasks = {task_name: tasks[task_name]}
+    loader = build_train_loader(cfg, tasks)
+    return tasks[task_name], [_to_device(next(loader)[1], device) for _ in range(count)]
+
+
+def mode_train_step_one(args) -> None:
+    """One configuration: throughput (+ TFLOP/s, MFU on GPU) and peak memory of this fresh process."""
+    device = device_of(args)
+    amp, ckpt, compile_ = args.amp[0], args.activation_checkpointing[0], args.compile[0]
+    extra = model_opts(args, ckpt, compile_, amp)
+    if args.task:
+        extra += [f"TASKS.{args.task}.DATALOADER.TRAIN_BATCH_SIZE", str(args.batch_size),
+                  f"TASKS.{args.task}.DATALOADER.NUM_WORKERS", "0"]
+    cfg = make_cfg(args, extra)
+    size = cfg.MODEL.IMG_INPUT_SIZE
+    torch.manual_seed(0)
+    model, opt, fn = build_ours(cfg, device)
+    model.train()
+    if args.task:
+        task, batches = task_batches(cfg, args.task, device, 4)
+        state = {"i": 0}
+
+        def step() -> None:
+            batch = batches[state["i"] % len(batches)]
+            state["i"] += 1
+            with autocast(device, amp):
+                losses = task.losses(fn, batch)
+            sum(losses.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        tokens = None
+    else:
+        images = torch.randn(args.batch_size, 3, size, size, device=device)
+        step = image_step(fn, opt, images, amp, True)
+        tokens = model.embed.grid ** 2 + 1
+    synchronize(device)
+    base_rss = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device) / 2**20
+    for _ in range(args.warmup):
+        step()
+    times = [timed(step, device) for _ in range(args.iters)]
+    med = statistics.median(times)
+    common = dict(batch=args.batch_size, img_size=size, amp=amp, device=str(device), activation_checkpointing=ckpt,
+                  compile=compile_, task=args.task or "image_path", threads=torch.get_num_threads())
+    emit("step_time", med, "s", min=round(min(times), 6), reps=len(times), **common)
+    emit("samples_per_s", args.batch_size / med, "samples/s", **common)
+    if tokens:
+        emit("tokens_per_s", args.batch_size * tokens / med, "tokens/s", tokens_per_sample=tokens, **common)
+        flops = image_flops(model, images)
+        if device.type == "cuda":
+            tflops = flops / med / 1e12
+            emit("tflops_per_s", tflops, "TFLOP/s", flops_per_step=flops, **common)
+            emit("mfu", 100 * tflops / args.peak_tflops, "%", peak_tflops=args.peak_tflops, **common)
+        else:
+            emit("flops_per_step", flops, "FLOP", **common)
+    peak = peak_memory_mb(device)
+    base = base_cuda if device.type == "cuda" else base_rss
+    what = "cuda_max_memory_allocated" if device.type == "cuda" else "ru_maxrss"
+    emit("peak_memory", peak, "MiB", measure=what, **common)
+    emit("peak_memory_delta", peak - base, "MiB", measure=f"{what} - memory before the first step", **common)
+
+
+def cache_decoded_images() -> None:
+    """Keep decoded images in memory (per process) so the loop benchmark measures our code, not PNG/JPEG decoding."""
+    from uniperceiver.data.datasets import base
+
+    original = base.load_rgb
+    cache: Dict[str, Any] = {}
+
+    def load_rgb(path: str):
+        if path not in cache:
+            cache[path] = original(path)
+        return cache[path].copy()
+
+    base.load_rgb = load_rgb
+
+
+def mode_loop(args) -> None:
+    """Share of main.py's training step spent outside forward / backward / optimizer (sampling, collation,
+    device transfer, hooks, logging): the real ``train()`` wiring, with those three timed from inside."""
+    from uniperceiver.engine import defaults as engine_defaults
+    from uniperceiver.engine.step import AMPStepEngine
+    from uniperceiver.tasks.base import Task
+    from uniperceiver.utils.logger import setup_logger
+
+    import tempfile
+
+    cache_decoded_images()
+    out = tempfile.mkdtemp(prefix="uniperceiver_bench_")
+    total_iters = args.warmup + args.iters
+    opts = ["SOLVER.MAX_ITER", str(total_iters), "SOLVER.CHECKPOINT_PERIOD", str(10**9), "SOLVER.EVAL_PERIOD", "0",
+            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device_of(args))]
+    if args.img_size:
+        opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
+    cfg = make_cfg(args, opts)
+    cfg.defrost()
+    for t in cfg.TASKS:
+        t.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    setup_logger(out)
+    compute = {"t": 0.0}
+    device = device_of(args)
+
+    def timed_call(fn):
+        def wrapper(*a, **k):
+            synchronize(device)
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                synchronize(device)
+                compute["t"] += time.perf_counter() - start
+        return wrapper
+
+    step_times: List[float] = []
+    compute_times: List[float] = []
+    from uniperceiver.engine.train_loop import Trainer
+
+    original_run_step = Trainer.run_step
+    original_after_step = Trainer.after_step
+    state = {"start": None}
+
+    def before_step_mark(self):  # the step starts before the before_step hooks
+        state["start"] = time.perf_counter()
+        compute["t"] = 0.0
+        return original_before(self)
+
+    def after_step_mark(self):
+        original_after_step(self)
+        if self.iter >= args.warmup and state["start"] is not None:
+            step_times.append(time.perf_counter() - state["start"])
+            compute_times.append(compute["t"])
+
+    original_before = Trainer.before_step
+    patches = [(Trainer, "before_step", before_step_mark), (Trainer, "after_step", after_step_mark),
+               (AMPStepEngine, "backward", timed_call(AMPStepEngine.backward)),
+               (AMPStepEngine, "step", timed_call(AMPStepEngine.step))]
+    from uniperceiver.tasks import TASK_REGISTRY
+
+    for _, cls in TASK_REGISTRY:
+        if "losses" in cls.__dict__:
+            patches.append((cls, "losses", timed_call(cls.__dict__["losses"])))
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, fn in patches:
+        setattr(obj, name, fn)
+    try:
+        engine_defaults.train(cfg)
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+    del original_run_step, Task
+    total = sum(step_times)
+    overhead = total - sum(compute_times)
+    per = [1 - c / s for c, s in zip(compute_times, step_times)]
+    common = dict(steps=len(step_times), warmup=args.warmup, device=str(device), tasks=len(cfg.TASKS),
+                  img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=0, threads=torch.get_num_threads())
+    emit("loop_step_time", statistics.median(step_times), "s", mean=round(total / len(step_times), 6), **common)
+    emit("loop_compute_time", statistics.median(compute_times), "s",
+         what="task.losses (forward incl. target encoding) + backward + optimizer step", **common)
+    emit("framework_overhead", 100 * overhead / total, "%", ratio=round(overhead / total, 4),
+         median_per_step=round(100 * statistics.median(per), 3),
+         what="sampling, collation, device transfer, hooks, logging", **common)
+
+
+def mode_eval_retrieval(args) -> None:
+    """One fresh subprocess per candidate count (peak memory), then the growth from the smallest to the largest."""
+    results = []
+    for n in args.candidates:
+        argv = ["--mode", "_eval_retrieval_one", "--config-file", args.config_file, "--num-candidates", str(n),
+                "--num-queries", str(args.num_queries), "--threads", str(args.threads), "--amp", args.amp[0]]
+        if args.device:
+            argv += ["--device", args.device]
+        records = run_child(argv + list(args.opts or []))
+        results.append({r["name"]: r for r in records})
+    if len(results) > 1:
+        lo, hi = results[0], results[-1]
+        for key in ("retrieval_peak_memory", "retrieval_peak_memory_delta"):
+            growth = hi[key]["value"] / lo[key]["value"] - 1
+            emit(f"{key}_growth", 100 * growth, "%", ratio=round(1 + growth, 4), candidates=[args.candidates[0],
+                 args.candidates[-1]], from_mb=lo[key]["value"], to_mb=hi[key]["value"])
+
+
+def mode_eval_retrieval_one(args) -> None:
+    """Zero-shot text retrieval of ``--num-candidates`` captions for ``--num-queries`` images, as in evaluation:
+    candidates encoded in batches under no_grad, ranked with the chunked ``retrieval_ranks``."""
+    from uniperceiver.evaluation.retrieval import retrieval_ranks
+
+    device = device_of(args)
+    cfg = make_cfg(args, model_opts(args, False, False, args.amp[0]))
+    torch.manual_seed(0)
+    from uniperceiver.modeling import build_model
+
+    model = build_model(cfg).to(device).eval()
+    n, q, length, batch = args.num_candidates, args.num_queries, 30, 256
+    size = cfg.MODEL.IMG_INPUT_SIZE
+    gen = torch.Generator().manual_seed(0)
+    synchronize(device)
+    base_rss = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        base = base_rss
+    with torch.no_grad(), autocast(device, args.amp[0]):
+        start = time.perf_counter()
+        feats = []
+        for s in range(0, n, batch):
+            m = min(batch, n - s)
+            ids = torch.randint(0, 49406, (m, length), generator=gen).to(device)
+            mask = torch.ones(m, length, dtype=torch.bool, device=device)
+            feats.append(model(text=ids, text_mask=mask)["spe"].float())
+        text_feats = torch.cat(feats)
+        text_keys = torch.arange(n) % q
+        img_feats = []
+        for s in range(0, q, batch):
+            m = min(batch, q - s)
+            img_feats.append(model(images=torch.randn(m, 3, size, size, generator=gen).to(device))["spe"].float())
+        img_feats = torch.cat(img_feats)
+        synchronize(device)
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        retrieval_ranks(img_feats, torch.arange(q), text_feats, text_keys)
+        retrieval_ranks(text_feats, text_keys, img_feats, torch.arange(q))
+        synchronize(device)
+        rank_s = time.perf_counter() - start
+    peak = peak_memory_mb(device)
+    common = dict(candidates=n, queries=q, text_len=length, img_size=size, device=str(device), amp=args.amp[0])
+    emit("retrieval_encode_throughput", (n + q) / encode_s, "sequences/s", seconds=round(encode_s, 4), **common)
+    emit("retrieval_rank_throughput", (n * q * 2) / rank_s, "scores/s", seconds=round(rank_s, 4), **common)
+    emit("retrieval_peak_memory", peak, "MiB", **common)
+    emit("retrieval_peak_memory_delta", peak - base, "MiB", measure="peak - memory before encoding", **common)
+
+
+MODES = {"reference": mode_reference, "train_step": mode_train_step, "loop": mode_loop,
+         "eval_retrieval": mode_eval_retrieval, "_train_step_one": mode_train_step_one,
+         "_eval_retrieval_one": mode_eval_retrieval_one}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", required=True, choices=sorted(MODES))
+    p.add_argument("--config-file", default="", help="default: Tiny (loop mode: the 7-task Tiny config)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=0, help="MODEL.IMG_INPUT_SIZE (0: the config's)")
+    p.add_argument("--iters", type=int, default=10, help="timed repetitions (per side in reference mode)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--activation-checkpointing", type=on_off, default=[False], help="on / off / off,on")
+    p.add_argument("--compile", type=on_off, default=[False], help="torch.compile the model: on / off / off,on")
+    p.add_argument("--amp", type=amp_list, default=["fp32"], help="bf16 / fp32 / fp32,bf16")
+    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
+                   help="accelerator peak for MFU (default: H100 SXM dense bf16)")
+    p.add_argument("--task", default="", help="train_step: time this task's real losses instead of the image path")
+    p.add_argument("--candidates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 25000])
+    p.add_argument("--num-candidates", type=int, default=1000, help=argparse.SUPPRESS)
+    p.add_argument("--num-queries", type=int, default=100, help="eval_retrieval: images")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--device", default="", help="default: cuda when available, else cpu")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = p.parse_args(argv)
+    if not args.config_file:
+        args.config_file = SEVEN_TASKS if args.mode == "loop" else DEFAULT_CONFIG
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    MODES[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
