@@ -44,7 +44,12 @@ def main(args):
 
 
 def run(argv=None) -> int:
-    args = default_argument_parser(__doc__).parse_args(argv)
+    parser = default_argument_parser(__doc__)
+    parser.add_argument("--deepspeed", metavar="JSON", default="",
+                        help="train with DeepSpeed: SOLVER.DEEPSPEED.ENABLED True SOLVER.DEEPSPEED.CONFIG JSON")
+    args = parser.parse_args(argv)
+    if args.deepspeed:  # before the user's KEY VALUE pairs, which may still override
+        args.opts = ["SOLVER.DEEPSPEED.ENABLED", "True", "SOLVER.DEEPSPEED.CONFIG", args.deepspeed, *args.opts]
     try:
         setup_cfg(args.config_file, args.opts)  # fail fast, before any process is spawned
         result = launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
