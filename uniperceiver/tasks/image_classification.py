@@ -84,7 +84,7 @@ class ImageClassificationTask(Task):
             self._mixup = build_mixup(self.cfg, self.num_classes) or False
         if self._mixup:
             if images.shape[0] % 2 == 0:
-                images, soft = self._mixup(images, labels)
+                images, soft = self._mixup(images.clone(), labels)  # timm mixes in place
             elif not self._odd_batch_warned:
                 logger.warning("task %s: mixup/cutmix skipped for odd batch sizes", self.name)
                 self._odd_batch_warned = True
