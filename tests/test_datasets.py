@@ -121,9 +121,16 @@ def test_text_corpus_reader_packs_lines_within_documents(tmp_path):
     path.write_text("one two three\nfour five\n\nsix seven eight nine ten eleven\n\n\ntwelve\n")
     ds = TextCorpusDataset(str(path), max_words=4)
     assert len(ds) == 4
-    assert [ds[i]["text"] for i in range(4)] == [
-        "one two three four", "four five", "six seven eight nine", "twelve",
-    ]
+    expected = ["one two three four", "four five", "six seven eight nine", "twelve"]
+    assert [ds[i]["text"] for i in range(4)] == expected
+    # the line index is cached and reused; a changed file gets a new index
+    cached = TextCorpusDataset(str(path), max_words=4, cache_dir=str(tmp_path / "cache"))
+    (index_file,) = (tmp_path / "cache" / "text_index").iterdir()
+    again = TextCorpusDataset(str(path), max_words=4, cache_dir=str(tmp_path / "cache"))
+    assert [cached[i]["text"] for i in range(4)] == [again[i]["text"] for i in range(4)] == expected
+    path.write_text("alpha beta\n")
+    assert len(TextCorpusDataset(str(path), max_words=4, cache_dir=str(tmp_path / "cache"))) == 1
+    assert len(list((tmp_path / "cache" / "text_index").iterdir())) == 2
 
 
 def _task_cfg(tmp_path, **datasets):

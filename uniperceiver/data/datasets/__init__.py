@@ -22,7 +22,7 @@ import os
 from typing import Callable, Optional
 
 from uniperceiver.config import ConfigError
-from uniperceiver.utils.paths import resolve_data_path
+from uniperceiver.utils.paths import get_cache_dir, resolve_data_path
 
 from .base import ImageRecordsDataset, TooManyBadSamples, check_annotation_file, load_rgb  # noqa: F401
 from .captions import CaptionDataset, read_coco_captions, read_jsonl_pairs  # noqa: F401
@@ -91,4 +91,4 @@ def build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable
             read(path, key), image_root, mode=mode, transform=transform, max_bad_fraction=bad, name=label
         )
     max_words = max(int(task_cfg.MODEL.MAX_SEQ_LEN), 8)
-    return TextCorpusDataset(path, max_words=max_words, config_key=key, name=label)
+    return TextCorpusDataset(path, max_words=max_words, config_key=key, name=label, cache_dir=get_cache_dir(root_cfg))

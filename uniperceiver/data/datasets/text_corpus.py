@@ -2,12 +2,15 @@
 
 A corpus is a ``.txt`` file (or a folder of them): one paragraph or sentence per line, documents separated by
 blank lines.  The reader indexes line offsets only (8 bytes a line, so BooksWiki-size files fit), and a sample
-is a line plus the following lines of the same document until ``max_words`` words are collected.
+is a line plus the following lines of the same document until ``max_words`` words are collected.  With a
+``cache_dir`` the index is saved there (``text_index/<hash>.npz``, keyed by the files' paths, sizes and
+modification times), so later runs and other ranks skip the scan.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import List
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,10 +30,43 @@ def _corpus_files(path: str, config_key: str) -> List[str]:
 class TextCorpusDataset(torch.utils.data.Dataset):
     """Samples ``{"text": str, "index": int}``; ``max_words`` words at most per sample."""
 
-    def __init__(self, path: str, *, max_words: int = 128, config_key: str = "DATASETS.TRAIN", name: str = ""):
+    def __init__(self, path: str, *, max_words: int = 128, config_key: str = "DATASETS.TRAIN", name: str = "",
+                 cache_dir: str = ""):
         self.files = _corpus_files(path, config_key)
         self.max_words = int(max_words)
         self.name = name or f"text:{path}"
+        cache = self._cache_path(cache_dir)
+        index = self._load_index(cache) if cache else None
+        if index is None:
+            index = self._scan()
+            if cache:
+                os.makedirs(os.path.dirname(cache), exist_ok=True)
+                tmp = f"{cache}.tmp{os.getpid()}.npz"
+                np.savez(tmp, file_ids=index[0], offsets=index[1], doc_end=index[2])
+                os.replace(tmp, cache)
+        self.file_ids, self.offsets, self.doc_end = index
+        if not len(self.offsets):
+            raise ValueError(f"{self.name}: the corpus holds no text")
+
+    def _cache_path(self, cache_dir: str) -> str:
+        if not cache_dir:
+            return ""
+        h = hashlib.sha1()
+        for f in self.files:
+            st = os.stat(f)
+            h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns};".encode())
+        return os.path.join(cache_dir, "text_index", h.hexdigest()[:20] + ".npz")
+
+    @staticmethod
+    def _load_index(cache: str) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        try:
+            with np.load(cache, allow_pickle=False) as data:
+                return data["file_ids"], data["offsets"], data["doc_end"]
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def _scan(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(file id, byte offset, last-line-of-document flag) of every non-empty line."""
         file_ids, offsets, doc_end = [], [], []
         for fid, fname in enumerate(self.files):
             pos = 0
@@ -45,11 +81,8 @@ class TextCorpusDataset(torch.utils.data.Dataset):
                     pos += len(line)
             if doc_end:
                 doc_end[-1] = True
-        if not offsets:
-            raise ValueError(f"{self.name}: the corpus holds no text")
-        self.file_ids = np.asarray(file_ids, dtype=np.int32)
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.doc_end = np.asarray(doc_end, dtype=bool)  # True: the last line of its document
+        return (np.asarray(file_ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64),
+                np.asarray(doc_end, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.offsets)
