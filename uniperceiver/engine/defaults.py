@@ -109,8 +109,11 @@ def build_step_engine(cfg, model, optimizer, device):
         return DeepSpeedStepEngine.from_config(cfg, model, optimizer)
     model = maybe_compile(cfg, model)  # the one place MODEL.COMPILE is honoured (before DDP wraps it)
     if comm.get_world_size() > 1:
+        from .step import TaskForward
+
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            TaskForward(model),  # the whole task loss is one DDP forward (tasks call several model methods)
+            device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True,  # tasks use different heads / logit scales
         )
     return AMPStepEngine.from_config(cfg, model, optimizer, device=device)
@@ -140,7 +143,8 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     scheduler = build_lr_scheduler(cfg, optimizer)
     step_engine = build_step_engine(cfg, model, optimizer, device)
     trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
-                      max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device)
+                      max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device,
+                      seed=data_loader.seed)  # = cfg.SEED, or the shared seed drawn when SEED < 0
     ckpt_model, ckpt_optimizer = step_engine.checkpoint_targets(model, optimizer)
     model_ema = build_model_ema(cfg, model)  # None unless MODEL.MODEL_EMA
     extra_ckpt = {"model_ema": model_ema} if model_ema is not None else {}

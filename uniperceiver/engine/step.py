@@ -6,7 +6,7 @@ The loop (``Trainer.run_step``) never branches on the backend; it only does, per
         sync = i == k - 1
         with engine.micro_step(sync):                    # DDP no_sync on all but the last micro-batch
             with engine.autocast():
-                losses = task.losses(engine.model, batch)
+                losses = engine.losses(task, batch)          # one forward of engine.model per micro-batch
             engine.backward(sum(losses.values()) / k, sync=sync)
     stats = engine.step()                                # once: unscale, clip, optimizer, scaler, zero_grad
     # or, when the step must be dropped (non-finite loss on some rank):  engine.skip_step()
@@ -28,10 +28,30 @@ from uniperceiver.config import ConfigError
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class TaskForward(nn.Module):
+    """A task's whole loss computation as the forward of one module.
+
+    Tasks call several model methods per step (``forward``, ``encode_targets``, ``logits``).  Under DDP only
+    the wrapper's forward is seen, so parameters used by the other methods would be marked ready twice (or
+    never); wrapping the task call itself makes every micro-batch exactly one DDP forward.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, task, batch):
+        return task.losses(self.module, batch)
+
+
 class StepEngine:
     """Interface.  ``model`` is what the loop calls forward on (DDP / DeepSpeed wrapper or the module)."""
 
     model: nn.Module
+
+    def losses(self, task, batch) -> Dict[str, torch.Tensor]:
+        """``task.losses`` of one micro-batch, run through ``model`` (one wrapper forward)."""
+        return task.losses(self.model, batch)
 
     def autocast(self) -> ContextManager:
         """Context for forward + loss computation (mixed precision or nothing)."""
@@ -87,6 +107,11 @@ class AMPStepEngine(StepEngine):
     def from_config(cls, cfg, model: nn.Module, optimizer: torch.optim.Optimizer, device=None) -> "AMPStepEngine":
         return cls(model, optimizer, grad_clip=cfg.SOLVER.GRAD_CLIP, amp_enabled=cfg.SOLVER.AMP.ENABLED,
                    amp_dtype=cfg.SOLVER.AMP.DTYPE, device=device)
+
+    def losses(self, task, batch) -> Dict[str, torch.Tensor]:
+        if isinstance(self.model, TaskForward) or isinstance(getattr(self.model, "module", None), TaskForward):
+            return self.model(task, batch)
+        return task.losses(self.model, batch)
 
     def autocast(self) -> ContextManager:
         return torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled)

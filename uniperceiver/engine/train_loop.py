@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 
 from uniperceiver.utils import comm
+from uniperceiver.utils.env import derive_seed, seed_step_rng
 from uniperceiver.utils.events import EventStorage, get_event_storage
 
 from .step import StepEngine
@@ -52,6 +53,7 @@ class TrainerBase:
         self.start_iter: int = 0
         self.max_iter: int = 0
         self.storage: Optional[EventStorage] = None
+        self._saved_history: Dict[str, Any] = {}  # metric history from a checkpoint, put into the next storage
 
     def register_hooks(self, hooks: List[Optional[HookBase]]) -> None:
         """Hooks run in the given order (None entries are dropped)."""
@@ -66,6 +68,7 @@ class TrainerBase:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         with EventStorage(start_iter) as self.storage:
+            self.storage.load_history_state(self._saved_history)
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -103,10 +106,14 @@ class TrainerBase:
             state = h.state_dict()
             if state:
                 hooks[type(h).__qualname__] = state
-        return {"iteration": self.iter, "hooks": hooks}
+        state = {"iteration": self.iter, "hooks": hooks}
+        if self.storage is not None:  # windowed medians of a resumed run continue from the same values
+            state["metric_history"] = self.storage.history_state()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.iter = int(state["iteration"])
+        self._saved_history = state.get("metric_history", {})
         for key, value in state.get("hooks", {}).items():
             for h in self._hooks:
                 if type(h).__qualname__ == key:
@@ -126,10 +133,15 @@ class Trainer(TrainerBase):
 
     Non-finite losses: the step is skipped on every rank (the flag is reduced over ranks); more than
     ``max_nonfinite_steps`` consecutive skipped steps (0: the first) raise :class:`NonFiniteLossError`.
+
+    ``seed``: when set, every step starts with the global python / numpy / torch (+ CUDA) RNGs seeded from
+    (seed, rank, iteration), so dropout, DropPath, mixup, negative sampling and MoE gate noise of step i are the
+    same in a resumed run as in an uninterrupted one, whatever else consumed random numbers in between.
     """
 
     def __init__(self, model, tasks: Mapping[str, Any], data_loader, step_engine: StepEngine, *,
-                 accum_iter: int = 1, max_nonfinite_steps: int = 0, device: Optional[torch.device] = None):
+                 accum_iter: int = 1, max_nonfinite_steps: int = 0, device: Optional[torch.device] = None,
+                 seed: Optional[int] = None):
         super().__init__()
         self.model = model  # the module the loop calls (the step engine may wrap it: step_engine.model)
         self.tasks = tasks
@@ -139,11 +151,14 @@ class Trainer(TrainerBase):
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.device = device or next(model.parameters()).device
         self.nonfinite_streak = 0
+        self.seed = seed
         self._data_iter = iter(data_loader)
 
     def run_step(self) -> None:
         model = self.step_engine.model
         model.train()
+        if self.seed is not None:
+            seed_step_rng(derive_seed(self.seed, comm.get_rank(), self.iter, 3))
         k = self.accum_iter
         terms: Dict[str, List[float]] = defaultdict(list)
         totals: List[float] = []
@@ -157,7 +172,7 @@ class Trainer(TrainerBase):
             sync = micro == k - 1
             with self.step_engine.micro_step(sync):
                 with self.step_engine.autocast():
-                    loss_dict = self.tasks[task_name].losses(model, batch)
+                    loss_dict = self.step_engine.losses(self.tasks[task_name], batch)
                     # Losses the model recorded in those forwards (MoE load balancing: loss_moe_aux).
                     loss_dict.update(self._model_extra_losses())
                 loss = sum(v.float() for v in loss_dict.values())
@@ -221,11 +236,15 @@ class Trainer(TrainerBase):
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
         state["nonfinite_streak"] = self.nonfinite_streak
+        if self.seed is not None:
+            state["seed"] = int(self.seed)
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        if self.seed is not None and "seed" in state:
+            self.seed = int(state["seed"])  # SEED < 0 drew a fresh seed at start-up: keep the run's own
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
