@@ -7,10 +7,16 @@ Contract (see ARCHITECTURE.md):
   ``seed`` ("synced": the same draw on every rank) or ``seed + 1000003 * rank`` ("independent");
 * ``state_dict()`` counts CONSUMED batches per task (not the ones prefetched by workers) plus the draw
   generator state; it is collective (gathers every rank's state) and ``load_state_dict`` restores this rank's,
-  so a resumed run sees exactly the same task / sample sequence, with any NUM_WORKERS.
+  so a resumed run sees exactly the same task / sample sequence, with any NUM_WORKERS;
+* every random decision of the data pipeline is seeded from where it happens, not from a process's RNG
+  history: sample ``p`` of a task's stream on a rank runs its transforms (augmentation, MLM masking) under
+  python / numpy / torch RNGs seeded with ``derive_seed(task seed, rank, p, 1)``, and its batch's ``collate``
+  under ``derive_seed(task seed, rank, batch position, 2)``; so a resumed run draws the same augmentations
+  whatever worker / prefetch / resume position produced them.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -19,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from uniperceiver.utils import comm
+from uniperceiver.utils.env import derive_seed, seeded_rng
 
 from .samplers import InfiniteShardedSampler
 
@@ -44,10 +51,15 @@ class TaskStream:
         self._iter: Optional[Iterator] = None
 
     def _make_iter(self) -> Iterator:
-        sampler = InfiniteShardedSampler(len(self.dataset), seed=self.seed, rank=self.rank,
-                                         world_size=self.world_size, start=self.consumed * self.batch_size)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                            collate_fn=self.collate_fn, num_workers=self.num_workers,
+        start = self.consumed * self.batch_size
+        sampler = _PositionedSampler(InfiniteShardedSampler(len(self.dataset), seed=self.seed, rank=self.rank,
+                                                            world_size=self.world_size, start=start), start)
+        # generator: the DataLoader draws its base seed from it, not from the global torch RNG (which would
+        # shift every later draw of a resumed run by one).
+        loader = DataLoader(_SeededSamples(self.dataset, self.seed, self.rank), batch_size=self.batch_size,
+                            sampler=sampler, drop_last=True,
+                            collate_fn=_SeededCollate(self.collate_fn, self.seed, self.rank, self.batch_size),
+                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed),
                             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                             worker_init_fn=_WorkerInit(self.seed, self.rank, self.consumed))
         return iter(loader)
@@ -62,6 +74,43 @@ class TaskStream:
     def reset(self, consumed: int) -> None:
         self.consumed = int(consumed)
         self._iter = None  # rebuilt lazily from the new position
+
+
+class _PositionedSampler:
+    """Yields ``(position, index)``: ``position`` counts this rank's samples of the stream from 0."""
+
+    def __init__(self, sampler: InfiniteShardedSampler, start: int):
+        self.sampler, self.start = sampler, int(start)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        return zip(itertools.count(self.start), iter(self.sampler))
+
+
+class _SeededSamples(Dataset):
+    """``dataset[index]`` under RNGs seeded from (task seed, rank, stream position) (module docstring)."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int):
+        self.dataset, self.seed, self.rank = dataset, int(seed), int(rank)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Tuple[int, Any]:
+        position, index = item
+        with seeded_rng(derive_seed(self.seed, self.rank, position, 1)):
+            return position, self.dataset[index]
+
+
+class _SeededCollate:
+    """``collate_fn(samples)`` under RNGs seeded from (task seed, rank, batch position)."""
+
+    def __init__(self, collate_fn: Callable, seed: int, rank: int, batch_size: int):
+        self.collate_fn, self.seed, self.rank, self.batch_size = collate_fn, int(seed), int(rank), int(batch_size)
+
+    def __call__(self, items: List[Tuple[int, Any]]) -> Any:
+        batch_position = items[0][0] // self.batch_size
+        with seeded_rng(derive_seed(self.seed, self.rank, batch_position, 2)):
+            return self.collate_fn([sample for _, sample in items])
 
 
 class _WorkerInit:

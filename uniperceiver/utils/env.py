@@ -1,6 +1,7 @@
 """Environment helpers: seeding, a text report of the environment, and RNG state for checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -122,3 +123,33 @@ def _set_local_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed in [0, 2**31) mixed from non-negative ints (numpy SeedSequence): e.g. (seed, rank, position).
+
+    Used to seed each random decision from WHERE it happens (sample position, iteration) instead of from the
+    process's RNG history, so a resumed run, any NUM_WORKERS and any prefetch depth draw the same numbers."""
+    return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1)[0]) % (2**31)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run the block with python / numpy / torch-CPU global RNGs seeded with ``seed``; restore them after."""
+    py, npst, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npst)
+        torch.set_rng_state(th)
+
+
+def seed_step_rng(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device) for one training step."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -62,6 +62,24 @@ class EventStorage:
     def histories(self) -> Dict[str, HistoryBuffer]:
         return self._history
 
+    def history_state(self, max_len: int = 200) -> Dict[str, Dict[str, object]]:
+        """The last ``max_len`` values of every scalar, as tensors (checkpointed by the trainer so that windowed
+        medians in metrics.json / console / TensorBoard continue exactly after a resume)."""
+        out = {}
+        for name, buf in self._history.items():
+            vals = buf.values()[-max_len:]
+            out[name] = {"values": torch.tensor([float(v) for v, _ in vals], dtype=torch.float64),
+                         "iters": torch.tensor([int(i) for _, i in vals], dtype=torch.int64),
+                         "smoothing_hint": bool(self._smoothing_hints.get(name, True))}
+        return out
+
+    def load_history_state(self, state: Dict[str, Dict[str, object]]) -> None:
+        """Prepend histories saved by :meth:`history_state` (before anything is put into this storage)."""
+        for name, entry in state.items():
+            for value, itr in zip(entry["values"].tolist(), entry["iters"].tolist()):
+                self._history[name].update(float(value), int(itr))
+            self._smoothing_hints[name] = bool(entry["smoothing_hint"])
+
     def latest(self) -> Dict[str, Tuple[float, int]]:
         """name -> (latest value, iteration it was put at)."""
         return self._latest
