@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO 1/2/3 behind the StepEngine interface, for real: 2 processes on CPU (gloo, DS_ACCELERATOR=cpu)
-driven by the real ``Trainer``, compared with the plain step engine on one process, plus save / resume through
-DeepSpeed checkpoints and their consolidation by ``tools/convert_checkpoint.py``.
+driven by the real ``Trainer`` (gradient accumulation, clipping, a skipped non-finite step), compared with the
+plain step engine on one process, plus save / resume through DeepSpeed checkpoints, weights loaded after
+``deepspeed.initialize``, and the consolidation of the shards by ``tools/convert_checkpoint.py``.
 
 DeepSpeed compiles a small communication extension the first time (~30 s); it is cached in
 ``TORCH_EXTENSIONS_DIR`` (default: ``~/.cache/uniperceiver/torch_extensions``) for later runs.
@@ -57,9 +58,15 @@ def toy_optimizer(model: nn.Module) -> torch.optim.Optimizer:
                              lr=1e-2, betas=(0.9, 0.95), eps=1e-6)
 
 
+NAN_STEP = STEPS + 1  # one rank sees a NaN in this step: every rank skips it (engine.skip_step)
+
+
 def micro_batch(step: int, micro: int, rank: int):
     g = torch.Generator().manual_seed(1000 * step + 10 * micro + rank)
-    return {"x": torch.randn(4, 8, generator=g), "y": torch.randn(4, 4, generator=g)}
+    batch = {"x": torch.randn(4, 8, generator=g), "y": torch.randn(4, 4, generator=g)}
+    if (step, micro, rank) == (NAN_STEP, 1, 0):
+        batch["x"][0, 0] = float("nan")
+    return batch
 
 
 def loader(start_step: int, ranks):
@@ -75,7 +82,7 @@ def loader(start_step: int, ranks):
 def run_trainer(model, engine, ranks, start: int, steps: int) -> None:
     from uniperceiver.engine.train_loop import Trainer
 
-    trainer = Trainer(model, {"toy": ToyTask()}, loader(start, ranks), engine, accum_iter=ACCUM)
+    trainer = Trainer(model, {"toy": ToyTask()}, loader(start, ranks), engine, accum_iter=ACCUM, max_nonfinite_steps=1)
     trainer.train(start, start + steps)
 
 
@@ -167,7 +174,9 @@ def test_zero_matches_plain_training_and_resumes(stage, bf16, tmp_path, extensio
     run = torch.load(tmp_path / "run.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pth", weights_only=True)
     expected = reference(2 * STEPS)
-    tol = dict(atol=3e-2, rtol=0) if bf16 else dict(atol=1e-5, rtol=1e-4)
+    # bf16: Adam moves each weight by up to lr = 1e-2 per step, so bf16 rounding can flip a few steps' signs;
+    # a lost update or weights reverted to the random init would still be far outside.
+    tol = dict(atol=6e-2, rtol=0) if bf16 else dict(atol=1e-5, rtol=1e-4)
     for key, value in expected.items():
         torch.testing.assert_close(run["model"][key], value, **tol, msg=f"{key} differs from plain training")
         # resuming is exact: same shards, same optimizer state, same data
