@@ -20,7 +20,7 @@ import torch.nn as nn
 
 pytest.importorskip("deepspeed")
 
-pytestmark = [pytest.mark.deepspeed, pytest.mark.distributed]
+pytestmark = [pytest.mark.deepspeed]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = 2
@@ -165,6 +165,7 @@ def reference(steps: int, start: int = 0, weights=None) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,bf16", [(1, False), (2, False), (3, False), (2, True)],
                          ids=["zero1", "zero2", "zero3", "zero2-bf16"])
@@ -232,6 +233,7 @@ def test_deepspeed_config_follows_solver(tmp_path):
         build_deepspeed_config(cfg, 8)
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_main_py_zero3_equals_ddp_and_converts(tmp_path, extensions_dir):
     """main.py --deepspeed (ZeRO-3 from the JSON) on 2 processes ends where plain DDP ends; model_final.pth holds

@@ -17,8 +17,6 @@ import torch
 
 from conftest import PYTHON, REPO, clean_env
 
-pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
-
 
 def slurm_available() -> str:
     """'' when a Slurm controller answers with an idle or mixed node in partition debug, else the reason."""
@@ -59,6 +57,8 @@ def run_sh(root: Path, args, env=None, timeout=240) -> subprocess.CompletedProce
                           timeout=timeout)
 
 
+@pytest.mark.slurm
+@pytest.mark.distributed
 @requires_slurm
 def test_run_sh_trains_two_tasks_and_resumes(repo_copy):
     proc = run_sh(repo_copy, ["configs/quick_schedules/instant.yaml", "test", "2", "debug"])
@@ -84,6 +84,7 @@ def test_run_sh_trains_two_tasks_and_resumes(repo_copy):
     assert os.path.getmtime(out / "model_final.pth") == mtime
 
 
+@pytest.mark.slurm
 @requires_slurm
 def test_run_sh_passes_gres_and_srun_args(repo_copy):
     # The default GRES is gpu:<tasks per node>; this CPU cluster has no GPUs, so Slurm itself rejects it.

@@ -21,7 +21,6 @@ pytest.importorskip("submitit")
 sys.path.insert(0, str(REPO / "tools"))
 import submit as submit_tool  # noqa: E402
 
-pytestmark = [pytest.mark.distributed]
 LONG = ["SOLVER.MAX_ITER", "200", "SOLVER.WRITE_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1000"]
 
 
@@ -54,6 +53,7 @@ def _check_preempted_and_finished(out: Path, results) -> None:
     assert "Calling checkpoint method" in logs and "Requeued job" in logs
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_local_executor_requeues_on_preemption(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -69,6 +69,7 @@ def test_local_executor_requeues_on_preemption(tmp_path, monkeypatch):
 
 
 @pytest.mark.slurm
+@pytest.mark.distributed
 @pytest.mark.slow
 @requires_slurm
 def test_slurm_executor_requeues_on_preemption(tmp_path, monkeypatch):
