@@ -383,7 +383,6 @@ def mode_loop(args) -> None:
     for t in cfg.TASKS:
         t.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
-    setup_logger(out)
     compute = {"t": 0.0}
     device = device_of(args)
 
@@ -430,7 +429,9 @@ def mode_loop(args) -> None:
     for obj, name, fn in patches:
         setattr(obj, name, fn)
     try:
-        engine_defaults.train(cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON lines
+            setup_logger(out)
+            engine_defaults.train(cfg)
     finally:
         for obj, name, fn in saved:
             setattr(obj, name, fn)

@@ -91,7 +91,19 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     for g in groups:
         logger.debug("param group wd=%g lr_scale=%g: %d tensors", g["weight_decay"], g["lr_scale"], len(g["params"]))
     # param_names are kept for logging only; torch.optim accepts extra group keys.
-    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS,
+                             **adamw_implementation(p for g in groups for p in g["params"]))
+
+
+def adamw_implementation(params) -> Dict[str, bool]:
+    """``{"fused": True}`` when every parameter is a floating-point tensor on CPU or CUDA (one fused kernel
+    per step; Tiny's 15M parameters, 9.5M of them the token table: 0.017 s vs 0.108 s for the per-tensor loop
+    and 0.097 s for foreach on one CPU thread, tools/benchmark.py / README "Performance"), else
+    ``{"foreach": True}``."""
+    params = list(params)
+    if params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:

@@ -1,0 +1,72 @@
+"""tools/benchmark.py: every mode runs with tiny sizes and prints well-formed JSON lines (no timed assertions)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from typing import Dict, List
+
+import pytest
+
+from conftest import PYTHON, REPO, clean_env
+
+TOOL = str(REPO / "tools" / "benchmark.py")
+TINY = ["MODEL.BERT.NUM_HIDDEN_LAYERS", "2", "MODEL.BERT.HIDDEN_SIZE", "32", "MODEL.BERT.NUM_ATTENTION_HEADS", "2",
+        "MODEL.BERT.INTERMEDIATE_SIZE", "64", "MODEL.PATCH_SIZE", "8"]
+
+
+def run_tool(*args: str, timeout: float = 240) -> Dict[str, dict]:
+    """Run the tool; every stdout line must be a JSON object with name / value / unit.  Returns them by name."""
+    proc = subprocess.run([PYTHON, TOOL, "--threads", "1", *args], cwd=REPO, env=clean_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    records: List[dict] = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert records, proc.stderr[-3000:]
+    for r in records:
+        assert {"name", "value", "unit"} <= set(r), r
+        assert isinstance(r["name"], str) and isinstance(r["unit"], str)
+        assert isinstance(r["value"], (int, float)) and math.isfinite(r["value"]), r
+    return {r["name"]: r for r in records}
+
+
+def test_reference_mode_pairs_ours_with_timm():
+    out = run_tool("--mode", "reference", "--img-size", "32", "--batch-size", "2", "--iters", "2", "--warmup", "1",
+                   *TINY)
+    assert {"step_time_ours", "step_time_timm", "ratio_vs_timm"} <= set(out)
+    last = out["ratio_vs_timm"]
+    assert last["ratio"] == pytest.approx(out["step_time_ours"]["value"] / out["step_time_timm"]["value"], rel=1e-3)
+    assert last["tokens"] == (32 // 8) ** 2 + 1 and last["batch"] == 2 and last["reps"] == 2
+
+
+@pytest.mark.slow
+def test_train_step_mode_measures_each_configuration_in_a_subprocess():
+    out_lines = subprocess.run(
+        [PYTHON, TOOL, "--threads", "1", "--mode", "train_step", "--img-size", "32", "--batch-size", "2", "--iters",
+         "1", "--warmup", "1", "--activation-checkpointing", "off,on", *TINY],
+        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert out_lines.returncode == 0, out_lines.stderr[-5000:]
+    records = [json.loads(line) for line in out_lines.stdout.splitlines() if line.strip()]
+    names = [r["name"] for r in records]
+    for name in ("step_time", "samples_per_s", "tokens_per_s", "peak_memory", "peak_memory_delta"):
+        assert names.count(name) == 2, names  # one per configuration
+    assert sorted(r["activation_checkpointing"] for r in records if r["name"] == "step_time") == [False, True]
+    saving = [r for r in records if r["name"] == "activation_checkpointing_peak_memory_saving"]
+    assert len(saving) == 1 and saving[0]["unit"] == "%" and "ratio" in saving[0]
+    assert all(r["value"] > 0 for r in records if r["name"] == "peak_memory")
+
+
+def test_eval_retrieval_mode_reports_memory_growth():
+    out = run_tool("--mode", "eval_retrieval", "--candidates", "20,60", "--num-queries", "4", "--img-size", "32", *TINY)
+    assert out["retrieval_peak_memory_growth"]["candidates"] == [20, 60]
+    assert out["retrieval_encode_throughput"]["unit"] == "sequences/s"
+    assert "ratio" in out["retrieval_peak_memory_delta_growth"]
+
+
+@pytest.mark.slow
+def test_loop_mode_reports_framework_overhead():
+    cfg = str(REPO / "configs" / "quick_schedules" / "instant_retrieval.yaml")
+    out = run_tool("--mode", "loop", "--config-file", cfg, "--iters", "2", "--warmup", "1",
+                   "TASKS.mscoco_retrieval.DATALOADER.TRAIN_BATCH_SIZE", "4", timeout=400)
+    overhead = out["framework_overhead"]
+    assert overhead["unit"] == "%" and 0 <= overhead["value"] <= 100 and overhead["steps"] == 2
+    assert out["loop_compute_time"]["value"] <= out["loop_step_time"]["value"] * 1.0001
