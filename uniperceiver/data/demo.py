@@ -36,7 +36,7 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 MARKER = "DEMO_VERSION"
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -228,7 +228,8 @@ def build_demo_data(out: str, seed: int = 0) -> None:
 
     # Web pairs (CC3M, SBU): views of the scikit-image photos, JSON lines.
     photos = _load_photos()
-    for name, (n_train, n_val) in (("cc3m", (160, 32)), ("sbu", (120, 24))):
+    for name, (n_train, n_val) in (("cc3m", (160, 32)), ("sbu", (120, 24)), ("yfcc", (40, 8)), ("cc12m", (40, 8)),
+                                   ("vg", (40, 8))):
         root = os.path.join(out, name)
         _write_jsonl(os.path.join(root, "train.jsonl"), _photo_pairs(rng, photos, root, "images/train", n_train))
         _write_jsonl(os.path.join(root, "val.jsonl"), _photo_pairs(rng, photos, root, "images/val", n_val))
@@ -241,6 +242,13 @@ def build_demo_data(out: str, seed: int = 0) -> None:
         with open(os.path.join(out, "bookswiki", f"{split}.txt"), "w", encoding="utf-8") as f:
             f.write("\n\n".join(part) + "\n")
 
+    # ImageNet-22k layout of the 16-task recipes: the same digits (a relative symlink to imagenet/).
+    os.symlink("imagenet", os.path.join(out, "imagenet22k"))
+    # Videos (Kinetics / Moments in Time / MSVD / MSR-VTT) and VQAv2: uniperceiver/data/demo_video.py.
+    from uniperceiver.data.demo_video import build_video_demo
+
+    video_caption_files = build_video_demo(out, mnist, mnist_y, seed)
+
     # Vocabulary subsets for the MLM / captioning targets.
     from uniperceiver.data.target_sets import corpus_token_subset, write_token_list
     from uniperceiver.modeling.tokenization import get_tokenizer
@@ -249,6 +257,7 @@ def build_demo_data(out: str, seed: int = 0) -> None:
     caption_files = [os.path.join(coco, "annotations", f"captions_{s}.json") for s in ("train113k", "val5k", "test5k")]
     caption_files += [os.path.join(flickr, "annotations", f"captions_{s}.json") for s in ("train", "val", "test")]
     caption_files += [os.path.join(out, n, f"{s}.jsonl") for n in ("cc3m", "sbu") for s in ("train", "val")]
+    caption_files += video_caption_files
     os.makedirs(os.path.join(out, "targets"), exist_ok=True)
     caption_ids = corpus_token_subset(caption_files, tok)
     write_token_list(os.path.join(out, "targets", "vocab_caption.tokens"), caption_ids, tok)

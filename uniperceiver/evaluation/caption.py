@@ -30,7 +30,7 @@ def load_coco_references(path: str) -> Dict[Any, List[str]]:
         data = json.load(f)
     refs: Dict[Any, List[str]] = {}
     for ann in data["annotations"] if isinstance(data, dict) else data:
-        refs.setdefault(ann["image_id"], []).append(ann["caption"])
+        refs.setdefault(ann["image_id"] if "image_id" in ann else ann["video_id"], []).append(ann["caption"])
     return refs
 
 

@@ -9,6 +9,9 @@ imagenet        JPEG tree + ``meta/<split>.txt`` "relative/path label"   ImageNe
 coco_caption    COCO-caption JSON (Karpathy COCO / Flickr30k splits)    MSCOCO, Flickr30k
 jsonl_pairs     JSON lines ``{"image", "caption"}``                      CC3M, CC12M, SBU, VG, YFCC
 text_corpus     plain text, one paragraph a line                        BooksWiki
+video_list      video files + ``<split>.txt`` "relative/path.mp4 label"   K400, K700, MiT (video.py)
+video_caption   videos + COCO-style caption JSON (``videos``)            MSVD, MSRVTT (video.py)
+vqa             VQAv2 questions + annotations JSON, COCO images          VQAv2 (vqa.py)
 =============== ======================================================= ==============================
 
 ``DATASETS.TRAIN / VAL / TEST`` name an annotation file under ``DATALOADER.ANNO_FOLDER`` (both relative to the
@@ -28,17 +31,24 @@ from .base import ImageRecordsDataset, TooManyBadSamples, check_annotation_file,
 from .captions import CaptionDataset, read_coco_captions, read_jsonl_pairs  # noqa: F401
 from .imagenet import ImageNetDataset, read_class_names, read_image_label_list  # noqa: F401
 from .text_corpus import TextCorpusDataset  # noqa: F401
+from .video import VideoCaptionDataset, VideoClassificationDataset, read_video_captions  # noqa: F401
+from .vqa import VQADataset, read_vqa  # noqa: F401
 
-READERS = ("imagenet", "coco_caption", "jsonl_pairs", "text_corpus")
+READERS = ("imagenet", "coco_caption", "jsonl_pairs", "text_corpus", "video_list", "video_caption", "vqa")
 _ALIASES = {
     "imagenet1k": "imagenet", "imagenet22k": "imagenet", "imagenet": "imagenet",
     "mscoco": "coco_caption", "coco": "coco_caption", "flickr30k": "coco_caption", "coco_caption": "coco_caption",
     "cc3m": "jsonl_pairs", "cc12m": "jsonl_pairs", "sbu": "jsonl_pairs", "vg": "jsonl_pairs",
     "yfcc": "jsonl_pairs", "jsonl_pairs": "jsonl_pairs",
     "bookswiki": "text_corpus", "text_corpus": "text_corpus",
+    "k400": "video_list", "k700": "video_list", "kinetics400": "video_list", "kinetics700": "video_list",
+    "mit": "video_list", "momentsintime": "video_list", "video_list": "video_list",
+    "msvd": "video_caption", "msrvtt": "video_caption", "msr-vtt": "video_caption", "video_caption": "video_caption",
+    "vqa": "vqa", "vqav2": "vqa",
 }
 _PATTERNS = {
     "imagenet": "{}.txt", "coco_caption": "captions_{}.json", "jsonl_pairs": "{}.jsonl", "text_corpus": "{}.txt",
+    "video_list": "{}.txt", "video_caption": "captions_{}.json", "vqa": "v2_OpenEnded_mscoco_{}_questions.json",
 }
 
 
@@ -90,5 +100,12 @@ def build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable
         return CaptionDataset(
             read(path, key), image_root, mode=mode, transform=transform, max_bad_fraction=bad, name=label
         )
+    if reader == "vqa":
+        return VQADataset(path, image_root, transform=transform, max_bad_fraction=bad, config_key=key, name=label)
+    if reader in ("video_list", "video_caption"):
+        from .video import build_video_reader
+
+        return build_video_reader(reader, task_cfg, path, image_root, split, transform=transform, mode=mode,
+                                  max_bad_fraction=bad, config_key=key, name=label)
     max_words = max(int(task_cfg.MODEL.MAX_SEQ_LEN), 8)
     return TextCorpusDataset(path, max_words=max_words, config_key=key, name=label, cache_dir=get_cache_dir(root_cfg))

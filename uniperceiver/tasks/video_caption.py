@@ -1,0 +1,25 @@
+"""Task family ``video_caption`` (MSVD, MSR-VTT): ``[<spe>, video, caption, <spe> x L]`` with causal text,
+query i predicting caption token i against the vocabulary label set — ``image_caption`` with a clip
+``[T, 3, H, W]`` for the image.  Evaluation generates from the centre clip (``INFERENCE.NUM_VIEWS`` 1) and
+``CaptionEvaluator`` scores against ``INFERENCE.VAL_ANNFILE / TEST_ANNFILE`` (COCO-style, ``videos`` /
+``video_id`` accepted) or the references in the batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import TASK_REGISTRY
+from .image_caption import ImageCaptionTask
+from .video_classification import build_video_dataset
+
+
+class VideoCaptionTask(ImageCaptionTask):
+    family = "video_caption"
+    default_evaluator = "CaptionEvaluator"
+    attributes = {"modality": "video", "task": "caption"}
+
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        return build_video_dataset(self, split, "caption", mode="pairs" if split == "train" else "images")
+
+
+TASK_REGISTRY._do_register(VideoCaptionTask.family, VideoCaptionTask)

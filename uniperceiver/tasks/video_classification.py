@@ -1,0 +1,70 @@
+"""Task family ``video_classification`` (Kinetics-400/700, Moments in Time): the clip ``[T, 3, H, W]`` is
+encoded as a video (shared patch embedding + learned temporal embedding) and its ``<spe>`` is scored against
+the encoded class names of ``DATASETS.TARGET_SET``, as ``image_classification`` does for images.
+
+Data: the ``video_list`` reader (``uniperceiver/data/datasets/video.py``): ``DATALOADER.FRAMES_PER_CLIP``
+frames ``STRIDE`` apart, a random temporal offset and one random crop per clip in training;
+``INFERENCE.NUM_VIEWS`` evenly spaced clips per video at test time, each a row with the video's
+``sample_ids``, so ``ClassificationEvaluator`` softmax-averages the views (even across ranks).  Loss:
+cross-entropy with ``LOSSES.LABELSMOOTHING`` (mixup / CutMix are image-only and ignored here).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from uniperceiver.config import ConfigError
+from uniperceiver.data.datasets import build_reader
+from uniperceiver.data.datasets.video import video_transform_from_config
+from uniperceiver.data.demo import prepare_data_root
+
+from .base import TASK_REGISTRY
+from .image_classification import ImageClassificationTask, unwrap
+
+
+def check_frames(task) -> None:
+    """FRAMES_PER_CLIP must fit the model's learned temporal table (MODEL.MAX_FRAMES)."""
+    frames, most = int(task.cfg.DATALOADER.FRAMES_PER_CLIP), int(task.root_cfg.MODEL.MAX_FRAMES)
+    if not 1 <= frames <= most:
+        raise ConfigError(f"TASKS.{task.name}.DATALOADER.FRAMES_PER_CLIP {frames} must be in 1..MODEL.MAX_FRAMES "
+                          f"({most})")
+
+
+def build_video_dataset(task, split: str, family: str, mode: str = "pairs") -> torch.utils.data.Dataset:
+    prepare_data_root(task.root_cfg)
+    check_frames(task)
+    transform = video_transform_from_config(task.cfg, task.root_cfg, split == "train", family)
+    return build_reader(task.cfg, task.root_cfg, split, transform=transform, mode=mode)
+
+
+class VideoClassificationTask(ImageClassificationTask):
+    family = "video_classification"
+    default_evaluator = "ClassificationEvaluator"
+    attributes = {"modality": "video", "task": "classification"}
+
+    def __init__(self, task_cfg, root_cfg):
+        super().__init__(task_cfg, root_cfg)
+        self._mixup = False  # image-only augmentation
+
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        dataset = build_video_dataset(self, split, "classification")
+        if dataset.num_classes > self.num_classes:
+            raise ConfigError(
+                f"task {self.name}: {split} labels go up to {dataset.num_classes - 1} but the label set "
+                f"{self.cfg.DATASETS.TARGET_SET} has {self.num_classes} classes"
+            )
+        return dataset
+
+    def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        batch = super().collate(samples)  # "images": [B, T, 3, H, W]
+        batch["sample_ids"] = torch.tensor([s["sample_id"] for s in samples], dtype=torch.long)
+        return batch
+
+    def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
+        query = model(images=batch["images"], attributes=self.attributes)["spe"]
+        logits = unwrap(model).logits(query, self._class_feats(model), self.temp_name)
+        return {"logits": logits, "labels": batch["labels"], "sample_ids": batch["sample_ids"]}
+
+
+TASK_REGISTRY._do_register(VideoClassificationTask.family, VideoClassificationTask)

@@ -1,0 +1,37 @@
+"""Task family ``video_retrieval`` (MSVD, MSR-VTT): video and caption encoded as separate sequences, scored
+both ways against the batch (``image_retrieval``'s symmetric loss, synced negatives across ranks included).
+
+Data: the ``video_caption`` reader: one clip per caption in training (random offset), and at evaluation one
+row per video view with all its captions; views of a video share its id, and ``RetrievalEvaluator`` keeps
+the first row of each id (so ``INFERENCE.NUM_VIEWS`` should stay 1 for retrieval).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from .base import TASK_REGISTRY
+from .image_retrieval import ImageRetrievalTask
+from .video_classification import build_video_dataset
+
+
+class VideoRetrievalTask(ImageRetrievalTask):
+    family = "video_retrieval"
+    default_evaluator = "RetrievalEvaluator"
+    attributes = {"modality": "video", "task": "retrieval"}
+
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        return build_video_dataset(self, split, "caption", mode="pairs" if split == "train" else "images")
+
+    def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        batch = super().collate(samples)
+        if "text_image_ids" in batch:  # evaluation: key videos (and their captions) by video, not by view row
+            ids = [s["sample_id"] for s in samples]
+            batch["index"] = torch.tensor(ids, dtype=torch.long)
+            batch["text_image_ids"] = torch.tensor([i for s, i in zip(samples, ids) for _ in s["captions"]],
+                                                   dtype=torch.long)
+        return batch
+
+
+TASK_REGISTRY._do_register(VideoRetrievalTask.family, VideoRetrievalTask)

@@ -1,0 +1,112 @@
+"""Task family ``vqa`` (VQAv2): the sequence ``[<spe>, image, question]``; its ``<spe>`` is scored against the
+encoded answers of the answer vocabulary (``DATASETS.TARGET_SET``: a class-name file of normalised answers,
+``tools/build_vqa_answers.py``), so answering is classification over answer candidates.
+
+Training: soft-target cross-entropy against the VQA soft scores ``min(#humans / 3, 1)`` of the in-vocabulary
+answers (normalised to sum 1); questions with no in-vocabulary answer are left out of the loss.
+Evaluation: the best-scoring answer, scored by ``VQAEvaluator`` against the ten human answers.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from uniperceiver.config import ConfigError
+from uniperceiver.data.datasets import build_reader, read_class_names
+from uniperceiver.data.datasets.vqa import answer_scores
+from uniperceiver.data.demo import prepare_data_root
+from uniperceiver.data.target_sets import VOCABULARY, TargetEncoder, shared_target_node, task_target_encoder
+from uniperceiver.data.transforms import transform_from_config
+from uniperceiver.modeling.losses import soft_target_cross_entropy
+from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.utils.paths import resolve_data_path
+
+from .base import TASK_REGISTRY, Task
+from .image_classification import unwrap
+
+
+class VQATask(Task):
+    family = "vqa"
+    default_evaluator = "VQAEvaluator"
+    attributes = {"modality": "image", "task": "vqa"}
+
+    def __init__(self, task_cfg, root_cfg):
+        super().__init__(task_cfg, root_cfg)
+        self.temp_name = task_cfg.MODEL.TEMP_NAME or "default"
+        self.max_len = int(task_cfg.MODEL.MAX_SEQ_LEN)
+        self._targets: TargetEncoder = None
+        self._answers: List[str] = None
+
+    @property
+    def targets(self) -> TargetEncoder:
+        if self._targets is None:
+            self._targets = task_target_encoder(self, attributes={"modality": "text", "task": "vqa"})
+        return self._targets
+
+    @property
+    def answers(self) -> List[str]:
+        """The answer vocabulary (entry i = answer i of the label-set file)."""
+        if self._answers is None:
+            key = f"TASKS.{self.name}.DATASETS.TARGET_SET"
+            names = self.cfg.DATASETS.TARGET_SET
+            name = names if isinstance(names, str) else (list(names) or [""])[0]
+            path = shared_target_node(self.root_cfg, name, key).SHARED_TARGETS_CFG.FILE_PATH
+            if path == VOCABULARY or path.endswith(".tokens"):
+                raise ConfigError(f"{key}: the VQA label set must be an answer file (.txt), got {path}")
+            prepare_data_root(self.root_cfg)
+            self._answers = read_class_names(resolve_data_path(self.root_cfg, path), key)
+            self._answer_index = {a: i for i, a in enumerate(self._answers)}
+        return self._answers
+
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        prepare_data_root(self.root_cfg)
+        transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "caption")
+        return build_reader(self.cfg, self.root_cfg, split, transform=transform)
+
+    def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        self.answers  # noqa: B018 - builds the answer index
+        text, mask = get_tokenizer().tokenize([s["question"] for s in samples], self.max_len)
+        soft = torch.zeros(len(samples), len(self._answers))
+        for row, s in enumerate(samples):
+            for entry, score in answer_scores(s["answers"], self._answer_index).items():
+                soft[row, entry] = score
+        return {
+            "images": torch.stack([s["image"] for s in samples]),
+            "text": text, "text_mask": mask,
+            "soft_targets": soft,
+            "answers": [s["answers"] for s in samples],
+            "question_ids": torch.tensor([s["question_id"] for s in samples], dtype=torch.long),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        }
+
+    def _logits(self, model, batch) -> torch.Tensor:
+        query = model(images=batch["images"], text=batch["text"], text_mask=batch["text_mask"],
+                      attributes=self.attributes)["spe"]
+        head = unwrap(model)
+        return head.logits(query, self.targets.encode(head), self.temp_name)
+
+    def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        logits = self._logits(model, batch)
+        soft = batch["soft_targets"].to(logits.device)
+        total = soft.sum(1)
+        keep = total > 0
+        if bool(keep.any()):
+            loss = soft_target_cross_entropy(logits[keep], soft[keep] / total[keep, None])
+        else:  # no answer of this batch is in the vocabulary: a zero that still reaches every parameter used
+            loss = logits.sum() * 0.0
+        return {f"loss_{self.name}": loss * self.loss_weight}
+
+    def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
+        best = self._logits(model, batch).argmax(-1).tolist()
+        return {"predictions": [self.answers[i] for i in best], "answers": batch["answers"],
+                "question_ids": batch["question_ids"]}
+
+    def start_inference(self, model) -> None:
+        self.targets.clear()
+
+    def end_inference(self) -> None:
+        self.targets.clear()
+
+
+TASK_REGISTRY._do_register(VQATask.family, VQATask)
