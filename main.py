@@ -16,6 +16,7 @@ import logging
 import sys
 
 from uniperceiver.config import ConfigError, setup_cfg
+from uniperceiver.config.validate import validate_cfg
 from uniperceiver.engine import default_argument_parser, default_setup, launch, train
 from uniperceiver.engine.defaults import run_is_finished
 
@@ -51,7 +52,7 @@ def run(argv=None) -> int:
     if args.deepspeed:  # before the user's KEY VALUE pairs, which may still override
         args.opts = ["SOLVER.DEEPSPEED.ENABLED", "True", "SOLVER.DEEPSPEED.CONFIG", args.deepspeed, *args.opts]
     try:
-        setup_cfg(args.config_file, args.opts)  # fail fast, before any process is spawned
+        validate_cfg(setup_cfg(args.config_file, args.opts))  # fail fast, before any process is spawned
         result = launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                         dist_url=args.dist_url, args=(args,), local_rank_arg=args.local_rank)
     except ConfigError as e:  # user errors (config, checkpoint mismatch): one line, exit 2

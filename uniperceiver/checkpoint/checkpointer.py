@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -48,6 +49,19 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def describe_load_error(err: Exception) -> str:
+    """One line for a checkpoint that cannot be read.  A file carrying pickled Python objects (which
+    ``weights_only=True`` refuses to build, so nothing in it runs) is named as such, with the refused global."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in text.lower():
+        m = re.search(r"(?:unsupported GLOBAL|Unsupported global:?)\s*(?:GLOBAL\s+)?([\w.]+)", text)
+        what = f" ({m.group(1)})" if m else ""
+        return (f"refused: it carries a pickled Python object{what}; checkpoints are loaded with "
+                f"weights_only=True (tensors and plain types only), so nothing in it was run")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first}"
 
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:
@@ -184,8 +198,8 @@ class Checkpointer:
             try:
                 return path, load_checkpoint_file(path)
             except Exception as e:  # truncated zip, missing file, unpickling error...
-                logger.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one",
-                               path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                logger.warning("Checkpoint %s is unreadable (%s); trying the previous one", path,
+                               describe_load_error(e))
         raise CheckpointError(f"no readable checkpoint in {self.save_dir} (tag points at {tagged or 'nothing'})")
 
     # ------------------------------------------------------------------------------------------ loading
@@ -198,7 +212,7 @@ class Checkpointer:
         except CheckpointError:
             raise
         except Exception as e:
-            raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {type(e).__name__}: {e}") from None
+            raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {describe_load_error(e)}") from None
         return self._load_model(data["model"], ignore, source=path)
 
     def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str) -> Dict[str, List[str]]:

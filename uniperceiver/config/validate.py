@@ -1,0 +1,61 @@
+"""``validate_cfg(cfg)``: value checks on a finished config, run by ``main.py`` before any process starts.
+
+``setup_cfg`` already refuses unknown keys, wrong types, odd ``KEY VALUE`` lists, ``_BASE_`` cycles and unsafe
+YAML.  This adds the checks that need values: each failure is a :class:`ConfigError` naming the key (with the
+task, ``TASKS.<NAME>.``) and the value, which ``main.py`` prints as one line with exit code 2.  Data paths,
+``MODEL.TRAINABLE`` and ``MODEL.WEIGHTS`` are checked where they are used (readers, adaptation, checkpointer),
+also before training starts.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from .config import ConfigError
+
+
+def _check(errors: List[str], ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        errors.append(f"{key} = {value!r} {rule}")
+
+
+def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
+    """Raise :class:`ConfigError` naming every invalid value of ``cfg`` (a finalized config)."""
+    if not len(cfg.TASKS):
+        raise ConfigError("no TASKS configured: --config-file must name a config with a TASKS list "
+                          "(e.g. configs/quick_schedules/instant.yaml), not a model-only one")
+    errors: List[str] = []
+    s = cfg.SOLVER
+    _check(errors, s.MAX_ITER > 0, "SOLVER.MAX_ITER", s.MAX_ITER, "must be > 0")
+    _check(errors, s.ACCUM_ITER >= 0, "SOLVER.ACCUM_ITER", s.ACCUM_ITER, "must be >= 0 (<= 1: no accumulation)")
+    _check(errors, s.BASE_LR >= 0, "SOLVER.BASE_LR", s.BASE_LR, "must be >= 0")
+    _check(errors, s.CHECKPOINT_PERIOD > 0, "SOLVER.CHECKPOINT_PERIOD", s.CHECKPOINT_PERIOD, "must be > 0")
+    _check(errors, s.CHECKPOINT_MAX_SAVE >= 0, "SOLVER.CHECKPOINT_MAX_SAVE", s.CHECKPOINT_MAX_SAVE, "must be >= 0")
+    _check(errors, s.WRITE_PERIOD > 0, "SOLVER.WRITE_PERIOD", s.WRITE_PERIOD, "must be > 0")
+    _check(errors, s.EVAL_PERIOD >= 0, "SOLVER.EVAL_PERIOD", s.EVAL_PERIOD, "must be >= 0 (0 = off)")
+    _check(errors, s.MAX_NONFINITE_STEPS >= 0, "SOLVER.MAX_NONFINITE_STEPS", s.MAX_NONFINITE_STEPS, "must be >= 0")
+    if check_task_types:
+        import uniperceiver.tasks  # noqa: F401  (registers every task family)
+        from uniperceiver.tasks.base import TASK_REGISTRY
+
+        known = sorted(k for k, _ in TASK_REGISTRY)
+    weights = []
+    for task in cfg.TASKS:
+        p = f"TASKS.{task.NAME}."
+        d = task.DATALOADER
+        if check_task_types and task.DATASETS.TASK_TYPE not in known:
+            errors.append(f"{p}DATASETS.TASK_TYPE = {task.DATASETS.TASK_TYPE!r} is not a registered task family "
+                          f"(registered: {', '.join(known)})")
+        _check(errors, d.TRAIN_BATCH_SIZE > 0, p + "DATALOADER.TRAIN_BATCH_SIZE", d.TRAIN_BATCH_SIZE, "must be > 0")
+        _check(errors, d.TEST_BATCH_SIZE > 0, p + "DATALOADER.TEST_BATCH_SIZE", d.TEST_BATCH_SIZE, "must be > 0")
+        _check(errors, d.NUM_WORKERS >= 0, p + "DATALOADER.NUM_WORKERS", d.NUM_WORKERS, "must be >= 0")
+        _check(errors, d.SAMPLING_WEIGHT >= 0, p + "DATALOADER.SAMPLING_WEIGHT", d.SAMPLING_WEIGHT, "must be >= 0")
+        _check(errors, 0 < d.DATA_PERCENTAGE <= 1, p + "DATALOADER.DATA_PERCENTAGE", d.DATA_PERCENTAGE,
+               "must be in (0, 1]")
+        _check(errors, 0 <= d.MAX_BAD_FRACTION <= 1, p + "DATALOADER.MAX_BAD_FRACTION", d.MAX_BAD_FRACTION,
+               "must be in [0, 1]")
+        weights.append(d.SAMPLING_WEIGHT)
+    if weights and all(w >= 0 for w in weights) and sum(weights) <= 0:
+        errors.append(f"DATALOADER.SAMPLING_WEIGHT of the tasks {weights} must have a positive sum")
+    if errors:
+        shown = "; ".join(errors[:10]) + (f"; ... ({len(errors) - 10} more)" if len(errors) > 10 else "")
+        raise ConfigError(f"invalid config: {shown}")
