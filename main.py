@@ -17,7 +17,8 @@ import sys
 
 from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.config.validate import validate_cfg
-from uniperceiver.engine import default_argument_parser, default_setup, launch, train
+from uniperceiver.data.datasets import TooManyBadSamples
+from uniperceiver.engine import NonFiniteLossError, default_argument_parser, default_setup, launch, train
 from uniperceiver.engine.defaults import run_is_finished
 
 
@@ -61,7 +62,22 @@ def run(argv=None) -> int:
         logging.getLogger("uniperceiver").debug("user error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, TooManyBadSamples) as e:  # training faults: one line (traceback in log.txt), exit 1
+        if args.debug:
+            raise
+        logging.getLogger("uniperceiver").debug("training stopped", exc_info=True)
+        print(f"error: {_fault_message(e)}", file=sys.stderr)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def _fault_message(err: Exception) -> str:
+    """The error's own one-line message (a DataLoader worker re-raises with its traceback in the message: the
+    original message is that traceback's last line)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].split(":", 1)[0].endswith(type(err).__name__):
+        return lines[-1].split(":", 1)[1].strip()
+    return " ".join(lines) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ class Trainer(TrainerBase):
     """Multi-task trainer: each optimizer step draws ``accum_iter`` micro-batches ``(task_name, batch)`` from
     ``data_loader``, sums ``task.losses(model, batch)`` / accum_iter and hands it to ``step_engine``.
 
-    Non-finite losses: the step is skipped on every rank (the flag is reduced over ranks); more than
+    Non-finite losses or gradients: the step is skipped on every rank (the flag is reduced over ranks); more than
     ``max_nonfinite_steps`` consecutive skipped steps (0: the first) raise :class:`NonFiniteLossError`.
 
     ``seed``: when set, every step starts with the global python / numpy / torch (+ CUDA) RNGs seeded from
@@ -164,9 +164,11 @@ class Trainer(TrainerBase):
         totals: List[float] = []
         data_time = 0.0
         bad: Optional[str] = None
+        drawn: List[str] = []
         for micro in range(k):
             start = time.perf_counter()
             task_name, batch = next(self._data_iter)
+            drawn.append(task_name)
             batch = _to_device(batch, self.device)
             data_time += time.perf_counter() - start
             sync = micro == k - 1
@@ -183,6 +185,8 @@ class Trainer(TrainerBase):
                 if bad is None and not math.isfinite(v):
                     bad = f"task {task_name}, loss term {name} = {v}"
             totals.append(float(loss.detach()))
+        if bad is None:
+            bad = self._nonfinite_gradient(drawn, terms)
         if self._any_rank_flag(bad is not None):
             self._handle_nonfinite(bad)
             return
@@ -192,6 +196,19 @@ class Trainer(TrainerBase):
         metrics["total_loss"] = sum(totals) / len(totals)
         metrics.update(stats)
         self._write_metrics(metrics, data_time)
+
+    def _nonfinite_gradient(self, drawn: List[str], terms: Dict[str, List[float]]) -> Optional[str]:
+        """Finite losses can still give inf / NaN gradients (overflow in backward): name the first such parameter
+        with the step's tasks and loss terms.  Left to the loss scaler when one is on (fp16 GradScaler)."""
+        scaler = getattr(self.step_engine, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            return None
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+            return None
+        param = next(n for n, g in grads if not bool(torch.isfinite(g).all()))
+        losses = ", ".join(f"{name} = {sum(v) / len(v):.4g}" for name, v in terms.items())
+        return f"task {', '.join(dict.fromkeys(drawn))}, loss term {losses} (finite), non-finite gradient of {param}"
 
     def _model_extra_losses(self) -> Dict[str, torch.Tensor]:
         extra = getattr(self.model, "extra_losses", None)  # self.model: the unwrapped module
@@ -213,10 +230,10 @@ class Trainer(TrainerBase):
         storage.put_scalar("nonfinite_skipped", 1.0, smoothing_hint=False)
         if self.nonfinite_streak > self.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"non-finite loss at iteration {self.iter}: {where} "
+                f"non-finite loss or gradient at iteration {self.iter}: {where} "
                 f"({self.nonfinite_streak} consecutive; SOLVER.MAX_NONFINITE_STEPS {self.max_nonfinite_steps})"
             )
-        logger.warning("Skipping iteration %d: non-finite loss (%s); %d consecutive of at most %d",
+        logger.warning("Skipping iteration %d: non-finite loss or gradient (%s); %d consecutive of at most %d",
                        self.iter, where, self.nonfinite_streak, self.max_nonfinite_steps)
 
     def _write_metrics(self, metrics: Dict[str, float], data_time: float) -> None:

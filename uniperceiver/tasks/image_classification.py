@@ -60,11 +60,11 @@ class ImageClassificationTask(Task):
         prepare_data_root(self.root_cfg)
         transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "classification")
         dataset = build_reader(self.cfg, self.root_cfg, split, transform=transform)
-        if dataset.num_classes > self.num_classes:
-            raise ConfigError(
-                f"task {self.name}: {split} labels go up to {dataset.num_classes - 1} but the label set "
-                f"{self.cfg.DATASETS.TARGET_SET} has {self.num_classes} classes"
-            )
+        n = self.num_classes
+        # labels the label set has no class for: skipped like other bad records (file:line logged, counted,
+        # a clear stop above MAX_BAD_FRACTION, e.g. when the label set does not fit the data at all)
+        dataset.drop_records(lambda r: not 0 <= r["label"] < n, f"label out of range [0, {n}) of the label set "
+                             f"{list(self.cfg.DATASETS.TARGET_SET)}", path=getattr(dataset, "meta_file", ""))
         return dataset
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -98,7 +98,8 @@ def build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable
     if reader in ("coco_caption", "jsonl_pairs"):
         read = read_coco_captions if reader == "coco_caption" else read_jsonl_pairs
         return CaptionDataset(
-            read(path, key), image_root, mode=mode, transform=transform, max_bad_fraction=bad, name=label
+            read(path, key, max_bad_fraction=bad, name=label), image_root, mode=mode, transform=transform,
+            max_bad_fraction=bad, name=label
         )
     if reader == "vqa":
         return VQADataset(path, image_root, transform=transform, max_bad_fraction=bad, config_key=key, name=label)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +30,48 @@ _LOG_EVERY = 100
 
 class TooManyBadSamples(RuntimeError):
     """More than DATALOADER.MAX_BAD_FRACTION of the samples could not be read."""
+
+
+class AnnotationProblems:
+    """Bad annotation records met while reading a file (malformed line, empty caption, label out of range).
+
+    ``max_bad_fraction=None`` (standalone use) raises ``ValueError`` naming ``file:line`` at the first one.
+    Otherwise each is skipped, logged with ``file:line`` (the first few, then every 100th) and counted per
+    reason; :meth:`check` logs the per-file count and raises :class:`TooManyBadSamples` when more than
+    ``max_bad_fraction`` of the file's records were bad.
+    """
+
+    def __init__(self, path: str, max_bad_fraction: Optional[float] = None, name: str = ""):
+        self.path, self.max_bad_fraction, self.name = path, max_bad_fraction, name or os.path.basename(path)
+        self.counts: Dict[str, int] = {}
+
+    @property
+    def num_bad(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, where: Any, reason: str, detail: str = "") -> None:
+        """Record a bad record at ``where`` (a line number, or e.g. "annotation 3")."""
+        loc = f"{self.path}:{where}" if isinstance(where, int) else f"{self.path} ({where})"
+        if self.max_bad_fraction is None:
+            raise ValueError(f"{loc}: {reason}{': ' + detail if detail else ''}")
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self.num_bad <= _LOG_FIRST or self.num_bad % _LOG_EVERY == 0:
+            logger.warning("%s: skipping %s: %s%s", self.name, loc, reason, f" ({detail})" if detail else "")
+
+    def check(self, num_good: int) -> None:
+        bad = self.num_bad
+        if not bad:
+            return
+        total = num_good + bad
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
+        logger.warning("%s: skipped %d of %d annotation records of %s (%s)", self.name, bad, total, self.path,
+                       reasons)
+        if bad > self.max_bad_fraction * total:
+            raise TooManyBadSamples(
+                f"{self.name}: {bad} of {total} annotation records of {self.path} are bad ({reasons}), more than "
+                f"DATALOADER.MAX_BAD_FRACTION={self.max_bad_fraction}. Fix the data (tools/check_data.py) or "
+                f"raise the fraction."
+            )
 
 
 def check_annotation_file(path: str, config_key: str) -> str:
@@ -114,6 +156,20 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
             self._mark_bad(path, err)
             return None
         return self.transform(image) if self.transform is not None else image
+
+    def drop_records(self, bad: Callable[[dict], bool], reason: str, path: str = "") -> int:
+        """Skip the records for which ``bad(record)`` holds (logged with ``path:record["line"]``, counted; more
+        than ``max_bad_fraction`` of them stops with :class:`TooManyBadSamples`).  Returns how many."""
+        problems = AnnotationProblems(path or self.name, self.max_bad_fraction, self.name)
+        keep = []
+        for i, record in enumerate(self.records):
+            if bad(record):
+                problems.add(record.get("line", f"record {i}"), reason)
+            else:
+                keep.append(record)
+        problems.check(len(keep))
+        self.records = keep
+        return problems.num_bad
 
     def make_sample(self, index: int, record: dict, image: Any) -> dict:
         raise NotImplementedError

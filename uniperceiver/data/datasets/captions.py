@@ -21,12 +21,21 @@ import json
 from collections import OrderedDict
 from typing import Callable, List, Optional
 
-from .base import ImageRecordsDataset, check_annotation_file
+from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file
 
 
-def read_coco_captions(path: str, config_key: str = "DATASETS.TRAIN") -> List[dict]:
-    """Records ``{"image": file_name, "image_id": id, "captions": [str, ...]}`` in file order of images."""
+def _caption_ok(caption) -> bool:
+    return isinstance(caption, str) and bool(caption.strip())
+
+
+def read_coco_captions(path: str, config_key: str = "DATASETS.TRAIN", *,
+                       max_bad_fraction: Optional[float] = None, name: str = "") -> List[dict]:
+    """Records ``{"image": file_name, "image_id": id, "captions": [str, ...]}`` in file order of images.
+
+    Annotations with an empty caption or an unknown image_id are bad records (``AnnotationProblems``: an error
+    when ``max_bad_fraction`` is None, else skipped, logged and counted)."""
     check_annotation_file(path, config_key)
+    problems = AnnotationProblems(path, max_bad_fraction, name)
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
@@ -34,17 +43,28 @@ def read_coco_captions(path: str, config_key: str = "DATASETS.TRAIN") -> List[di
     by_id = OrderedDict()
     for img in data["images"]:
         by_id[img["id"]] = {"image": img["file_name"], "image_id": img["id"], "captions": []}
-    for ann in data["annotations"]:
-        if ann["image_id"] not in by_id:
-            raise ValueError(f"{path}: annotation {ann.get('id')} names unknown image_id {ann['image_id']}")
-        by_id[ann["image_id"]]["captions"].append(ann["caption"])
+    good = 0
+    for i, ann in enumerate(data["annotations"]):
+        where = f"annotation {i}, id {ann.get('id')}" if isinstance(ann, dict) else f"annotation {i}"
+        if not isinstance(ann, dict) or ann.get("image_id") not in by_id:
+            problems.add(where, "unknown image_id", repr(ann.get("image_id") if isinstance(ann, dict) else ann))
+        elif not _caption_ok(ann.get("caption")):
+            problems.add(where, "empty caption", repr(ann.get("caption")))
+        else:
+            by_id[ann["image_id"]]["captions"].append(ann["caption"])
+            good += 1
+    problems.check(good)
     return list(by_id.values())
 
 
-def read_jsonl_pairs(path: str, config_key: str = "DATASETS.TRAIN") -> List[dict]:
-    """Records as :func:`read_coco_captions`; lines with the same image are grouped, image_id = its path."""
+def read_jsonl_pairs(path: str, config_key: str = "DATASETS.TRAIN", *,
+                     max_bad_fraction: Optional[float] = None, name: str = "") -> List[dict]:
+    """Records as :func:`read_coco_captions`; lines with the same image are grouped, image_id = its path.
+    Malformed lines and empty captions are bad records (as in :func:`read_coco_captions`)."""
     check_annotation_file(path, config_key)
+    problems = AnnotationProblems(path, max_bad_fraction, name)
     by_image = OrderedDict()
+    good = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -54,9 +74,18 @@ def read_jsonl_pairs(path: str, config_key: str = "DATASETS.TRAIN") -> List[dict
                 row = json.loads(line)
                 image, caption = row["image"], row["caption"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: expected {{\"image\": ..., \"caption\": ...}}: {e}") from None
+                problems.add(lineno, "malformed line", f"expected {{\"image\": ..., \"caption\": ...}}: {e}")
+                continue
+            if not isinstance(image, str) or not image:
+                problems.add(lineno, "malformed line", f"image {image!r}")
+                continue
+            if not _caption_ok(caption):
+                problems.add(lineno, "empty caption", repr(caption))
+                continue
             rec = by_image.setdefault(image, {"image": image, "image_id": image, "captions": []})
             rec["captions"].append(caption)
+            good += 1
+    problems.check(good)
     return list(by_image.values())
 
 

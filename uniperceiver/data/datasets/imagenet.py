@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
-from .base import ImageRecordsDataset, check_annotation_file
+from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file
 
 
-def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN") -> List[dict]:
-    """Parse "relative/path label" lines (the path may contain spaces: the label is the last field)."""
+def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN", *,
+                          max_bad_fraction: Optional[float] = None, name: str = "") -> List[dict]:
+    """Parse "relative/path label" lines (the path may contain spaces: the label is the last field) into
+    ``{"image", "label", "line"}``.  Malformed lines and negative labels are bad records (``AnnotationProblems``:
+    an error when ``max_bad_fraction`` is None, else skipped, logged with file:line and counted)."""
     check_annotation_file(path, config_key)
+    problems = AnnotationProblems(path, max_bad_fraction, name)
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -27,8 +31,12 @@ def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN") -> List
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
-            records.append({"image": parts[0], "label": int(parts[1])})
+                problems.add(lineno, "malformed line", f"expected 'relative/path label', got {line!r}")
+            elif int(parts[1]) < 0:
+                problems.add(lineno, "label out of range", f"negative label {parts[1]}")
+            else:
+                records.append({"image": parts[0], "label": int(parts[1]), "line": lineno})
+    problems.check(len(records))
     return records
 
 
@@ -55,7 +63,8 @@ class ImageNetDataset(ImageRecordsDataset):
         config_key: str = "DATASETS.TRAIN",
         name: str = "",
     ):
-        records = read_image_label_list(meta_file, config_key)
+        self.meta_file = meta_file
+        records = read_image_label_list(meta_file, config_key, max_bad_fraction=max_bad_fraction, name=name)
         super().__init__(
             records, image_root=image_root, transform=transform, max_bad_fraction=max_bad_fraction,
             name=name or f"imagenet:{meta_file}",
