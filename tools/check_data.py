@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Validate a config's data before a long launch: every annotation file, label set and evaluation file exists
-and parses, and a sample of every dataset's images decodes.
+and parses, and a sample of every dataset's images (videos: first and last frame, with PyAV) decodes.
 
     python tools/check_data.py --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
     python tools/check_data.py --config-file CFG --samples 200 DATA_PATH /data
@@ -20,6 +20,7 @@ from uniperceiver.config import ConfigError, setup_cfg  # noqa: E402
 def check(cfg, samples: int) -> list:
     """A list of problem strings (empty when all is well); prints a report line per item."""
     from uniperceiver.data.datasets import ImageRecordsDataset, build_reader, load_rgb
+    from uniperceiver.data.datasets.video import VideoRecordsDataset, decode_frames
     from uniperceiver.data.demo import prepare_data_root
     from uniperceiver.data.target_sets import build_label_set
     from uniperceiver.utils.paths import resolve_data_path
@@ -43,16 +44,17 @@ def check(cfg, samples: int) -> list:
                 continue
             line = f"  {task.NAME}/{split}: {len(ds)} records"
             if isinstance(ds, ImageRecordsDataset) and len(ds):
-                step = max(1, len(ds) // max(1, samples))
-                picked = list(range(0, len(ds), step))[:samples]
+                video = isinstance(ds, VideoRecordsDataset)  # videos: first and last frame decode
+                step = max(1, len(ds.records) // max(1, samples))
+                picked = list(range(0, len(ds.records), step))[:samples]
                 bad = []
                 for i in picked:
                     path = ds.image_path(ds.records[i])
                     try:
-                        load_rgb(path)
+                        decode_frames(path, lambda n: [0, n - 1]) if video else load_rgb(path)
                     except Exception as e:  # any decode failure is a finding
                         bad.append(f"{path} ({type(e).__name__}: {e})")
-                line += f", {len(picked) - len(bad)}/{len(picked)} sampled images readable"
+                line += f", {len(picked) - len(bad)}/{len(picked)} sampled {'videos' if video else 'images'} readable"
                 if bad:
                     problems.append(f"{task.NAME}/{split}: {len(bad)} of {len(picked)} sampled images unreadable, "
                                     f"e.g. {bad[0]}")
