@@ -14,6 +14,8 @@ Layout under the demo root (``DATA_PATH`` if set, else ``CACHE_DIR/demo``)::
     flickr30k/images/*.jpg, flickr30k/annotations/captions_{train,val,test}.json
     cc3m/images/*.jpg, cc3m/{train,val}.jsonl         sbu/images/*.jpg, sbu/{train,val}.jsonl
     bookswiki/{train,val}.txt
+    yfcc/, cc12m/, vg/ (as cc3m), imagenet22k -> imagenet (a relative link; the 16-task recipes)
+    kinetics700/, momentsintime/, msvd/, msrvtt/, vqa/: videos and VQAv2 files, see ``demo_video.py``
     targets/vocab_demo.tokens (tokens of every demo caption and the corpus), targets/vocab_caption.tokens
     DEMO_VERSION (written last: its presence means the build is complete)
 
