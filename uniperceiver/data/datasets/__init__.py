@@ -17,7 +17,9 @@ vqa             VQAv2 questions + annotations JSON, COCO images          VQAv2 (
 ``DATASETS.TRAIN / VAL / TEST`` name an annotation file under ``DATALOADER.ANNO_FOLDER`` (both relative to the
 data root unless absolute).  A bare split name without an extension gets the reader's file pattern:
 imagenet ``<split>.txt``, coco_caption ``captions_<split>.json``, jsonl_pairs ``<split>.jsonl``, text_corpus
-``<split>.txt``.  Images are read under ``DATALOADER.FEATS_FOLDER``.
+``<split>.txt``, video_list ``<split>.txt``, video_caption ``captions_<split>.json``, vqa
+``v2_OpenEnded_mscoco_<split>_questions.json`` (+ its annotations file).  Images and videos are read under
+``DATALOADER.FEATS_FOLDER``.
 """
 from __future__ import annotations
 
