@@ -106,7 +106,10 @@ class CfgNode(_YacsCfgNode):
         except yaml.constructor.ConstructorError as e:
             raise ConfigError(f"{filename}: refused a non-plain YAML tag (only safe YAML is read): {e.problem}")
         except yaml.YAMLError as e:
-            raise ConfigError(f"{filename}: invalid YAML: {e}")
+            mark = getattr(e, "problem_mark", None)  # one line: where and what (str(e) spans several)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            what = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError(f"{filename}: invalid YAML: {where}{what}")
         data = data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{filename}: the top level must be a mapping of config keys")
