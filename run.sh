@@ -37,7 +37,8 @@ if [ "$GPUS" -lt "$GPUS_PER_NODE" ]; then TPN=$GPUS; else TPN=$GPUS_PER_NODE; fi
 GRES=${GRES:-gpu:$TPN}
 if [ -n "${DATA_PATH:-}" ]; then export DATA_PATH; fi
 
-NAME=${CONFIG#configs/}
+NAME=${CONFIG#./}
+NAME=${NAME#configs/}
 NAME=${NAME%.yaml}
 OUTPUT_DIR=work_dirs/$NAME/$JOBNAME
 MAIN=$(dirname "$0")/main.py
