@@ -88,6 +88,8 @@ SchedulerParameters=bf_interval=2,sched_interval=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
+# Reject jobs that can never run here (e.g. more CPUs per task than the node has) instead of queueing them.
+EnforcePartLimits=ALL
 JobRequeue=1
 KillWait=10
 MinJobAge=600
