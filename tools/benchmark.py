@@ -375,7 +375,8 @@ def mode_loop(args) -> None:
     out = tempfile.mkdtemp(prefix="uniperceiver_bench_")
     total_iters = args.warmup + args.iters
     opts = ["SOLVER.MAX_ITER", str(total_iters), "SOLVER.CHECKPOINT_PERIOD", str(10**9), "SOLVER.EVAL_PERIOD", "0",
-            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device_of(args))]
+            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device_of(args)),
+            "LR_SCHEDULER.WARMUP", "0"]  # any run length; the schedule does not change the step's cost
     if args.img_size:
         opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
     cfg = make_cfg(args, opts)

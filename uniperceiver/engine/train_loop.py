@@ -204,9 +204,13 @@ class Trainer(TrainerBase):
         if scaler is not None and scaler.is_enabled():
             return None
         grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+        # One multi-tensor norm pass: a finite norm means finite entries (Tiny: 3 ms vs 86 ms for per-tensor
+        # isfinite on one CPU thread, tools/benchmark.py --mode loop); the exact check runs only on a hit.
+        if not grads or bool(torch.stack(torch._foreach_norm([g for _, g in grads])).isfinite().all()):
             return None
-        param = next(n for n, g in grads if not bool(torch.isfinite(g).all()))
+        param = next((n for n, g in grads if not bool(torch.isfinite(g).all())), None)
+        if param is None:  # the norm overflowed on finite (huge) gradients
+            return None
         losses = ", ".join(f"{name} = {sum(v) / len(v):.4g}" for name, v in terms.items())
         return f"task {', '.join(dict.fromkeys(drawn))}, loss term {losses} (finite), non-finite gradient of {param}"
 
