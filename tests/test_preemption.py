@@ -85,6 +85,24 @@ def test_one_signalled_rank_stops_all_ranks_at_the_same_step(tmp_path):
     assert logs.count(f"Preempted by a signal on another rank at iteration {it};") == 1
 
 
+@pytest.mark.distributed
+def test_spawning_parent_forwards_the_signal(tmp_path):
+    """``main.py --num-gpus 2``: a signal to the parent (as ``kill PID`` or Slurm gives it) reaches both workers."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--num-gpus", "2", "--config-file", INSTANT, *LONG,
+                             "OUTPUT_DIR", str(out)], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for_rows(out / "metrics.json", 3, proc)
+    proc.send_signal(signal.SIGUSR1)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log[-3000:]
+    it = tagged_iteration(out)
+    assert it < 399 and (out / f"model_{it:07d}.pth").exists()
+    logs = (out / "log.txt").read_text() + (out / "log.txt.rank1").read_text()
+    # both workers stop at the same step (one may have got its signal a step later: "a signal on another rank")
+    assert logs.count(f" at iteration {it}; checkpoint") == 2 and f"Preempted by SIGUSR1 at iteration {it};" in logs
+
+
 # ------------------------------------------------------------------------------------------------ Slurm
 from test_slurm import requires_slurm  # noqa: E402  (same skip reason as the run.sh tests)
 

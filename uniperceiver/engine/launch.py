@@ -169,9 +169,13 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int = 1, num_mac
             if num_machines != 1:
                 raise ValueError("--dist-url auto only works with one machine; pass tcp://<host>:<port>")
             dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        from .preemption import join_forwarding_signals
+
         try:
-            mp.start_processes(_spawned_worker, nprocs=num_gpus_per_machine, start_method="spawn",
-                               args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args))
+            context = mp.start_processes(_spawned_worker, nprocs=num_gpus_per_machine, start_method="spawn",
+                                         args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url,
+                                               args), join=False)
+            join_forwarding_signals(context)  # SIGUSR1/USR2/TERM reach the workers' preemption hook
         except mp.ProcessExitedException as e:  # a worker exited non-zero (e.g. 2 after a user error)
             return e.exit_code
         return 0

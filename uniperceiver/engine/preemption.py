@@ -10,9 +10,10 @@ batch job, and the processes exit with status 0 (:class:`TrainingPreempted` is a
 Under submitit (``SUBMITIT_EXECUTOR`` set) the hook does not requeue: ``tools/submit.py`` catches
 :class:`TrainingPreempted` and hands over to submitit's checkpoint protocol, which requeues.
 
-Launchers: each training process must receive the signal itself.  That is the case for ``srun`` (run.sh: one
-task per GPU, Slurm signals all tasks) and for a signal sent to the whole process group; a ``torchrun`` agent or
-a ``--num-gpus`` spawning parent does not forward SIGUSR1.
+Launchers: each training process must receive the signal.  That is the case for ``srun`` (run.sh: one task per
+GPU, Slurm signals all tasks), for a signal sent to the whole process group, and for ``main.py --num-gpus N``,
+whose spawning parent forwards the signals to its workers (:func:`join_forwarding_signals`); a ``torchrun``
+agent does not forward SIGUSR1.
 """
 from __future__ import annotations
 
@@ -119,3 +120,24 @@ class PreemptionHandler(HookBase):
         if self.requeue and comm.is_main_process():
             requeue_slurm_job()
         raise TrainingPreempted(it, path)
+
+
+def join_forwarding_signals(context, signals: Sequence[int] = DEFAULT_SIGNALS) -> None:
+    """Wait for the workers of a ``torch.multiprocessing`` context (``start_processes(..., join=False)``) while
+    forwarding preemption signals to them: the spawning parent does not train, its workers checkpoint and exit 0.
+    Raises what ``context.join()`` raises when a worker fails."""
+    def forward(signum, frame) -> None:
+        for proc in context.processes:
+            if proc.is_alive():
+                try:
+                    os.kill(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
