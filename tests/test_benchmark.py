@@ -55,6 +55,7 @@ def test_train_step_mode_measures_each_configuration_in_a_subprocess():
     assert all(r["value"] > 0 for r in records if r["name"] == "peak_memory")
 
 
+@pytest.mark.slow
 def test_eval_retrieval_mode_reports_memory_growth():
     out = run_tool("--mode", "eval_retrieval", "--candidates", "20,60", "--num-queries", "4", "--img-size", "32", *TINY)
     assert out["retrieval_peak_memory_growth"]["candidates"] == [20, 60]
