@@ -12,7 +12,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# The real Tiny model on demo data (two tasks): the smoke test of every feature.
 INSTANT = str(REPO / "configs" / "quick_schedules" / "instant.yaml")
+# The placeholder model on synthetic data: engine / launch / resume / scale-out mechanics in seconds.
+ENGINE_SMOKE = str(REPO / "configs" / "quick_schedules" / "instant_placeholder.yaml")
 
 # Tiny models on a shared 2-core machine: one intra-op thread each is much faster than contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import INSTANT, REPO, clean_env, run_main
+from conftest import ENGINE_SMOKE, REPO, clean_env, run_main
 from test_model import batch, full_loss, tiny_cfg
 from uniperceiver.checkpoint import match_state_dict
 from uniperceiver.checkpoint.official import convert_official_state_dict, official_state_dict
@@ -233,7 +233,7 @@ def test_model_ema_update_and_state_roundtrip():
 def test_ema_saved_resumed_exactly_and_evaluated_with_eval_ema(tmp_path):
     # resume exactness on the engine's instant config (the placeholder model resumes bit-exactly)
     out = tmp_path / "out"
-    opts = ["--config-file", INSTANT, "MODEL.MODEL_EMA", "True", "MODEL.MODEL_EMA_DECAY", "0.9",
+    opts = ["--config-file", ENGINE_SMOKE, "MODEL.MODEL_EMA", "True", "MODEL.MODEL_EMA_DECAY", "0.9",
             "SOLVER.CHECKPOINT_MAX_SAVE", "0", "OUTPUT_DIR", out]
     run_main(opts)
     straight = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)

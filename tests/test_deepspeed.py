@@ -240,11 +240,11 @@ def test_main_py_zero3_equals_ddp_and_converts(tmp_path, extensions_dir):
     the full model, and tools/convert_checkpoint.py rebuilds the same weights from the shards."""
     import json
 
-    from conftest import INSTANT, run_main
+    from conftest import ENGINE_SMOKE, run_main
 
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    common = ["--num-gpus", "2", "--config-file", INSTANT, "SOLVER.MAX_ITER", "4"]
+    common = ["--num-gpus", "2", "--config-file", ENGINE_SMOKE, "SOLVER.MAX_ITER", "4"]
     env = {"TORCH_EXTENSIONS_DIR": extensions_dir}
     run_main([*common[:2], "--deepspeed", str(ds_json), *common[2:], "OUTPUT_DIR", tmp_path / "ds"], env=env)
     run_main([*common, "OUTPUT_DIR", tmp_path / "ddp"])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import INSTANT
+from conftest import ENGINE_SMOKE
 from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.engine import AMPStepEngine, NonFiniteLossError, Trainer, launch
 from uniperceiver.engine.defaults import build_step_engine
@@ -17,7 +17,7 @@ from uniperceiver.utils.events import EventStorage
 
 
 def _cfg(*opts):
-    return setup_cfg(INSTANT, ["SOLVER.GRAD_CLIP", "0.05", *opts])
+    return setup_cfg(ENGINE_SMOKE, ["SOLVER.GRAD_CLIP", "0.05", *opts])
 
 
 def _train(cfg, steps):
@@ -94,14 +94,14 @@ def test_unknown_schedule_is_config_error():
 
 def test_scheduler_resume_follows_new_max_iter():
     model = PlaceholderModel()
-    cfg = setup_cfg(INSTANT, ["SOLVER.MAX_ITER", "20", "LR_SCHEDULER.WARMUP", "0", "LR_SCHEDULER.MIN_LR", "0.0"])
+    cfg = setup_cfg(ENGINE_SMOKE, ["SOLVER.MAX_ITER", "20", "LR_SCHEDULER.WARMUP", "0", "LR_SCHEDULER.MIN_LR", "0.0"])
     opt = build_optimizer(cfg, model)
     sched = build_lr_scheduler(cfg, opt)
     for _ in range(10):
         sched.step()
     state = sched.state_dict()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 10 / 20)))
-    longer = setup_cfg(INSTANT, ["SOLVER.MAX_ITER", "40", "LR_SCHEDULER.WARMUP", "0", "LR_SCHEDULER.MIN_LR", "0.0"])
+    longer = setup_cfg(ENGINE_SMOKE, ["SOLVER.MAX_ITER", "40", "LR_SCHEDULER.WARMUP", "0", "LR_SCHEDULER.MIN_LR", "0.0"])
     opt2 = build_optimizer(longer, model)
     sched2 = build_lr_scheduler(longer, opt2)
     sched2.load_state_dict(state)
@@ -133,7 +133,7 @@ def test_param_groups_decay_layer_scale_and_frozen():
 
 
 def test_scheduler_applies_lr_scale():
-    cfg = setup_cfg(INSTANT, ["SOLVER.LAYER_LR_DECAY", "0.5", "LR_SCHEDULER.WARMUP", "0"])
+    cfg = setup_cfg(ENGINE_SMOKE, ["SOLVER.LAYER_LR_DECAY", "0.5", "LR_SCHEDULER.WARMUP", "0"])
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)
     build_lr_scheduler(cfg, opt)

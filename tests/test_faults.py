@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import INSTANT, PYTHON, REPO, clean_env, run_main
+from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, run_main
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import (TooManyBadSamples, build_reader, read_coco_captions, read_image_label_list,
                                         read_jsonl_pairs)
@@ -200,7 +200,7 @@ class _InfGradTask:
 def _inf_grad_trainer(max_nonfinite, bad_calls):
     from uniperceiver.data import build_train_loader
 
-    cfg = setup_cfg(INSTANT, ["SOLVER.MAX_NONFINITE_STEPS", str(max_nonfinite)])
+    cfg = setup_cfg(ENGINE_SMOKE, ["SOLVER.MAX_NONFINITE_STEPS", str(max_nonfinite)])
     torch.manual_seed(0)
     model = build_model(cfg)
     tasks = build_tasks(cfg)
@@ -476,7 +476,7 @@ def test_resume_from_a_checkpoint_carrying_a_pickled_object_runs_nothing(tmp_pat
     _evil_pickle(out / "model_0000003.pth", tmp_path / "marker")
     (out / "last_checkpoint").write_text("model_0000003.pth")
     with _restored_loggers():
-        code = main.run(["--config-file", INSTANT, "--resume", "OUTPUT_DIR", str(out)])
+        code = main.run(["--config-file", ENGINE_SMOKE, "--resume", "OUTPUT_DIR", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no readable checkpoint" in err and len(err.splitlines()) == 1
     assert "pickled Python object (posix.system)" in (out / "log.txt").read_text()

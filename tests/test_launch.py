@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import INSTANT, PYTHON, REPO, clean_env, free_port, run_main
+from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, free_port, run_main
 from uniperceiver.config import setup_cfg
 from uniperceiver.solver import build_lr_multiplier
 
-TWO_TASKS = f"""_BASE_: {INSTANT}
+TWO_TASKS = f"""_BASE_: {ENGINE_SMOKE}
 TASKS:
   - NAME: synthetic
     DATALOADER: {{NUM_WORKERS: 1}}
@@ -46,25 +46,25 @@ def _check_outputs(out, max_iter, ranks=1):
 
 def test_single_process_run_and_finished_resume(tmp_path):
     out = tmp_path / "out"
-    run_main(["--config-file", INSTANT, "OUTPUT_DIR", out])
+    run_main(["--config-file", ENGINE_SMOKE, "OUTPUT_DIR", out])
     _check_outputs(out, 12)
     # CHECKPOINT_PERIOD 5, CHECKPOINT_MAX_SAVE 2: model_0000004 and model_0000009 kept
     assert sorted(n for n in os.listdir(out) if n.startswith("model_")) == [
         "model_0000004.pth", "model_0000009.pth", "model_final.pth"]
     before = {n: (os.path.getsize(out / n), os.path.getmtime(out / n)) for n in os.listdir(out)}
-    proc = run_main(["--config-file", INSTANT, "--resume", "OUTPUT_DIR", out])
+    proc = run_main(["--config-file", ENGINE_SMOKE, "--resume", "OUTPUT_DIR", out])
     assert "nothing to do" in proc.stdout
     assert {n: (os.path.getsize(out / n), os.path.getmtime(out / n)) for n in os.listdir(out)} == before
 
 
 def test_user_error_one_line_exit_2(tmp_path):
-    proc = run_main(["--config-file", INSTANT, "SOLVER.MAX_ITERS", "3"], check=False)
+    proc = run_main(["--config-file", ENGINE_SMOKE, "SOLVER.MAX_ITERS", "3"], check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "SOLVER.MAX_ITER" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = run_main(["--config-file", INSTANT, "--debug", "SOLVER.MAX_ITERS", "3"], check=False)
+    proc = run_main(["--config-file", ENGINE_SMOKE, "--debug", "SOLVER.MAX_ITERS", "3"], check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
-    proc = run_main(["--config-file", INSTANT, "MODEL.WEIGHTS", tmp_path / "missing.pth",
+    proc = run_main(["--config-file", ENGINE_SMOKE, "MODEL.WEIGHTS", tmp_path / "missing.pth",
                      "OUTPUT_DIR", tmp_path / "o"], check=False)
     assert proc.returncode == 2 and "missing.pth" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -94,7 +94,7 @@ def test_resume_is_exact(tmp_path):
 @pytest.mark.slow
 def test_kill_then_resume_continues_at_right_iteration_and_lr(tmp_path):
     out = tmp_path / "out"
-    args = ["--config-file", INSTANT, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "300", "SOLVER.CHECKPOINT_PERIOD", "3",
+    args = ["--config-file", ENGINE_SMOKE, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "300", "SOLVER.CHECKPOINT_PERIOD", "3",
             "SOLVER.WRITE_PERIOD", "1", "LR_SCHEDULER.WARMUP", "0"]
     proc = subprocess.Popen([PYTHON, str(REPO / "main.py")] + [str(a) for a in args], cwd=REPO, env=clean_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,7 +111,7 @@ def test_kill_then_resume_continues_at_right_iteration_and_lr(tmp_path):
     log = (out / "log.txt").read_text()
     assert f"Starting training from iteration {last + 1} to 300" in log
     rows = [r for r in _metrics(out) if r["iteration"] == last + 1 and "lr" in r]
-    cfg = setup_cfg(INSTANT)
+    cfg = setup_cfg(ENGINE_SMOKE)
     expected = build_lr_multiplier("WarmupCosine", 300, cfg.SOLVER.BASE_LR, min_lr=cfg.LR_SCHEDULER.MIN_LR)(
         (last + 1) / 300) * cfg.SOLVER.BASE_LR
     assert rows and rows[-1]["lr"] == pytest.approx(expected, rel=1e-6)
@@ -120,7 +120,7 @@ def test_kill_then_resume_continues_at_right_iteration_and_lr(tmp_path):
 
 def _launcher_run(tmp_path, launcher, extra=()):
     out = tmp_path / "out"
-    run_main(["--config-file", INSTANT, *extra, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "6",
+    run_main(["--config-file", ENGINE_SMOKE, *extra, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "6",
               "SOLVER.CHECKPOINT_PERIOD", "3"], launcher=launcher, timeout=400)
     _check_outputs(out, 6, ranks=2)
     return out
@@ -188,6 +188,6 @@ def test_parser_accepts_both_local_rank_spellings(flag):
 @pytest.mark.slow
 def test_spawn_user_error_exit_2(tmp_path):
     """A user error raised inside spawned workers (a checkpoint that does not exist) still exits 2."""
-    proc = run_main(["--config-file", INSTANT, "--num-gpus", "2", "MODEL.WEIGHTS", tmp_path / "nope.pth",
+    proc = run_main(["--config-file", ENGINE_SMOKE, "--num-gpus", "2", "MODEL.WEIGHTS", tmp_path / "nope.pth",
                      "OUTPUT_DIR", tmp_path / "o"], check=False, timeout=300)
     assert proc.returncode == 2 and "nope.pth" in proc.stderr

@@ -9,10 +9,10 @@ from typing import List
 import pytest
 import torch
 
-from conftest import INSTANT, PYTHON, REPO, clean_env, free_port, run_main
+from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, free_port, run_main
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-TRAIN = ["--config-file", INSTANT, "SOLVER.MAX_ITER", "4"]
+TRAIN = ["--config-file", ENGINE_SMOKE, "SOLVER.MAX_ITER", "4"]
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run"]
 LAUNCH = [PYTHON, "-m", "torch.distributed.launch"]
 

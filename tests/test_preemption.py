@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import INSTANT, PYTHON, REPO, clean_env, run_main
+from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, run_main
 
 LONG = ["SOLVER.MAX_ITER", "400", "SOLVER.WRITE_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1000"]
 
@@ -46,7 +46,7 @@ def children(pid: int):
 
 def test_signal_checkpoints_exits_0_and_resumes_exactly(tmp_path, sig=signal.SIGUSR1):
     out = tmp_path / "cut"
-    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--config-file", INSTANT, *LONG, "OUTPUT_DIR", str(out)],
+    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--config-file", ENGINE_SMOKE, *LONG, "OUTPUT_DIR", str(out)],
                             cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_rows(out / "metrics.json", 3, proc)
     proc.send_signal(sig)
@@ -57,17 +57,17 @@ def test_signal_checkpoints_exits_0_and_resumes_exactly(tmp_path, sig=signal.SIG
     assert 2 <= it < 399 and (out / f"model_{it:07d}.pth").exists()
     assert not (out / "model_final.pth").exists()
 
-    run_main(["--config-file", INSTANT, "--resume", *LONG, "OUTPUT_DIR", out])
+    run_main(["--config-file", ENGINE_SMOKE, "--resume", *LONG, "OUTPUT_DIR", out])
     assert f"Resuming from {out / f'model_{it:07d}.pth'}" in (out / "log.txt").read_text()
     ref = tmp_path / "ref"
-    run_main(["--config-file", INSTANT, *LONG, "OUTPUT_DIR", ref])
+    run_main(["--config-file", ENGINE_SMOKE, *LONG, "OUTPUT_DIR", ref])
     assert_same_weights(out / "model_final.pth", ref / "model_final.pth")
 
 
 @pytest.mark.distributed
 def test_one_signalled_rank_stops_all_ranks_at_the_same_step(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--num-gpus", "2", "--config-file", INSTANT, *LONG,
+    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--num-gpus", "2", "--config-file", ENGINE_SMOKE, *LONG,
                              "OUTPUT_DIR", str(out)], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_for_rows(out / "metrics.json", 3, proc)
@@ -89,7 +89,7 @@ def test_one_signalled_rank_stops_all_ranks_at_the_same_step(tmp_path):
 def test_spawning_parent_forwards_the_signal(tmp_path):
     """``main.py --num-gpus 2``: a signal to the parent (as ``kill PID`` or Slurm gives it) reaches both workers."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--num-gpus", "2", "--config-file", INSTANT, *LONG,
+    proc = subprocess.Popen([PYTHON, str(REPO / "main.py"), "--num-gpus", "2", "--config-file", ENGINE_SMOKE, *LONG,
                              "OUTPUT_DIR", str(out)], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_for_rows(out / "metrics.json", 3, proc)
@@ -148,8 +148,8 @@ def test_slurm_job_requeues_itself_and_resumes_exactly(tmp_path):
     knobs = f"GPUS_PER_NODE=2 CPUS_PER_TASK=1 GRES=none PYTHON={PYTHON}"
     overrides = "SOLVER.MAX_ITER 200 SOLVER.WRITE_PERIOD 1 SOLVER.CHECKPOINT_PERIOD 1000"
 
-    job = sbatch(root, f"{knobs} sh run.sh configs/quick_schedules/instant.yaml pre 2 debug {overrides}")
-    out = root / "work_dirs/quick_schedules/instant/pre"
+    job = sbatch(root, f"{knobs} sh run.sh configs/quick_schedules/instant_placeholder.yaml pre 2 debug {overrides}")
+    out = root / "work_dirs/quick_schedules/instant_placeholder/pre"
     wait_for_rows(out / "metrics.json", 3, None)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # all tasks of the job's steps
     # The job requeues itself (restart after Slurm's requeue delay) and finishes from the checkpoint.
@@ -158,6 +158,6 @@ def test_slurm_job_requeues_itself_and_resumes_exactly(tmp_path):
     log = (out / "log.txt").read_text()
     assert "Preempted by SIGUSR1" in log and "Requeued Slurm job" in log and "Resuming from" in log
 
-    ref_job = sbatch(root, f"{knobs} sh run.sh configs/quick_schedules/instant.yaml ref 2 debug {overrides}")
+    ref_job = sbatch(root, f"{knobs} sh run.sh configs/quick_schedules/instant_placeholder.yaml ref 2 debug {overrides}")
     assert wait_job(ref_job, 180) == "COMPLETED"
-    assert_same_weights(out / "model_final.pth", root / "work_dirs/quick_schedules/instant/ref/model_final.pth")
+    assert_same_weights(out / "model_final.pth", root / "work_dirs/quick_schedules/instant_placeholder/ref/model_final.pth")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import INSTANT, REPO
+from conftest import ENGINE_SMOKE, REPO
 from test_preemption import wait_for_rows
 from test_slurm import requires_slurm
 
@@ -39,7 +39,7 @@ def test_command_line_and_output_dir():
 def _submit(out: Path, *extra: str):
     args = submit_tool.build_parser().parse_args(
         [*extra, "--gpus-per-node", "2", "--no-gpus", "--cpus-per-task", "1", "--timeout", "30",
-         "--config-file", INSTANT, *LONG, "OUTPUT_DIR", str(out)])
+         "--config-file", ENGINE_SMOKE, *LONG, "OUTPUT_DIR", str(out)])
     return submit_tool.submit(args)
 
 
