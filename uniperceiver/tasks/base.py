@@ -29,6 +29,11 @@ class Task:
         self.cfg = task_cfg
         self.root_cfg = root_cfg
         self.loss_weight: float = float(task_cfg.LOSSES.LOSS_WEIGHT)
+        self.label_smoothing: float = float(task_cfg.LOSSES.LABELSMOOTHING)
+        # Name of the learnable logit scale this task scores with (one per task family, shared by name).
+        self.temp_name: str = task_cfg.MODEL.TEMP_NAME or "default"
+        # Longest text this task packs (captions, questions, MLM sentences), special tokens included.
+        self.max_len: int = int(task_cfg.MODEL.MAX_SEQ_LEN)
 
     @property
     def evaluator_name(self) -> str:

@@ -37,8 +37,6 @@ class ImageClassificationTask(Task):
 
     def __init__(self, task_cfg, root_cfg):
         super().__init__(task_cfg, root_cfg)
-        self.temp_name = task_cfg.MODEL.TEMP_NAME or "default"
-        self.label_smoothing = float(task_cfg.LOSSES.LABELSMOOTHING)
         self._targets: TargetEncoder = None
         self._mixup = None
         self._odd_batch_warned = False

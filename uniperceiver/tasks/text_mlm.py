@@ -94,9 +94,6 @@ class TextMLMTask(Task):
 
     def __init__(self, task_cfg, root_cfg):
         super().__init__(task_cfg, root_cfg)
-        self.temp_name = task_cfg.MODEL.TEMP_NAME or "default"
-        self.label_smoothing = float(task_cfg.LOSSES.LABELSMOOTHING)
-        self.max_len = int(task_cfg.MODEL.MAX_SEQ_LEN)
         self._targets: TargetEncoder = None
 
     @property

@@ -33,8 +33,6 @@ class VQATask(Task):
 
     def __init__(self, task_cfg, root_cfg):
         super().__init__(task_cfg, root_cfg)
-        self.temp_name = task_cfg.MODEL.TEMP_NAME or "default"
-        self.max_len = int(task_cfg.MODEL.MAX_SEQ_LEN)
         self._targets: TargetEncoder = None
         self._answers: List[str] = None
 
