@@ -35,7 +35,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Any, ContextManager, Dict, Optional
+from typing import Any, ContextManager, Dict
 
 import torch
 import torch.nn as nn

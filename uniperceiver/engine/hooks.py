@@ -6,7 +6,7 @@ import datetime
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from uniperceiver.utils import comm
 from uniperceiver.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter

@@ -12,9 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
-from uniperceiver.utils.registry import Registry
+from uniperceiver.utils.registry import Registry, lookup
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 EVALUATOR_REGISTRY.__doc__ = (
@@ -49,13 +48,8 @@ class DatasetEvaluator:
 
 def build_evaluator(task, split: str = "val") -> DatasetEvaluator:
     """The evaluator named by ``task.evaluator_name``, configured from the task's node."""
-    name = task.evaluator_name
-    if not name or name not in EVALUATOR_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in EVALUATOR_REGISTRY))
-        raise ConfigError(
-            f"TASKS.{task.name}.INFERENCE.NAME {name!r} is not a registered evaluator; registered: {known}"
-        )
-    return EVALUATOR_REGISTRY.get(name).from_config(task.cfg, task.root_cfg, split=split)
+    cls = lookup(EVALUATOR_REGISTRY, task.evaluator_name, f"TASKS.{task.name}.INFERENCE.NAME")
+    return cls.from_config(task.cfg, task.root_cfg, split=split)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
 
 from .evaluator import EVALUATOR_REGISTRY, DatasetEvaluator, gather_list
 from uniperceiver.utils import comm

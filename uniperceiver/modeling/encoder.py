@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
+from uniperceiver.utils.registry import lookup
+
 from .registry import ENCODER_REGISTRY
 
 Attributes = Optional[Dict[str, Any]]
@@ -233,11 +235,5 @@ def prompt_attention_mask(attn_mask: Optional[torch.Tensor], seq_len: int, num_p
 
 def build_encoder(cfg) -> nn.Module:
     """Build ``cfg.MODEL.ENCODER`` from ENCODER_REGISTRY via its ``from_config``."""
-    from uniperceiver.config import ConfigError
-
-    name = cfg.MODEL.ENCODER
-    if name not in ENCODER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in ENCODER_REGISTRY))
-        raise ConfigError(f"MODEL.ENCODER {name!r} is not registered; registered: {known}")
-    cls = ENCODER_REGISTRY.get(name)
+    cls = lookup(ENCODER_REGISTRY, cfg.MODEL.ENCODER, "MODEL.ENCODER")
     return cls(**cls.from_config(cfg))

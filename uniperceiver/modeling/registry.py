@@ -1,8 +1,7 @@
 """Model and encoder registries."""
 import torch.nn as nn
 
-from uniperceiver.config import ConfigError
-from uniperceiver.utils.registry import Registry
+from uniperceiver.utils.registry import Registry, lookup
 
 MODEL_REGISTRY = Registry("MODEL")
 MODEL_REGISTRY.__doc__ = (
@@ -15,11 +14,7 @@ ENCODER_REGISTRY.__doc__ = "Shared encoders, picked by MODEL.ENCODER; built as c
 
 def build_model(cfg) -> nn.Module:
     """Build ``cfg.MODEL.META_ARCHITECTURE`` (on CPU; the caller moves it to its device)."""
-    name = cfg.MODEL.META_ARCHITECTURE
-    if name not in MODEL_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in MODEL_REGISTRY))
-        raise ConfigError(f"MODEL.META_ARCHITECTURE {name!r} is not registered; registered: {known}")
-    cls = MODEL_REGISTRY.get(name)
+    cls = lookup(MODEL_REGISTRY, cfg.MODEL.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE")
     if hasattr(cls, "from_config"):
         return cls(**cls.from_config(cfg))
     return cls(cfg)

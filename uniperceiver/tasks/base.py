@@ -9,8 +9,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from uniperceiver.config import ConfigError
-from uniperceiver.utils.registry import Registry
+from uniperceiver.utils.registry import Registry, lookup
 
 TASK_REGISTRY = Registry("TASK")
 TASK_REGISTRY.__doc__ = "Task families keyed by DATASETS.TASK_TYPE; built as cls(task_cfg, root_cfg)."
@@ -60,14 +59,8 @@ class Task:
 
 
 def build_task(task_cfg, root_cfg) -> Task:
-    family = task_cfg.DATASETS.TASK_TYPE
-    if family not in TASK_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in TASK_REGISTRY))
-        raise ConfigError(
-            f"TASKS.{task_cfg.NAME}.DATASETS.TASK_TYPE {family!r} is not a registered task family; "
-            f"registered: {known}"
-        )
-    return TASK_REGISTRY.get(family)(task_cfg, root_cfg)
+    cls = lookup(TASK_REGISTRY, task_cfg.DATASETS.TASK_TYPE, f"TASKS.{task_cfg.NAME}.DATASETS.TASK_TYPE")
+    return cls(task_cfg, root_cfg)
 
 
 def build_tasks(cfg) -> "OrderedDict[str, Task]":
