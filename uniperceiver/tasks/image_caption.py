@@ -14,16 +14,14 @@ from typing import Any, Dict, List
 
 import torch
 
-from uniperceiver.data.datasets import build_reader
-from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import TargetEncoder, remap, sample_entries, task_target_encoder
-from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.evaluation.decoding import CaptionGenerator
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.modeling.tokenization import get_tokenizer
 
 from .base import TASK_REGISTRY, Task
 from .image_classification import unwrap
+from .image_retrieval import build_pair_dataset
 
 
 def vocab_loss(model, task, queries: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
@@ -60,10 +58,7 @@ class ImageCaptionTask(Task):
         return self._targets
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        prepare_data_root(self.root_cfg)
-        transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "caption")
-        return build_reader(self.cfg, self.root_cfg, split, transform=transform,
-                            mode="pairs" if split == "train" else "images")
+        return build_pair_dataset(self, split)
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         batch = {

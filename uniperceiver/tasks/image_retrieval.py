@@ -23,6 +23,14 @@ from .base import TASK_REGISTRY, Task
 from .image_classification import unwrap
 
 
+def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
+    """Image-caption pairs for training, one row per image for evaluation (shared by retrieval and captioning)."""
+    prepare_data_root(task.root_cfg)
+    transform = transform_from_config(task.cfg, task.root_cfg, split == "train", "caption")
+    return build_reader(task.cfg, task.root_cfg, split, transform=transform,
+                        mode="pairs" if split == "train" else "images")
+
+
 class ImageRetrievalTask(Task):
     family = "image_retrieval"
     default_evaluator = "RetrievalEvaluator"
@@ -34,10 +42,7 @@ class ImageRetrievalTask(Task):
         self.synced = task_cfg.DATALOADER.STRATEGY == "synced"
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        prepare_data_root(self.root_cfg)
-        transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "caption")
-        return build_reader(self.cfg, self.root_cfg, split, transform=transform,
-                            mode="pairs" if split == "train" else "images")
+        return build_pair_dataset(self, split)
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         tok = get_tokenizer()
