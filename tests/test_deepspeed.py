@@ -18,6 +18,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from uniperceiver.utils import comm
+
 pytest.importorskip("deepspeed")
 
 pytestmark = [pytest.mark.deepspeed]
@@ -134,7 +136,7 @@ def _worker(rank: int, port: int, stage: int, bf16: bool, out_dir: str) -> None:
     full3 = engine3.module_state_dict()
     if rank == 0:
         torch.save({"model": full3}, os.path.join(out_dir, "warm.pth"))
-    torch.distributed.destroy_process_group()
+    comm.destroy_process_group()
 
 
 def _free_port() -> int:

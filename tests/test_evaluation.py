@@ -19,6 +19,7 @@ from uniperceiver.evaluation.decoding import beam_search
 from uniperceiver.evaluation.inference import InferenceSampler, results_table, shard_range
 from uniperceiver.evaluation.retrieval import retrieval_ranks
 from uniperceiver.evaluation.vqa import normalize_answer, vqa_score
+from uniperceiver.utils import comm
 
 
 # ------------------------------------------------------------------------------------------ classification
@@ -353,7 +354,7 @@ def _dist_worker(rank, world, port, out_file):
         else:
             assert results == [{}, {}, {}, {}, {}]
     finally:
-        dist.destroy_process_group()
+        comm.destroy_process_group()
 
 
 def _free_port():

@@ -191,3 +191,30 @@ def test_spawn_user_error_exit_2(tmp_path):
     proc = run_main(["--config-file", ENGINE_SMOKE, "--num-gpus", "2", "MODEL.WEIGHTS", tmp_path / "nope.pth",
                      "OUTPUT_DIR", tmp_path / "o"], check=False, timeout=300)
     assert proc.returncode == 2 and "nope.pth" in proc.stderr
+
+
+def _regroup_worker(rank: int, ports) -> None:
+    import gc
+    import sys
+
+    import torch.distributed as dist
+
+    from uniperceiver.utils import comm
+
+    for port in ports:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        pg = dist.group.WORLD
+        assert comm.all_gather({"rank": rank, "port": port}) == [{"rank": r, "port": port} for r in (0, 1)]
+        assert comm.gather(rank) == ([0, 1] if rank == 0 else [])
+        comm.destroy_process_group()
+        gc.collect()
+        # Only this frame's ``pg`` and getrefcount's argument are left: nothing of comm's keeps the group,
+        # whose gloo threads would otherwise outlive it into interpreter shutdown.
+        assert sys.getrefcount(pg) == 2, f"{sys.getrefcount(pg) - 2} references to a destroyed process group"
+        del pg
+
+
+@pytest.mark.distributed
+def test_process_group_can_be_destroyed_and_made_again():
+    """comm's object collectives follow a new process group and keep no reference to a destroyed one."""
+    torch.multiprocessing.spawn(_regroup_worker, args=([free_port(), free_port()],), nprocs=2)

@@ -160,9 +160,12 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int = 1, num_mac
         os.environ.setdefault("LOCAL_RANK", str(world.local_rank))
         _init_process_group(world, "env://")
         try:
-            return main_func(*args)
-        finally:
-            _destroy()
+            result = main_func(*args)
+        except BaseException:
+            comm.destroy_process_group(barrier=False)
+            raise
+        comm.destroy_process_group(barrier=not result)  # a rank that failed may be alone here
+        return result
     world_size = num_gpus_per_machine * num_machines
     if world_size > 1:
         if dist_url == "auto":
@@ -192,17 +195,17 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
     try:
         result = main_func(*args)
     except ConfigError as e:  # user error: one line per worker, exit code 2 (the parent returns it)
+        comm.destroy_process_group(barrier=False)
         if any(getattr(a, "debug", False) for a in args):
             raise
         print(f"error: {e}", file=sys.stderr)
         result = 2
-    finally:
-        _destroy()
+    except BaseException:
+        comm.destroy_process_group(barrier=False)
+        raise
+    else:
+        comm.destroy_process_group(barrier=not result)  # a rank that failed may be alone here
     if isinstance(result, int) and result != 0:
         raise SystemExit(result)
 
 
-def _destroy() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    comm._LOCAL_PROCESS_GROUP = None

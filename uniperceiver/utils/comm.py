@@ -1,13 +1,13 @@
 """Distributed helpers that degrade to one process: world size 1 and rank 0 without a process group."""
 from __future__ import annotations
 
-import functools
 from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
 
 _LOCAL_PROCESS_GROUP = None  # set by engine.launch when processes of one machine are known
+_CPU_GROUP = None  # the gloo group object collectives use under nccl; made on first use
 
 
 def is_dist() -> bool:
@@ -44,12 +44,33 @@ def synchronize() -> None:
         dist.barrier()
 
 
-@functools.lru_cache()
 def _cpu_group():
-    """A gloo group for object collectives, so they never touch the GPU (nccl) backend."""
-    if dist.get_backend() == "nccl":
-        return dist.new_group(backend="gloo")
-    return dist.group.WORLD
+    """A gloo group for object collectives, so they never touch the GPU (nccl) backend; ``None`` (the
+    default group) when that already is gloo.  Never caches the default group itself: a reference that
+    outlives ``destroy_process_group`` makes its gloo threads die in interpreter shutdown (SIGABRT)."""
+    global _CPU_GROUP
+    if dist.get_backend() != "nccl":
+        return None
+    if _CPU_GROUP is None:
+        _CPU_GROUP = dist.new_group(backend="gloo")
+    return _CPU_GROUP
+
+
+def destroy_process_group(barrier: bool = True) -> None:
+    """Tear down every process group and drop this module's references to them (no-op without one).
+
+    ``barrier`` (for a clean exit; never after an error, where a peer may be gone) first waits for every
+    rank, with the GIL released, so gloo's worker threads finish releasing the tensors of the last
+    collectives.  A gloo thread still doing that when the interpreter shuts down aborts the process
+    ("terminate called without an active exception") after all the work is done; this happens where a
+    library (DeepSpeed ZeRO-3) keeps the group alive past ``destroy_process_group``."""
+    global _LOCAL_PROCESS_GROUP, _CPU_GROUP
+    _LOCAL_PROCESS_GROUP = _CPU_GROUP = None
+    if not is_dist():
+        return
+    if barrier and get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_gather(obj: Any) -> List[Any]:
