@@ -52,6 +52,7 @@ COCO_TEMPLATES = [
     "handwritten digit {digit} drawn in {ink} on {bg}",
     "a {ink} {digit} on a plain {bg} background",
 ]
+COCO_SPLITS = {"train113k": ("train2014", 240), "val5k": ("val2014", 40), "test5k": ("val2014", 40)}  # images
 FLICKR_TEMPLATES = [
     "a blurry {ink} digit {digit} on {bg}",
     "a pixelated {digit} in {ink} against a {bg} background",
@@ -216,7 +217,7 @@ def build_demo_data(out: str, seed: int = 0) -> None:
     cap_x, cap_y = mnist[pool_cap], mnist_y[pool_cap]
     coco = os.path.join(out, "mscoco")
     pools = {"train113k": slice(0, 2400), "val5k": slice(2400, 2700), "test5k": slice(2700, 3000)}
-    for split, folder, count in (("train113k", "train2014", 240), ("val5k", "val2014", 40), ("test5k", "val2014", 40)):
+    for split, (folder, count) in COCO_SPLITS.items():
         images, anns = _caption_images(rng, cap_x[pools[split]], cap_y[pools[split]], COCO_TEMPLATES,
                                        os.path.join(coco, "images"), f"{folder}/{split}", count, 3, 32)
         _write_coco(os.path.join(coco, "annotations", f"captions_{split}.json"), images, anns)
