@@ -164,7 +164,7 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int = 1, num_mac
         except BaseException:
             comm.destroy_process_group(barrier=False)
             raise
-        comm.destroy_process_group(barrier=not result)  # a rank that failed may be alone here
+        comm.destroy_process_group(barrier=not _failed(result))  # a failed rank may be alone here
         return result
     world_size = num_gpus_per_machine * num_machines
     if world_size > 1:
@@ -183,6 +183,11 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int = 1, num_mac
             return e.exit_code
         return 0
     return main_func(*args)
+
+
+def _failed(result: Any) -> bool:
+    """A nonzero exit code; any other result (None, 0, rank 0's evaluation results, others' ``{}``) is clean."""
+    return isinstance(result, int) and result != 0
 
 
 def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_machine: int, machine_rank: int,
@@ -204,7 +209,7 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
         comm.destroy_process_group(barrier=False)
         raise
     else:
-        comm.destroy_process_group(barrier=not result)  # a rank that failed may be alone here
+        comm.destroy_process_group(barrier=not _failed(result))  # a failed rank may be alone here
     if isinstance(result, int) and result != 0:
         raise SystemExit(result)
 
