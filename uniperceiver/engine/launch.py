@@ -210,7 +210,7 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
         raise
     else:
         comm.destroy_process_group(barrier=not _failed(result))  # a failed rank may be alone here
-    if isinstance(result, int) and result != 0:
+    if _failed(result):
         raise SystemExit(result)
 
 
