@@ -2,12 +2,14 @@
 import json
 import multiprocessing as mp
 import os
+import random
 
 import pytest
 
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import read_coco_captions, read_image_label_list, read_jsonl_pairs
-from uniperceiver.data.demo import MARKER, ensure_demo_data, prepare_data_root
+from uniperceiver.data.demo import (DIGITS, MARKER, MNIST_PLACES, _load_mnist, _mnist_tile, ensure_demo_data,
+                                    mnist_splits, prepare_data_root)
 from uniperceiver.data.target_sets import read_token_list
 from uniperceiver.modeling.tokenization import get_tokenizer
 
@@ -47,6 +49,38 @@ def test_every_format_is_written_and_readable(demo_root):
         for ann in json.load(f)["annotations"]:
             assert set(tok.encode(ann["caption"])) <= vocab
     assert vocab < set(read_token_list(os.path.join(r, "targets/vocab_demo.tokens")))
+
+
+def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
+    """mnist/: 4400 training pairs; val / test 200 each (20 per class), digits nothing trains on, every
+    held-out caption unique within its split (so retrieval R@1 can reach 100), ImageNet lists of the same images."""
+    import numpy as np
+    from PIL import Image
+
+    r = os.path.join(demo_root, "mnist")
+    for split, n in (("train", 4400), ("val", 200), ("test", 200)):
+        recs = read_coco_captions(os.path.join(r, f"annotations/captions_{split}.json"))
+        assert len(recs) == n and all(len(x["captions"]) == 2 for x in recs)
+        labels = read_image_label_list(os.path.join(r, f"meta/{split}.txt"))
+        assert [x["image"] for x in labels] == [x["image"] for x in recs]
+        for rec, lab in zip(recs, labels):  # the caption names the labelled digit
+            assert all(DIGITS[lab["label"]] in c.split() for c in rec["captions"]), rec
+        if split != "train":
+            assert np.bincount([x["label"] for x in labels]).tolist() == [20] * 10
+            captions = [c for x in recs for c in x["captions"]]
+            assert len(set(captions)) == len(captions)
+    # the tiles are renderings of MNIST digits no other split uses (the digits differ, not only their style)
+    mnist, mnist_y = _load_mnist()
+    splits = mnist_splits(random.Random(4), mnist_y, np.random.RandomState(0).permutation(len(mnist)))
+    sources = {split: {k for k, _ in picked} for split, picked in splits.items()}
+    assert [len(v) for v in sources.values()] == [4400, 200, 200]
+    assert not sources["train"] & sources["val"] and not sources["train"] & sources["test"]
+    assert not sources["val"] & sources["test"]
+    for n, (k, (ink, place)) in enumerate(splits["val"][:20]):
+        tile = np.asarray(Image.open(os.path.join(r, "images", f"val/{n:05d}.png")))
+        assert np.array_equal(tile, np.asarray(_mnist_tile(mnist[k], ink, MNIST_PLACES[place])))
+    with open(os.path.join(r, "classnames.txt")) as f:
+        assert f.read().split("\n")[:10] == [f"digit {d}" for d in DIGITS]
 
 
 def test_idempotent(demo_root):

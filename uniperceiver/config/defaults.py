@@ -190,6 +190,11 @@ _C.DATALOADER.MIXUP = 0.0
 _C.DATALOADER.CUTMIX = 0.0
 # timm RandAugment policy string ("" = off), e.g. "rand-m9-mstd0.5-inc1".
 _C.DATALOADER.RAND_AUGMENT = ""
+# Training random-resized-crop area range [min, max]; [] = the task family's default (classification
+# [0.08, 1], image-text [0.5, 1], video classification [0.25, 1]); [1.0, 1.0] = no crop, only the resize.
+_C.DATALOADER.CROP_SCALE = []
+# Evaluation: resize to IMG_INPUT_SIZE / CROP_PCT, then centre crop IMG_INPUT_SIZE (1.0 = the whole image).
+_C.DATALOADER.CROP_PCT = 0.875
 # Video clips: frames per clip and the stride between sampled frames.
 _C.DATALOADER.FRAMES_PER_CLIP = 8
 _C.DATALOADER.STRIDE = 4

@@ -10,6 +10,8 @@ colour, size; photo subject and view).
 Layout under the demo root (``DATA_PATH`` if set, else ``CACHE_DIR/demo``)::
 
     imagenet/{train,val}/<class>/<n>.jpg, imagenet/meta/{train,val}.txt, imagenet/classnames.txt
+    mnist/images/{train,val,test}/*.png, mnist/annotations/captions_{train,val,test}.json (COCO schema),
+        mnist/meta/{train,val,test}.txt (ImageNet lists of the same images), mnist/classnames.txt
     mscoco/images/{train2014,val2014}/*.jpg, mscoco/annotations/captions_{train113k,val5k,test5k}.json
     flickr30k/images/*.jpg, flickr30k/annotations/captions_{train,val,test}.json
     cc3m/images/*.jpg, cc3m/{train,val}.jsonl         sbu/images/*.jpg, sbu/{train,val}.jsonl
@@ -38,7 +40,7 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "3"  # 3: disjoint COCO caption digits per split
+DEMO_VERSION = "4"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions)
 MARKER = "DEMO_VERSION"
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -66,6 +68,22 @@ PHOTOS = {  # scikit-image bundled photo -> what it shows
     "brick": "a brick wall", "gravel": "a patch of gravel", "clock": "a clock on a wall",
     "page": "a page of printed text", "text": "letters painted on a sign", "horse": "the silhouette of a horse",
 }
+# mnist/: plain grey MNIST digits whose captions name the digit, the ink / paper and the place, so that every
+# held-out (val / test) image has a caption no other image of its split has.  What the zero-shot digits
+# benchmark trains on (tools/zeroshot_benchmark.py).
+MNIST_TEMPLATES = [
+    "a {size} handwritten {digit} in {ink} on {bg}{place}",
+    "the number {digit} written in {ink} ink on a {bg} background{place}",
+    "{ink} handwriting on {bg} showing a {size} {digit}{place}",
+    "a scanned {size} {digit}, {ink} on {bg}{place}",
+    "a {bg} square with a {size} {ink} {digit}{place}",
+]
+MNIST_INKS = [("white", "black"), ("black", "white")]  # (ink, paper)
+# "" = the digit fills the 28 px tile; else a 16 px digit at (x, y)
+MNIST_PLACES = {"": None, " in the top left corner": (0, 0), " at the top": (6, 0), " in the top right corner": (12, 0),
+                " on the left": (0, 6), " in the middle": (6, 6), " on the right": (12, 6),
+                " in the bottom left corner": (0, 12), " at the bottom": (6, 12), " in the bottom right corner": (12, 12)}
+MNIST_HELDOUT_PER_CLASS = 20  # per split (val, test): one image per (ink, place) style of each digit
 VIEWS = [("", "a photo of {}"), ("crop", "a close-up of {}"), ("flip", "a mirrored photo of {}"),
          ("dark", "a dark photo of {}"), ("gray", "a black and white photo of {}"), ("small", "a small picture of {}")]
 
@@ -111,6 +129,63 @@ def _caption_images(rng, digits: np.ndarray, labels: np.ndarray, templates, out_
         for c in sorted(chosen):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": c})
     return images, annotations
+
+
+def _mnist_tile(gray: np.ndarray, ink: int, place) -> Image.Image:
+    """A 28 px grey tile: the digit at full size (``place`` None) or at 16 px with its top left at ``place``."""
+    g = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8))
+    if place is not None:
+        small = g.resize((16, 16), Image.BILINEAR)
+        g = Image.new("L", (28, 28), 0)
+        g.paste(small, place)
+    return g if ink == 0 else Image.fromarray(255 - np.asarray(g))
+
+
+def _mnist_pairs(rng, digits, labels, out_dir, split, styles):
+    """One grey tile per digit in the style ``styles[n]`` = (ink index, place phrase), two captions each."""
+    images, annotations, meta = [], [], []
+    for n, (x, label, (ink, place)) in enumerate(zip(digits, labels, styles)):
+        rel = f"{split}/{n:05d}.png"
+        path = os.path.join(out_dir, "images", rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _mnist_tile(x, ink, MNIST_PLACES[place]).save(path)
+        image_id = n + 1
+        images.append({"id": image_id, "file_name": rel, "height": 28, "width": 28})
+        meta.append(f"{rel} {int(label)}")
+        words = dict(digit=DIGITS[int(label)], ink=MNIST_INKS[ink][0], bg=MNIST_INKS[ink][1], place=place,
+                     size="large" if MNIST_PLACES[place] is None else "small")
+        for tpl in rng.sample(MNIST_TEMPLATES, 2):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": tpl.format(**words)})
+    _write_coco(os.path.join(out_dir, "annotations", f"captions_{split}.json"), images, annotations)
+    os.makedirs(os.path.join(out_dir, "meta"), exist_ok=True)
+    with open(os.path.join(out_dir, "meta", f"{split}.txt"), "w") as f:
+        f.write("\n".join(meta) + "\n")
+
+
+def mnist_splits(rng, labels: np.ndarray, order: np.ndarray) -> Dict[str, List[Tuple[int, tuple]]]:
+    """(MNIST index, (ink, place)) per image of each mnist/ split.  Training: the digits of the classification
+    and COCO-train pools (``order[:4400]``), random styles.  Val / test: the COCO val / test pool
+    (``order[4400:]``, which nothing trains on), 20 digits per class each, one per style, so no two
+    held-out images of a split share a caption."""
+    styles = [(ink, place) for ink in range(len(MNIST_INKS)) for place in MNIST_PLACES]
+    splits = {"train": [(int(k), rng.choice(styles)) for k in order[:4400]]}
+    per_class: Dict[int, List[int]] = {d: [] for d in range(10)}
+    for k in order[4400:]:
+        per_class[int(labels[k])].append(int(k))
+    n = MNIST_HELDOUT_PER_CLASS
+    for i, split in enumerate(("val", "test")):
+        picked = [(per_class[d][i * n + j], styles[j]) for d in range(10) for j in range(n)]
+        rng.shuffle(picked)
+        splits[split] = picked
+    return splits
+
+
+def _build_mnist(rng, mnist, mnist_y, order, out_dir) -> None:
+    for split, picked in mnist_splits(rng, mnist_y, order).items():
+        ks = np.array([k for k, _ in picked])
+        _mnist_pairs(rng, mnist[ks], mnist_y[ks], out_dir, split, [st for _, st in picked])
+    with open(os.path.join(out_dir, "classnames.txt"), "w") as f:
+        f.write("\n".join(f"digit {d}" for d in DIGITS) + "\n")
 
 
 def _write_coco(path: str, images, annotations) -> None:
@@ -222,6 +297,10 @@ def build_demo_data(out: str, seed: int = 0) -> None:
                                        os.path.join(coco, "images"), f"{folder}/{split}", count, 3, 32)
         _write_coco(os.path.join(coco, "annotations", f"captions_{split}.json"), images, anns)
 
+    # mnist/: plain grey digits with captions (train / val / test) and ImageNet-style lists of the same images.
+    # Its own random stream, so the other sets are what they were before it existed.
+    _build_mnist(random.Random(seed + 4), mnist, mnist_y, order, os.path.join(out, "mnist"))
+
     # Flickr30k: sklearn's 8x8 digits, blurry captions.
     digits = load_digits()
     dx = (digits.images / 16.0).astype(np.float32)
@@ -261,6 +340,7 @@ def build_demo_data(out: str, seed: int = 0) -> None:
     tok = get_tokenizer()
     caption_files = [os.path.join(coco, "annotations", f"captions_{s}.json") for s in ("train113k", "val5k", "test5k")]
     caption_files += [os.path.join(flickr, "annotations", f"captions_{s}.json") for s in ("train", "val", "test")]
+    caption_files += [os.path.join(out, "mnist", "annotations", f"captions_{s}.json") for s in ("train", "val", "test")]
     caption_files += [os.path.join(out, n, f"{s}.jsonl") for n in ("cc3m", "sbu") for s in ("train", "val")]
     caption_files += video_caption_files
     os.makedirs(os.path.join(out, "targets"), exist_ok=True)

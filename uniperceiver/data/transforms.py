@@ -13,7 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create
 
 # Random-resized-crop scale range per task family: aggressive for classification, mild where the caption
 # must still describe the crop.
-CROP_SCALE = {"classification": (0.08, 1.0), "caption": (0.5, 1.0)}
+CROP_SCALE = {"classification": (0.08, 1.0), "caption": (0.5, 1.0), "video_classification": (0.25, 1.0)}
 
 
 def build_image_transform(
@@ -47,14 +47,32 @@ def build_image_transform(
     )
 
 
+def crop_scale(task_cfg, family: str) -> Tuple[float, float]:
+    """``DATALOADER.CROP_SCALE`` of a task node, or its family's default; checked."""
+    scale = tuple(float(v) for v in task_cfg.DATALOADER.CROP_SCALE) or CROP_SCALE.get(family, CROP_SCALE["classification"])
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"DATALOADER.CROP_SCALE of task {task_cfg.get('NAME', '?')!r} must be [min, max] with "
+                         f"0 < min <= max <= 1, got {list(task_cfg.DATALOADER.CROP_SCALE)}")
+    return scale
+
+
+def crop_pct(task_cfg) -> float:
+    pct = float(task_cfg.DATALOADER.CROP_PCT)
+    if not 0 < pct <= 1:
+        raise ValueError(f"DATALOADER.CROP_PCT of task {task_cfg.get('NAME', '?')!r} must be in (0, 1], got {pct}")
+    return pct
+
+
 def transform_from_config(task_cfg, root_cfg, is_train: bool, family: str = "classification") -> Callable:
-    """The transform of a task node: ``MODEL.IMG_INPUT_SIZE``, ``DATALOADER.RAND_AUGMENT``, family crop scale."""
+    """The transform of a task node: ``MODEL.IMG_INPUT_SIZE``, ``DATALOADER.RAND_AUGMENT``, ``CROP_SCALE``
+    (else the family's crop scale) and ``CROP_PCT``; horizontal flips for classification only."""
     return build_image_transform(
         int(root_cfg.MODEL.IMG_INPUT_SIZE),
         is_train,
         rand_augment=task_cfg.DATALOADER.RAND_AUGMENT,
-        scale=CROP_SCALE.get(family, CROP_SCALE["classification"]),
+        scale=crop_scale(task_cfg, family),
         hflip=0.5 if family == "classification" else 0.0,
+        crop_pct=crop_pct(task_cfg),
     )
 
 

@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..transforms import crop_pct, crop_scale
 from .base import ImageRecordsDataset, check_annotation_file
 from .imagenet import read_image_label_list
 
@@ -137,9 +138,9 @@ class VideoTransform:
 
 
 def video_transform_from_config(task_cfg, root_cfg, is_train: bool, family: str = "classification") -> VideoTransform:
-    return VideoTransform(int(root_cfg.MODEL.IMG_INPUT_SIZE), is_train,
-                          scale=(0.25, 1.0) if family == "classification" else (0.5, 1.0),
-                          hflip=0.5 if family == "classification" else 0.0)
+    scale = crop_scale(task_cfg, "video_classification" if family == "classification" else "caption")
+    return VideoTransform(int(root_cfg.MODEL.IMG_INPUT_SIZE), is_train, scale=scale,
+                          hflip=0.5 if family == "classification" else 0.0, crop_pct=crop_pct(task_cfg))
 
 
 class VideoRecordsDataset(ImageRecordsDataset):
