@@ -8,7 +8,7 @@ import pytest
 
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import read_coco_captions, read_image_label_list, read_jsonl_pairs
-from uniperceiver.data.demo import (DIGITS, MARKER, MNIST_PLACES, _load_mnist, _mnist_tile, ensure_demo_data,
+from uniperceiver.data.demo import (DIGITS, MARKER, _load_mnist, _mnist_tile, ensure_demo_data,
                                     mnist_splits, prepare_data_root)
 from uniperceiver.data.target_sets import read_token_list
 from uniperceiver.modeling.tokenization import get_tokenizer
@@ -76,9 +76,9 @@ def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
     assert [len(v) for v in sources.values()] == [4400, 200, 200]
     assert not sources["train"] & sources["val"] and not sources["train"] & sources["test"]
     assert not sources["val"] & sources["test"]
-    for n, (k, (ink, place)) in enumerate(splits["val"][:20]):
+    for n, (k, style) in enumerate(splits["val"][:20]):
         tile = np.asarray(Image.open(os.path.join(r, "images", f"val/{n:05d}.png")))
-        assert np.array_equal(tile, np.asarray(_mnist_tile(mnist[k], ink, MNIST_PLACES[place])))
+        assert tile.shape == (28, 28) and np.array_equal(tile, np.asarray(_mnist_tile(mnist[k], style)))
     with open(os.path.join(r, "classnames.txt")) as f:
         assert f.read().split("\n")[:10] == [f"digit {d}" for d in DIGITS]
 

@@ -108,9 +108,10 @@ def main(argv=None) -> dict:
         train_cfg.freeze()
     weights = os.path.join(out, "train", "model_final.pth")
     eval_opts = ["OUTPUT_DIR", os.path.join(out, "eval"), "MODEL.WEIGHTS", weights]
-    for key in ("DATA_PATH", "CACHE_DIR"):  # the evaluation reads the data the training run read
-        if key in args.opts:
-            eval_opts += [key, train_cfg[key]]
+    # the evaluation reads the data the training run read, with the same model
+    for key, value in zip(args.opts[::2], args.opts[1::2]):
+        if key in ("DATA_PATH", "CACHE_DIR") or key.startswith("MODEL."):
+            eval_opts += [key, value]
     eval_cfg = setup_cfg(args.eval_config, eval_opts)
     templates = [tpl for node in eval_cfg.SHARED_TARGETS for tpl in node.SHARED_TARGETS_CFG.TEMPLATES]
     check_honest(train_cfg, eval_cfg, templates)

@@ -68,22 +68,23 @@ PHOTOS = {  # scikit-image bundled photo -> what it shows
     "brick": "a brick wall", "gravel": "a patch of gravel", "clock": "a clock on a wall",
     "page": "a page of printed text", "text": "letters painted on a sign", "horse": "the silhouette of a horse",
 }
-# mnist/: plain grey MNIST digits whose captions name the digit, the ink / paper and the place, so that every
-# held-out (val / test) image has a caption no other image of its split has.  What the zero-shot digits
-# benchmark trains on (tools/zeroshot_benchmark.py).
+# mnist/: plain grey MNIST digits, full size and centred, whose captions name the digit, the ink / paper, a
+# dot in a corner and a frame, so that every held-out (val / test) image has captions no other image of its
+# split has.  What the zero-shot digits benchmark trains on (tools/zeroshot_benchmark.py).
 MNIST_TEMPLATES = [
-    "a {size} handwritten {digit} in {ink} on {bg}{place}",
-    "the number {digit} written in {ink} ink on a {bg} background{place}",
-    "{ink} handwriting on {bg} showing a {size} {digit}{place}",
-    "a scanned {size} {digit}, {ink} on {bg}{place}",
-    "a {bg} square with a {size} {ink} {digit}{place}",
+    "a handwritten {digit}, {ink} on {bg}{mark}{frame}",
+    "the number {digit} in {ink} ink on {bg}{mark}{frame}",
+    "{ink} handwriting on {bg}: the digit {digit}{mark}{frame}",
+    "a scanned {digit}, {ink} on {bg}{mark}{frame}",
+    "a {bg} square showing a {ink} {digit}{mark}{frame}",
 ]
 MNIST_INKS = [("white", "black"), ("black", "white")]  # (ink, paper)
-# "" = the digit fills the 28 px tile; else a 16 px digit at (x, y)
-MNIST_PLACES = {"": None, " in the top left corner": (0, 0), " at the top": (6, 0), " in the top right corner": (12, 0),
-                " on the left": (0, 6), " in the middle": (6, 6), " on the right": (12, 6),
-                " in the bottom left corner": (0, 12), " at the bottom": (6, 12), " in the bottom right corner": (12, 12)}
-MNIST_HELDOUT_PER_CLASS = 20  # per split (val, test): one image per (ink, place) style of each digit
+# a 3 px dot in the margin MNIST leaves around its digits: phrase -> top left pixel (None: no dot)
+MNIST_MARKS = {"": None, " with a dot at top left": (1, 1), " with a dot at top right": (24, 1),
+               " with a dot at bottom left": (1, 24), " with a dot at bottom right": (24, 24)}
+MNIST_FRAMES = ["", ", framed"]  # a 1 px border
+MNIST_STYLES = [(ink, mark, frame) for ink in range(len(MNIST_INKS)) for mark in MNIST_MARKS for frame in MNIST_FRAMES]
+MNIST_HELDOUT_PER_CLASS = len(MNIST_STYLES)  # 20 per split (val, test): one image per style of each digit
 VIEWS = [("", "a photo of {}"), ("crop", "a close-up of {}"), ("flip", "a mirrored photo of {}"),
          ("dark", "a dark photo of {}"), ("gray", "a black and white photo of {}"), ("small", "a small picture of {}")]
 
@@ -131,29 +132,32 @@ def _caption_images(rng, digits: np.ndarray, labels: np.ndarray, templates, out_
     return images, annotations
 
 
-def _mnist_tile(gray: np.ndarray, ink: int, place) -> Image.Image:
-    """A 28 px grey tile: the digit at full size (``place`` None) or at 16 px with its top left at ``place``."""
-    g = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8))
-    if place is not None:
-        small = g.resize((16, 16), Image.BILINEAR)
-        g = Image.new("L", (28, 28), 0)
-        g.paste(small, place)
-    return g if ink == 0 else Image.fromarray(255 - np.asarray(g))
+def _mnist_tile(gray: np.ndarray, style) -> Image.Image:
+    """A 28 px grey tile of an MNIST digit in ``style`` = (ink index, mark phrase, frame phrase)."""
+    ink, mark, frame = style
+    g = (np.clip(gray, 0, 1) * 255).astype(np.uint8)
+    corner = MNIST_MARKS[mark]
+    if corner is not None:
+        x, y = corner
+        g[y : y + 3, x : x + 3] = 255
+    if frame:
+        g[0, :] = g[-1, :] = g[:, 0] = g[:, -1] = 255
+    return Image.fromarray(g if ink == 0 else 255 - g)
 
 
 def _mnist_pairs(rng, digits, labels, out_dir, split, styles):
-    """One grey tile per digit in the style ``styles[n]`` = (ink index, place phrase), two captions each."""
+    """One grey tile per digit in the style ``styles[n]``, two captions each (two of the templates)."""
     images, annotations, meta = [], [], []
-    for n, (x, label, (ink, place)) in enumerate(zip(digits, labels, styles)):
+    for n, (x, label, style) in enumerate(zip(digits, labels, styles)):
         rel = f"{split}/{n:05d}.png"
         path = os.path.join(out_dir, "images", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _mnist_tile(x, ink, MNIST_PLACES[place]).save(path)
+        _mnist_tile(x, style).save(path)
         image_id = n + 1
         images.append({"id": image_id, "file_name": rel, "height": 28, "width": 28})
         meta.append(f"{rel} {int(label)}")
-        words = dict(digit=DIGITS[int(label)], ink=MNIST_INKS[ink][0], bg=MNIST_INKS[ink][1], place=place,
-                     size="large" if MNIST_PLACES[place] is None else "small")
+        ink, mark, frame = style
+        words = dict(digit=DIGITS[int(label)], ink=MNIST_INKS[ink][0], bg=MNIST_INKS[ink][1], mark=mark, frame=frame)
         for tpl in rng.sample(MNIST_TEMPLATES, 2):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": tpl.format(**words)})
     _write_coco(os.path.join(out_dir, "annotations", f"captions_{split}.json"), images, annotations)
@@ -163,11 +167,11 @@ def _mnist_pairs(rng, digits, labels, out_dir, split, styles):
 
 
 def mnist_splits(rng, labels: np.ndarray, order: np.ndarray) -> Dict[str, List[Tuple[int, tuple]]]:
-    """(MNIST index, (ink, place)) per image of each mnist/ split.  Training: the digits of the classification
+    """(MNIST index, style) per image of each mnist/ split.  Training: the digits of the classification
     and COCO-train pools (``order[:4400]``), random styles.  Val / test: the COCO val / test pool
     (``order[4400:]``, which nothing trains on), 20 digits per class each, one per style, so no two
     held-out images of a split share a caption."""
-    styles = [(ink, place) for ink in range(len(MNIST_INKS)) for place in MNIST_PLACES]
+    styles = MNIST_STYLES
     splits = {"train": [(int(k), rng.choice(styles)) for k in order[:4400]]}
     per_class: Dict[int, List[int]] = {d: [] for d in range(10)}
     for k in order[4400:]:
