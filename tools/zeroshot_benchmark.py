@@ -129,10 +129,12 @@ def main(argv=None) -> dict:
     results = run_eval_only(eval_cfg)
     # val and test: 200 held-out digits each (separate retrieval galleries); figures are their means
     acc = _mean_over_splits(results, "digits_zeroshot", ("Acc@1", "Acc@5"))
+    n_digits = sum(_num_images(eval_cfg, key) for key in ("VAL", "TEST"))
     ret = _mean_over_splits(results, "mnist_retrieval", ("i2t_R@1", "t2i_R@1"))
     line = {
         "zeroshot_Acc@1": round(acc["Acc@1"], 2),
         "zeroshot_Acc@5": round(acc["Acc@5"], 2),
+        "zeroshot_digits": n_digits,
         "zeroshot_Acc@1_val": round(results["digits_zeroshot"]["Acc@1"], 2),
         "i2t_R@1": round(ret["i2t_R@1"], 2),
         "t2i_R@1": round(ret["t2i_R@1"], 2),
@@ -147,6 +149,17 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(line), flush=True)
     return line
+
+
+def _num_images(cfg, split_key: str) -> int:
+    from uniperceiver.utils.paths import get_data_root
+
+    node = next(t for t in cfg.TASKS if t.NAME == "digits_zeroshot")
+    split = getattr(node.DATASETS, split_key)
+    if not split:
+        return 0
+    with open(os.path.join(get_data_root(cfg), node.DATALOADER.ANNO_FOLDER, f"{split}.txt")) as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _mean_over_splits(results, task, keys):
