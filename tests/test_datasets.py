@@ -198,3 +198,29 @@ def test_check_data_reports_missing_files_and_bad_images(tmp_path, capsys):
     assert len(problems) == 2
     assert "1 of 2 sampled images unreadable" in problems[0] and "b.jpg" in problems[0]
     assert "captions_missing.json" in problems[1] and "TASKS.t.DATASETS.VAL" in problems[1]
+
+
+def test_crop_scale_and_crop_pct_knobs():
+    """DATALOADER.CROP_SCALE [1, 1] keeps the whole image in training; CROP_PCT 1.0 keeps it at test time;
+    bad values name the task and key."""
+    from yacs.config import CfgNode
+
+    from uniperceiver.data.transforms import transform_from_config
+
+    cfg = get_cfg()
+    task = CfgNode({"NAME": "t", "DATALOADER": {"CROP_SCALE": [1.0, 1.0], "CROP_PCT": 1.0, "RAND_AUGMENT": ""}})
+    cfg.MODEL.IMG_INPUT_SIZE = 8
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[0, :] = 255  # a line on the border: any crop or resize-then-centre-crop loses or blurs it
+    pil = Image.fromarray(img)
+    for is_train in (True, False):
+        out = transform_from_config(task, cfg, is_train, "caption")(pil)
+        assert out.shape == (3, 8, 8) and out[:, 0].mean() > out[:, 4].mean() + 1.0 and out[:, 1].mean() < out[:, 0].mean()
+    task.DATALOADER.CROP_PCT = 0.5
+    assert transform_from_config(task, cfg, False, "caption")(pil)[:, 0].mean() < out[:, 0].mean()
+    task.DATALOADER.CROP_SCALE = [0.9, 0.2]
+    with pytest.raises(ValueError, match=r"DATALOADER.CROP_SCALE of task 't'"):
+        transform_from_config(task, cfg, True, "caption")
+    task.DATALOADER.CROP_SCALE, task.DATALOADER.CROP_PCT = [], 1.5
+    with pytest.raises(ValueError, match=r"DATALOADER.CROP_PCT of task 't'"):
+        transform_from_config(task, cfg, False, "caption")
