@@ -170,7 +170,7 @@ def _mnist_pairs(rng, digits, labels, out_dir, split, styles):
 
 def mnist_splits(rng, labels: np.ndarray, order: np.ndarray) -> Dict[str, List[Tuple[int, tuple]]]:
     """(MNIST index, style) per image of each mnist/ split.  Training: the digits of the classification
-    and COCO-train pools (``order[:4400]``), random styles.  Val / test: the COCO val / test pool
+    and COCO-train pools (``order[:4400]``), ``MNIST_PLAIN_SHARE`` plain, the rest of any style.  Val / test: the COCO val / test pool
     (``order[4400:]``, which nothing trains on), 20 digits per class each, one per style, so no two
     held-out images of a split share a caption."""
     styles = MNIST_STYLES
