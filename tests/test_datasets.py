@@ -219,8 +219,8 @@ def test_crop_scale_and_crop_pct_knobs():
     task.DATALOADER.CROP_PCT = 0.5
     assert transform_from_config(task, cfg, False, "caption")(pil)[:, 0].mean() < out[:, 0].mean()
     task.DATALOADER.CROP_SCALE = [0.9, 0.2]
-    with pytest.raises(ValueError, match=r"DATALOADER.CROP_SCALE of task 't'"):
+    with pytest.raises(ConfigError, match=r"DATALOADER.CROP_SCALE of task 't'"):
         transform_from_config(task, cfg, True, "caption")
     task.DATALOADER.CROP_SCALE, task.DATALOADER.CROP_PCT = [], 1.5
-    with pytest.raises(ValueError, match=r"DATALOADER.CROP_PCT of task 't'"):
+    with pytest.raises(ConfigError, match=r"DATALOADER.CROP_PCT of task 't'"):
         transform_from_config(task, cfg, False, "caption")

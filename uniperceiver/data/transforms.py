@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 
+from uniperceiver.config import ConfigError
+
 # Random-resized-crop scale range per task family: aggressive for classification, mild where the caption
 # must still describe the crop.
 CROP_SCALE = {"classification": (0.08, 1.0), "caption": (0.5, 1.0), "video_classification": (0.25, 1.0)}
@@ -51,7 +53,7 @@ def crop_scale(task_cfg, family: str) -> Tuple[float, float]:
     """``DATALOADER.CROP_SCALE`` of a task node, or its family's default; checked."""
     scale = tuple(float(v) for v in task_cfg.DATALOADER.CROP_SCALE) or CROP_SCALE.get(family, CROP_SCALE["classification"])
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"DATALOADER.CROP_SCALE of task {task_cfg.get('NAME', '?')!r} must be [min, max] with "
+        raise ConfigError(f"DATALOADER.CROP_SCALE of task {task_cfg.get('NAME', '?')!r} must be [min, max] with "
                          f"0 < min <= max <= 1, got {list(task_cfg.DATALOADER.CROP_SCALE)}")
     return scale
 
@@ -59,7 +61,7 @@ def crop_scale(task_cfg, family: str) -> Tuple[float, float]:
 def crop_pct(task_cfg) -> float:
     pct = float(task_cfg.DATALOADER.CROP_PCT)
     if not 0 < pct <= 1:
-        raise ValueError(f"DATALOADER.CROP_PCT of task {task_cfg.get('NAME', '?')!r} must be in (0, 1], got {pct}")
+        raise ConfigError(f"DATALOADER.CROP_PCT of task {task_cfg.get('NAME', '?')!r} must be in (0, 1], got {pct}")
     return pct
 
 
