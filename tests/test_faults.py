@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ import torch
 from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, run_main
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import (TooManyBadSamples, build_reader, read_coco_captions, read_image_label_list,
-                                        read_jsonl_pairs)
+                                        read_jsonl_pairs, read_video_captions, read_vqa)
+from uniperceiver.data.datasets.vqa import build_answer_vocab
 from uniperceiver.engine import AMPStepEngine, NonFiniteLossError, Trainer
 from uniperceiver.modeling import build_model
 from uniperceiver.solver import build_optimizer
@@ -314,6 +316,186 @@ def test_coco_caption_empty_caption_and_unknown_image_are_skipped(tmp_path, capl
     assert "annotation 19, id 101): unknown image_id" in caplog.text
     with pytest.raises(TooManyBadSamples, match="empty caption: 1, unknown image_id: 1"):
         read_coco_captions(str(path), max_bad_fraction=0.05, name="coco/train")
+
+
+# JSON annotation files (COCO captions, video captions, VQA): malformed entries are bad records like the above.
+def _caption_json(kind="image", bad_item=None, bad_ann=None):
+    """3 images (or videos) with 18 good captions; ``bad_item`` / ``bad_ann`` inserted at index 1 / 6."""
+    items = [{"id": i, "file_name": f"{kind}/{i}.png"} for i in range(3)]
+    anns = [{"id": j, f"{kind}_id": j % 3, "caption": f"caption {j}"} for j in range(18)]
+    if bad_item is not None:
+        items.insert(1, bad_item)
+    if bad_ann is not None:
+        anns.insert(6, bad_ann)
+    return {f"{kind}s": items, "annotations": anns}
+
+
+BAD_IMAGE_ENTRIES = [
+    ("not_an_object", "img/9.png"),
+    ("no_id", {"file_name": "img/9.png"}),
+    ("no_file_name", {"id": 9}),
+    ("empty_file_name", {"id": 9, "file_name": " "}),
+    ("file_name_not_a_string", {"id": 9, "file_name": 9}),
+    ("id_not_a_scalar", {"id": [9], "file_name": "img/9.png"}),
+]
+
+
+@pytest.mark.parametrize("name,entry", BAD_IMAGE_ENTRIES, ids=[c[0] for c in BAD_IMAGE_ENTRIES])
+def test_coco_caption_malformed_image_entry_is_a_bad_record(tmp_path, caplog, name, entry):
+    path = tmp_path / "captions_train.json"
+    path.write_text(json.dumps(_caption_json(bad_item=entry)))
+    with caplog.at_level(logging.WARNING, logger="uniperceiver"):
+        records = read_coco_captions(str(path), max_bad_fraction=0.1, name="coco/train")
+    assert [r["image"] for r in records] == ["image/0.png", "image/1.png", "image/2.png"]
+    assert sum(len(r["captions"]) for r in records) == 18
+    assert f"{path} (image 1): malformed image entry" in caplog.text
+    assert f"skipped 1 of 19 annotation records of {path}" in caplog.text
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} \(image 1\): malformed image entry"):
+        read_coco_captions(str(path))
+
+
+def test_coco_caption_images_or_annotations_not_a_list_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "captions_train.json"
+    for key, value in (("images", {"0": "img/0.png"}), ("annotations", "a caption")):
+        data = _caption_json()
+        data[key] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: '{key}' must be a list"):
+            read_coco_captions(str(path), max_bad_fraction=0.5)
+
+
+# (name, bad video entry, bad annotation, the reason logged, where)
+BAD_VIDEO_RECORDS = [
+    ("unknown_video", None, {"id": 99, "video_id": 42, "caption": "a ghost"}, "unknown video_id",
+     "annotation 6, id 99"),
+    ("empty_caption", None, {"id": 99, "video_id": 1, "caption": " "}, "empty caption", "annotation 6, id 99"),
+    ("null_caption", None, {"id": 99, "video_id": 1, "caption": None}, "empty caption", "annotation 6, id 99"),
+    ("annotation_not_an_object", None, "a caption", "malformed annotation", "annotation 6"),
+    ("video_without_file_name", {"id": 7}, None, "malformed video entry", "video 1"),
+    ("video_not_an_object", "video/7.mp4", None, "malformed video entry", "video 1"),
+]
+
+
+@pytest.mark.parametrize("name,bad_item,bad_ann,reason,where", BAD_VIDEO_RECORDS,
+                         ids=[c[0] for c in BAD_VIDEO_RECORDS])
+def test_video_caption_bad_record_is_skipped_counted_and_logged(tmp_path, caplog, name, bad_item, bad_ann, reason,
+                                                                where):
+    path = tmp_path / "captions_train.json"
+    path.write_text(json.dumps(_caption_json("video", bad_item, bad_ann)))
+    with caplog.at_level(logging.WARNING, logger="uniperceiver"):
+        records = read_video_captions(str(path), max_bad_fraction=0.1, name="msvd/train")
+    assert [r["image"] for r in records] == ["video/0.png", "video/1.png", "video/2.png"]
+    assert [len(r["captions"]) for r in records] == [6, 6, 6]
+    assert f"{path} ({where}): {reason}" in caplog.text and "msvd/train" in caplog.text
+    with pytest.raises(TooManyBadSamples, match=rf"1 of 19 annotation records .*\({reason}: 1\)"):
+        read_video_captions(str(path), max_bad_fraction=0.05)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} \({where}\): {reason}"):
+        read_video_captions(str(path))
+
+
+def _vqa_files(root: Path, bad_question=None, bad_annotation=None):
+    """18 good questions (ids 1000..1017) with 10 answers each; the bad record inserted at index 5."""
+    questions = [{"image_id": i, "question": f"what is {i}?", "question_id": 1000 + i} for i in range(18)]
+    anns = [{"question_id": 1000 + i, "image_id": i, "answers": [{"answer": str(i % 4)}] * 10} for i in range(18)]
+    if bad_question is not None:
+        questions.insert(5, bad_question)
+    if bad_annotation is not None:
+        anns.insert(5, bad_annotation)
+    qpath = root / "v2_OpenEnded_mscoco_train2014_questions.json"
+    apath = root / "v2_mscoco_train2014_annotations.json"
+    qpath.write_text(json.dumps({"data_subtype": "train2014", "questions": questions}))
+    apath.write_text(json.dumps({"annotations": anns}))
+    return qpath, apath
+
+
+# (name, bad question, bad annotation, the reason logged, where, question ids read)
+GOOD_QIDS = list(range(1000, 1018))
+BAD_VQA_RECORDS = [
+    ("question_without_text", {"image_id": 1, "question_id": 2000}, None, "malformed question",
+     "question 5, question_id 2000", GOOD_QIDS),
+    ("question_without_id", {"image_id": 1, "question": "why?"}, None, "malformed question",
+     "question 5, question_id None", GOOD_QIDS),
+    ("question_without_image", {"question": "why?", "question_id": 2000}, None, "malformed question",
+     "question 5, question_id 2000", GOOD_QIDS),
+    ("empty_question", {"image_id": 1, "question": "  ", "question_id": 2000}, None, "empty question",
+     "question 5, question_id 2000", GOOD_QIDS),
+    ("question_not_an_object", "why?", None, "malformed question", "question 5", GOOD_QIDS),
+    ("annotation_without_question_id", None, {"answers": [{"answer": "1"}] * 10}, "malformed annotation",
+     "annotation 5, question_id None", GOOD_QIDS),
+    ("annotation_without_answers", None, {"question_id": 2000}, "malformed annotation",
+     "annotation 5, question_id 2000", GOOD_QIDS),
+    ("answers_not_objects", None, {"question_id": 2000, "answers": ["1"] * 10}, "malformed annotation",
+     "annotation 5, question_id 2000", GOOD_QIDS),
+    # the annotation of question 1003 is malformed: that question is dropped too (no usable answers)
+    ("answers_not_a_list", None, {"question_id": 1003, "answers": "1"}, "malformed annotation",
+     "annotation 5, question_id 1003", [q for q in GOOD_QIDS if q != 1003]),
+]
+
+
+@pytest.mark.parametrize("name,bad_q,bad_ann,reason,where,qids", BAD_VQA_RECORDS,
+                         ids=[c[0] for c in BAD_VQA_RECORDS])
+def test_vqa_bad_record_is_skipped_counted_and_logged(tmp_path, caplog, name, bad_q, bad_ann, reason, where, qids):
+    qpath, apath = _vqa_files(tmp_path, bad_q, bad_ann)
+    bad_file = qpath if bad_q is not None else apath
+    with caplog.at_level(logging.WARNING, logger="uniperceiver"):
+        records = read_vqa(str(qpath), max_bad_fraction=0.1, name="vqa/train")
+    assert [r["question_id"] for r in records] == qids
+    assert all(len(r["answers"]) == 10 and r["question"].startswith("what is") for r in records)
+    assert records[0]["image"] == "train2014/COCO_train2014_000000000000.jpg"
+    assert f"{bad_file} ({where}): {reason}" in caplog.text and "vqa/train" in caplog.text
+    with pytest.raises(TooManyBadSamples, match=rf"1 of \d+ annotation records of {re.escape(str(bad_file))}"):
+        read_vqa(str(qpath), max_bad_fraction=0.01)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad_file))} \({re.escape(where)}\): {reason}"):
+        read_vqa(str(qpath))
+
+
+def test_answer_vocab_skips_malformed_annotations_with_one_warning(tmp_path, caplog):
+    _, apath = _vqa_files(tmp_path)
+    data = json.loads(apath.read_text())
+    data["annotations"] += [{"question_id": 2000, "answers": ["7"] * 10}, "7", {"question_id": 2001},
+                            {"question_id": 2002, "answers": [{"answer": 7}] * 10}]
+    apath.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="uniperceiver"):
+        vocab = build_answer_vocab([str(apath)], min_count=3)
+    assert vocab == ["0", "1", "2", "3"]  # 50, 50, 40, 40 human answers; no "7" from the malformed ones
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 4 malformed annotations" in warnings[0] and str(apath) in warnings[0]
+
+
+TRUNCATED_JSON = '{"images": [\n  {"id": 1,\n'  # Expecting property name: line 3, column 1
+
+
+@pytest.mark.parametrize("reader", ["coco_caption", "video_caption", "vqa_questions", "vqa_annotations",
+                                    "answer_vocab"])
+def test_truncated_json_annotation_file_names_path_line_and_column(tmp_path, reader):
+    qpath, apath = _vqa_files(tmp_path)
+    path = {"vqa_questions": qpath, "vqa_annotations": apath, "answer_vocab": apath}.get(
+        reader, tmp_path / "captions_train.json")
+    path.write_text(TRUNCATED_JSON)
+    read = {
+        "coco_caption": lambda: read_coco_captions(str(path), max_bad_fraction=0.5),
+        "video_caption": lambda: read_video_captions(str(path), max_bad_fraction=0.5),
+        "vqa_questions": lambda: read_vqa(str(qpath), max_bad_fraction=0.5),
+        "vqa_annotations": lambda: read_vqa(str(qpath), max_bad_fraction=0.5),
+        "answer_vocab": lambda: build_answer_vocab([str(apath)]),
+    }[reader]
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3:1: not valid JSON: Expecting property name"):
+        read()
+
+
+def test_video_caption_and_vqa_readers_use_max_bad_fraction_of_the_task(tmp_path):
+    """build_reader passes DATALOADER.MAX_BAD_FRACTION to the video-caption and VQA annotation readers."""
+    (tmp_path / "msvd" / "annotations").mkdir(parents=True)
+    (tmp_path / "msvd" / "annotations" / "captions_train.json").write_text(json.dumps(
+        _caption_json("video", bad_ann={"id": 99, "video_id": 1, "caption": ""})))
+    (tmp_path / "vqa" / "annotations").mkdir(parents=True)
+    _vqa_files(tmp_path / "vqa" / "annotations", bad_question={"image_id": 1, "question": "", "question_id": 2000})
+    for config, task, n in (("instant_video.yaml", 1, 18), ("instant_vqa.yaml", 0, 18)):
+        cfg = setup_cfg(str(QUICK / config), ["DATA_PATH", str(tmp_path), "DATALOADER.MAX_BAD_FRACTION", "0.1"])
+        assert len(build_reader(cfg.TASKS[task], cfg, "train")) == n
+        cfg = setup_cfg(str(QUICK / config), ["DATA_PATH", str(tmp_path), "DATALOADER.MAX_BAD_FRACTION", "0.01"])
+        with pytest.raises(TooManyBadSamples, match="empty (caption|question): 1"):
+            build_reader(cfg.TASKS[task], cfg, "train")
 
 
 def _classification_cfg(root: Path, *opts):

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from uniperceiver.config import ConfigError
 from uniperceiver.utils.paths import get_cache_dir, resolve_data_path
 
-from .base import ImageRecordsDataset, TooManyBadSamples, check_annotation_file, load_rgb  # noqa: F401
+from .base import ImageRecordsDataset, TooManyBadSamples, check_annotation_file, load_json, load_rgb  # noqa: F401
 from .captions import CaptionDataset, read_coco_captions, read_jsonl_pairs  # noqa: F401
 from .imagenet import ImageNetDataset, read_class_names, read_image_label_list  # noqa: F401
 from .text_corpus import TextCorpusDataset  # noqa: F401

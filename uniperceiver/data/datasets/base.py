@@ -10,6 +10,7 @@ time (distinct files, so re-reading one bad file every epoch does not add up).  
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Set
@@ -82,6 +83,23 @@ def check_annotation_file(path: str, config_key: str) -> str:
             f"or run tools/check_data.py --config-file <cfg>)"
         )
     return path
+
+
+def load_json(path: str) -> Any:
+    """The parsed JSON file ``path``; ``ValueError`` naming ``path:line:column`` when it is not valid JSON."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from e
+
+
+def json_list(data: dict, key: str, path: str) -> list:
+    """``data[key]`` of the JSON file ``path``, which must be a list (``ValueError`` naming the file if not)."""
+    value = data[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: {key!r} must be a list, got {type(value).__name__}")
+    return value
 
 
 def load_rgb(path: str) -> Image.Image:

@@ -19,42 +19,65 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Callable, List, Optional
 
-from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file
+from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list, load_json
 
 
 def _caption_ok(caption) -> bool:
     return isinstance(caption, str) and bool(caption.strip())
 
 
+def _item_ok(item) -> bool:
+    """An ``images`` / ``videos`` entry with an int or str ``id`` and a non-empty ``file_name``."""
+    return (isinstance(item, dict) and isinstance(item.get("id"), (int, str))
+            and isinstance(item.get("file_name"), str) and bool(item["file_name"].strip()))
+
+
+def group_captions(items: list, annotations: list, problems: AnnotationProblems, kind: str = "image") -> List[dict]:
+    """Records ``{"image": file_name, "image_id": id, "captions": [str, ...]}`` in order of ``items``.
+
+    ``kind`` ("image" / "video") names the entries; an annotation is keyed by ``<kind>_id`` or ``image_id``.
+    Malformed entries (no ``id`` / ``file_name``) and annotations (not an object, an unknown id, an empty
+    caption) go to ``problems``; the captions of a malformed entry then count as unknown ids."""
+    by_id = OrderedDict()
+    for i, item in enumerate(items):
+        if not _item_ok(item):
+            problems.add(f"{kind} {i}", f"malformed {kind} entry", repr(item))
+            continue
+        by_id[item["id"]] = {"image": item["file_name"], "image_id": item["id"], "captions": []}
+    good = 0
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            problems.add(f"annotation {i}", "malformed annotation", repr(ann))
+            continue
+        where = f"annotation {i}, id {ann.get('id')}"
+        key = ann.get(f"{kind}_id", ann.get("image_id"))
+        if not isinstance(key, Hashable) or key not in by_id:
+            problems.add(where, f"unknown {kind}_id", repr(key))
+        elif not _caption_ok(ann.get("caption")):
+            problems.add(where, "empty caption", repr(ann.get("caption")))
+        else:
+            by_id[key]["captions"].append(ann["caption"])
+            good += 1
+    problems.check(good)
+    return list(by_id.values())
+
+
 def read_coco_captions(path: str, config_key: str = "DATASETS.TRAIN", *,
                        max_bad_fraction: Optional[float] = None, name: str = "") -> List[dict]:
     """Records ``{"image": file_name, "image_id": id, "captions": [str, ...]}`` in file order of images.
 
-    Annotations with an empty caption or an unknown image_id are bad records (``AnnotationProblems``: an error
-    when ``max_bad_fraction`` is None, else skipped, logged and counted)."""
+    Malformed ``images`` entries and annotations with an empty caption or an unknown image_id are bad records
+    (``AnnotationProblems``: an error when ``max_bad_fraction`` is None, else skipped, logged and counted).
+    A file that is not valid JSON or not COCO-shaped is a ``ValueError`` naming it."""
     check_annotation_file(path, config_key)
     problems = AnnotationProblems(path, max_bad_fraction, name)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = load_json(path)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise ValueError(f"{path}: not a COCO-caption file (needs 'images' and 'annotations')")
-    by_id = OrderedDict()
-    for img in data["images"]:
-        by_id[img["id"]] = {"image": img["file_name"], "image_id": img["id"], "captions": []}
-    good = 0
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotation {i}, id {ann.get('id')}" if isinstance(ann, dict) else f"annotation {i}"
-        if not isinstance(ann, dict) or ann.get("image_id") not in by_id:
-            problems.add(where, "unknown image_id", repr(ann.get("image_id") if isinstance(ann, dict) else ann))
-        elif not _caption_ok(ann.get("caption")):
-            problems.add(where, "empty caption", repr(ann.get("caption")))
-        else:
-            by_id[ann["image_id"]]["captions"].append(ann["caption"])
-            good += 1
-    problems.check(good)
-    return list(by_id.values())
+    return group_captions(json_list(data, "images", path), json_list(data, "annotations", path), problems)
 
 
 def read_jsonl_pairs(path: str, config_key: str = "DATASETS.TRAIN", *,

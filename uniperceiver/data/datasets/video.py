@@ -18,16 +18,15 @@ video) is skipped and counted like an unreadable image (``base.ImageRecordsDatas
 """
 from __future__ import annotations
 
-import json
 import math
-from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..transforms import crop_pct, crop_scale
-from .base import ImageRecordsDataset, check_annotation_file
+from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list, load_json
+from .captions import group_captions
 from .imagenet import read_image_label_list
 
 # Exceptions that mean "this file is not a readable video" (av.FFmpegError subclasses Exception only).
@@ -216,22 +215,19 @@ class VideoClassificationDataset(VideoRecordsDataset):
         return {"image": clip, "label": record["label"], "image_id": record["image"], "index": index}
 
 
-def read_video_captions(path: str, config_key: str = "DATASETS.TRAIN") -> List[dict]:
+def read_video_captions(path: str, config_key: str = "DATASETS.TRAIN", *,
+                        max_bad_fraction: Optional[float] = None, name: str = "") -> List[dict]:
     """Records ``{"image": file_name, "image_id": id, "captions": [...]}`` of a COCO-style video caption file
-    (``videos`` or ``images``; annotations keyed by ``video_id`` or ``image_id``)."""
+    (``videos`` or ``images``; annotations keyed by ``video_id`` or ``image_id``).  Malformed entries, unknown
+    video ids and empty captions are bad records, as in :func:`~.captions.read_coco_captions`."""
     check_annotation_file(path, config_key)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    items = data.get("videos", data.get("images")) if isinstance(data, dict) else None
-    if items is None or "annotations" not in data:
+    problems = AnnotationProblems(path, max_bad_fraction, name)
+    data = load_json(path)
+    items_key = "videos" if isinstance(data, dict) and "videos" in data else "images"
+    if not isinstance(data, dict) or items_key not in data or "annotations" not in data:
         raise ValueError(f"{path}: not a COCO-style video caption file (needs 'videos' and 'annotations')")
-    by_id = OrderedDict((v["id"], {"image": v["file_name"], "image_id": v["id"], "captions": []}) for v in items)
-    for ann in data["annotations"]:
-        vid = ann.get("video_id", ann.get("image_id"))
-        if vid not in by_id:
-            raise ValueError(f"{path}: annotation {ann.get('id')} names unknown video {vid}")
-        by_id[vid]["captions"].append(ann["caption"])
-    return list(by_id.values())
+    return group_captions(json_list(data, items_key, path), json_list(data, "annotations", path), problems,
+                          kind="video")
 
 
 class VideoCaptionDataset(VideoRecordsDataset):
@@ -266,4 +262,6 @@ def build_video_reader(reader: str, task_cfg, path: str, video_root: str, split:
     if reader == "video_list":
         return VideoClassificationDataset(path, video_root, **common)
     key = common.pop("config_key", "DATASETS.TRAIN")
-    return VideoCaptionDataset(read_video_captions(path, key), video_root, mode=mode, **common)
+    records = read_video_captions(path, key, max_bad_fraction=common.get("max_bad_fraction", 0.01),
+                                  name=common.get("name", ""))
+    return VideoCaptionDataset(records, video_root, mode=mode, **common)
