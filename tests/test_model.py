@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniperceiver.config import get_cfg, setup_cfg
+from uniperceiver.config import ConfigError, get_cfg, setup_cfg
 from uniperceiver.modeling import MODEL_REGISTRY, build_model
 from uniperceiver.modeling.embeddings import resize_table_1d, resize_table_2d, sincos_2d_table
 from uniperceiver.modeling.losses import cross_entropy, one_hot_smoothed, soft_target_cross_entropy
@@ -64,6 +64,7 @@ VARIANTS = {
     "no_layer_scale": {"LAYER_SCALE": False},
     "learned_spatial": {"POSEMBEDFIX": False},
     "drop_path_checkpointing": {"BERT_DROP_PATH_PROB": 0.1, "ACTIVATION_CHECKPOINTING": True},
+    "mean_pooling_content_init": {"POOLING": "mean", "TOKEN_EMBED_INIT_STD": 1.0, "SPE_INIT_STD": 1e-6},
 }
 
 
@@ -127,6 +128,40 @@ def test_padding_is_invisible():
             b = model(images=images, text=changed, text_mask=mask, **kw)
             torch.testing.assert_close(a["spe"], b["spe"])
             torch.testing.assert_close(a["text"][:, :4], b["text"][:, :4])
+
+
+def test_mean_pooling_averages_the_valid_non_query_outputs():
+    model = build_model(tiny_cfg(POOLING="mean")).eval()
+    images, text, mask = batch(length=6)  # row 1: last two tokens are padding
+    with torch.no_grad():
+        out = model(images=images, text=text, text_mask=mask, num_queries=3)
+        x, (num_visual, num_text, _) = model.encode(images, text, mask, num_queries=3)
+        n = 1 + num_visual + num_text
+        expected = torch.stack([x[0, :n].mean(0), x[1, : n - 2].mean(0)])
+        torch.testing.assert_close(out["spe"], model.predictor(expected))
+        torch.testing.assert_close(model.encode_targets(text, mask), model.predictor(
+            torch.stack([x_[: 1 + int(m.sum())].mean(0) for x_, m in zip(model.encode(text=text, text_mask=mask)[0], mask)])))
+        changed = text.clone()
+        changed[1, 4:] = 5  # padding content never reaches the pooled feature
+        torch.testing.assert_close(model(images=images, text=changed, text_mask=mask)["spe"],
+                                   model(images=images, text=text, text_mask=mask)["spe"])
+        # the <spe> pooling of the same weights gives another feature
+        model.pooling = "spe"
+        assert (model(images=images, text=text, text_mask=mask)["spe"] - out["spe"]).abs().max() > 1e-4
+
+
+def test_content_init_keys_and_bad_pooling():
+    torch.manual_seed(0)
+    default = build_model(tiny_cfg(layers=1))
+    content = build_model(tiny_cfg(layers=1, TOKEN_EMBED_INIT_STD=1.0, SPE_INIT_STD=1e-6))
+    assert abs(default.embed.token_embedding.weight.std().item() - 0.02) < 0.002
+    assert abs(content.embed.token_embedding.weight.std().item() - 1.0) < 0.01
+    spe = content.embed.spe_embedding + content.embed.type_embedding.weight[2]
+    assert spe.abs().max() < 1e-5 and default.embed.spe_embedding.abs().max() > 1e-3
+    # the other tables keep the published init
+    assert abs(content.embed.text_pos_embed.std().item() - 0.02) < 0.002
+    with pytest.raises(ConfigError, match="MODEL.POOLING 'max'"):
+        build_model(tiny_cfg(layers=1, POOLING="max"))
 
 
 def test_attention_mask_is_none_or_cheap():

@@ -77,6 +77,14 @@ _C.MODEL.LAYER_SCALE = True
 _C.MODEL.LAYER_SCALE_INIT = 1e-3
 # Recompute block activations in backward to save memory.
 _C.MODEL.ACTIVATION_CHECKPOINTING = False
+# The sequence representation scored by the predictor: "spe" (the <spe> output, published) or "mean" (the mean
+# output over <spe>, visual and non-padding text tokens; timm's global_pool "avg").
+_C.MODEL.POOLING = "spe"
+# Init std of the token table and of the <spe> vector (its table and type row); 0 = MODEL.BERT.INITIALIZER_RANGE
+# (the published init).  A token std of 1.0 and a <spe> std of 1e-6 start every sequence feature from its
+# content rather than from shared position / type vectors (README, "Evaluation": the zero-shot benchmark).
+_C.MODEL.TOKEN_EMBED_INIT_STD = 0.0
+_C.MODEL.SPE_INIT_STD = 0.0
 # torch.compile the model the training loop calls (engine.defaults.maybe_compile; the first steps compile).
 _C.MODEL.COMPILE = False
 # Training samples this many vocabulary negatives per step for vocabulary targets (0 = all words).

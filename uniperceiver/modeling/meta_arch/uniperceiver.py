@@ -2,8 +2,8 @@
 Zero-shot and Few-shot Tasks", CVPR 2022): light tokenizers, one shared transformer, a unified predictor.
 
 Every input is one sequence ``[<spe>, visual tokens, text tokens, query tokens]``; the predictor's output at
-``<spe>`` is the sequence representation, at text positions the MLM predictions, at query positions the
-captioning predictions.  Candidates (class names, vocabulary words, paired captions) are encoded as short
+``<spe>`` is the sequence representation (``MODEL.POOLING mean``: the mean output over the non-query tokens), at
+text positions the MLM predictions, at query positions the captioning predictions.  Candidates (class names, vocabulary words, paired captions) are encoded as short
 text sequences with :meth:`UniPerceiver.encode_targets` and scored by :meth:`UniPerceiver.logits`.
 
 Attention pattern (True = may attend), with ``V`` visual, ``L`` text and ``Q`` query tokens:
@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from uniperceiver.config import ConfigError
 
-from ..embeddings import UnifiedEmbedding, resize_table_1d, resize_table_2d
+from ..embeddings import TYPE_SPE, UnifiedEmbedding, resize_table_1d, resize_table_2d
 from ..encoder import build_encoder
 from ..moe import merge_experts, pop_aux_loss, token_attribute_ids, with_token_attributes
 from ..predictor import Predictor, temp_names_from_cfg
@@ -69,17 +69,24 @@ def attention_mask(
     return (allowed[None] & key_valid[:, None, :])[:, None]
 
 
+POOLINGS = ("spe", "mean")
+
+
 @MODEL_REGISTRY.register()
 class UniPerceiver(nn.Module):
     """The dense Uni-Perceiver; see the module docstring and ARCHITECTURE.md ("Model")."""
 
     def __init__(self, *, embed: UnifiedEmbedding, encoder: nn.Module, predictor: Predictor, init_std: float = 0.02,
+                 token_init_std: float = 0.0, spe_init_std: float = 0.0, pooling: str = "spe",
                  lora: Optional[Dict[str, Any]] = None, moe: bool = False, moe_aux_loss_weight: float = 0.0):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"MODEL.POOLING {pooling!r}: expected one of {', '.join(POOLINGS)}")
         self.embed = embed
         self.encoder = encoder
         self.predictor = predictor
         self.init_std = init_std
+        self.pooling = pooling
         # MoE: encode() adds per-token routing attributes; extra_losses() hands over the load-balancing loss.
         self.moe = moe
         self.moe_aux_loss_weight = float(moe_aux_loss_weight)
@@ -88,6 +95,12 @@ class UniPerceiver(nn.Module):
             table = getattr(self.embed, name)
             if isinstance(table, nn.Parameter):
                 nn.init.trunc_normal_(table, std=init_std)
+        with torch.no_grad():  # MODEL.TOKEN_EMBED_INIT_STD / SPE_INIT_STD (0: keep the init above)
+            if token_init_std > 0:
+                nn.init.normal_(self.embed.token_embedding.weight, std=token_init_std)
+            if spe_init_std > 0:
+                nn.init.normal_(self.embed.spe_embedding, std=spe_init_std)
+                nn.init.normal_(self.embed.type_embedding.weight[TYPE_SPE], std=spe_init_std)
         if lora:  # {"rank", "alpha", "target"}: adapters after the init, so they keep their own (B = 0)
             from ..lora import apply_lora
 
@@ -125,6 +138,7 @@ class UniPerceiver(nn.Module):
         )
         lora = dict(rank=m.LORA.RANK, alpha=m.LORA.ALPHA, target=m.LORA.TARGET) if m.LORA.ENABLED else None
         return dict(embed=embed, encoder=build_encoder(cfg), predictor=predictor, init_std=bert.INITIALIZER_RANGE,
+                    token_init_std=m.TOKEN_EMBED_INIT_STD, spe_init_std=m.SPE_INIT_STD, pooling=m.POOLING,
                     lora=lora, moe=cfg.MOE.MOE, moe_aux_loss_weight=cfg.MOE.AUX_LOSS_WEIGHT)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -183,10 +197,11 @@ class UniPerceiver(nn.Module):
         attributes: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Optional[torch.Tensor]]:
         """``{"spe": [B, D], "text": [B, L, D] or None, "queries": [B, Q, D] or None}``, L2-normalised."""
-        x, (num_visual, num_text, num_queries) = self.encode(images, text, text_mask, num_queries, causal_text, attributes)
+        x, layout = self.encode(images, text, text_mask, num_queries, causal_text, attributes)
+        num_visual, num_text, num_queries = layout
         t0 = 1 + num_visual
         return {
-            "spe": self.predictor(x[:, 0]),
+            "spe": self.predictor(self.pool(x, layout, text_mask)),
             "text": self.predictor(x[:, t0 : t0 + num_text]) if num_text else None,
             "queries": self.predictor(x[:, t0 + num_text :]) if num_queries else None,
         }
@@ -195,8 +210,20 @@ class UniPerceiver(nn.Module):
         self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None, attributes: Optional[Dict[str, Any]] = None
     ) -> torch.Tensor:
         """``[N, Lt]`` candidate token sequences -> ``[N, D]`` L2-normalised ``<spe>`` representations."""
-        x, _ = self.encode(text=ids, text_mask=mask, attributes=attributes, side="target")
-        return self.predictor(x[:, 0])
+        x, layout = self.encode(text=ids, text_mask=mask, attributes=attributes, side="target")
+        return self.predictor(self.pool(x, layout, mask))
+
+    def pool(self, x: torch.Tensor, layout: Tuple[int, int, int], text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The sequence representation ``[B, D]`` of encoder outputs ``x`` (MODEL.POOLING): the ``<spe>`` output,
+        or the mean output over ``<spe>``, visual and non-padding text tokens (never the queries)."""
+        if self.pooling == "spe":
+            return x[:, 0]
+        num_visual, num_text, _ = layout
+        x = x[:, : 1 + num_visual + num_text]
+        if text_mask is None or not num_text:
+            return x.mean(dim=1)
+        weight = torch.cat([x.new_ones(x.shape[0], 1 + num_visual), text_mask.to(x.dtype)], dim=1).unsqueeze(-1)
+        return (x * weight).sum(dim=1) / weight.sum(dim=1)
 
     def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = "default") -> torch.Tensor:
         """``[..., D] x [N, D] -> [..., N]``: cosine similarity * exp(logit_scale[temp_name]) (clamped)."""
