@@ -18,7 +18,7 @@ KEYS = {"zeroshot_Acc@1", "zeroshot_Acc@5", "zeroshot_digits", "zeroshot_Acc@1_v
 
 @pytest.mark.slow
 def test_runs_a_few_steps_and_prints_one_json_line(tmp_path):
-    proc = subprocess.run([PYTHON, str(REPO / "tools" / "zeroshot_benchmark.py"), "--iters", "3",
+    proc = subprocess.run([PYTHON, str(REPO / "tools" / "zeroshot_benchmark.py"), "--iters", "3", "--threads", "1",
                            "--output-dir", str(tmp_path / "zs")],
                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
