@@ -3,8 +3,9 @@ Zero-shot and Few-shot Tasks", CVPR 2022): light tokenizers, one shared transfor
 
 Every input is one sequence ``[<spe>, visual tokens, text tokens, query tokens]``; the predictor's output at
 ``<spe>`` is the sequence representation (``MODEL.POOLING mean``: the mean output over the non-query tokens), at
-text positions the MLM predictions, at query positions the captioning predictions.  Candidates (class names, vocabulary words, paired captions) are encoded as short
-text sequences with :meth:`UniPerceiver.encode_targets` and scored by :meth:`UniPerceiver.logits`.
+text positions the MLM predictions, at query positions the captioning predictions.  Candidates (class names,
+vocabulary words, paired captions) are encoded as short text sequences with
+:meth:`UniPerceiver.encode_targets` and scored by :meth:`UniPerceiver.logits`.
 
 Attention pattern (True = may attend), with ``V`` visual, ``L`` text and ``Q`` query tokens:
 * everything sees ``<spe>`` and the visual tokens; nothing sees text padding;
