@@ -24,6 +24,8 @@ import re
 import sys
 from collections import OrderedDict
 
+from uniperceiver.data.datasets.base import load_json
+
 SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 
 
@@ -32,11 +34,11 @@ class ConvertError(ValueError):
 
 
 def _load_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    """:func:`uniperceiver.data.datasets.base.load_json` (path:line:column on invalid JSON) as a ``ConvertError``."""
+    try:
+        return load_json(path)
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
 
 
 def _empty_splits() -> "OrderedDict[str, dict]":

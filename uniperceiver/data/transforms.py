@@ -54,7 +54,7 @@ def crop_scale(task_cfg, family: str) -> Tuple[float, float]:
     scale = tuple(float(v) for v in task_cfg.DATALOADER.CROP_SCALE) or CROP_SCALE.get(family, CROP_SCALE["classification"])
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"DATALOADER.CROP_SCALE of task {task_cfg.get('NAME', '?')!r} must be [min, max] with "
-                         f"0 < min <= max <= 1, got {list(task_cfg.DATALOADER.CROP_SCALE)}")
+                          f"0 < min <= max <= 1, got {list(task_cfg.DATALOADER.CROP_SCALE)}")
     return scale
 
 

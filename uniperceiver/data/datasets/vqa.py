@@ -52,20 +52,26 @@ def _human_answers(ann) -> Optional[List[str]]:
     return [x["answer"] for x in ann["answers"]]
 
 
-def _read_answers(path: str, max_bad_fraction: Optional[float], name: str) -> Dict[Any, Optional[List[str]]]:
-    """``{question_id: [answers]}`` of an annotations file; None for a malformed annotation's question id."""
-    problems = AnnotationProblems(path, max_bad_fraction, name)
+def _annotations(path: str) -> list:
+    """The ``annotations`` list of a VQA annotations file (``ValueError`` naming the file if it has none)."""
     data = load_json(path)
     if not isinstance(data, dict) or "annotations" not in data:
         raise ValueError(f"{path}: not a VQA annotations file (needs 'annotations')")
+    return json_list(data, "annotations", path)
+
+
+def _read_answers(path: str, max_bad_fraction: Optional[float], name: str) -> Dict[Any, Optional[List[str]]]:
+    """``{question_id: [answers]}`` of an annotations file; None for a malformed annotation's question id."""
+    problems = AnnotationProblems(path, max_bad_fraction, name)
     answers: Dict[Any, Optional[List[str]]] = {}
     good = 0
-    for i, ann in enumerate(json_list(data, "annotations", path)):
+    for i, ann in enumerate(_annotations(path)):
         qid = ann.get("question_id") if isinstance(ann, dict) else None
+        qid_ok = qid is not None and isinstance(qid, Hashable)
         human = _human_answers(ann)
-        if human is None or qid is None or not isinstance(qid, Hashable):
+        if human is None or not qid_ok:
             problems.add(f"annotation {i}, question_id {qid}", "malformed annotation", repr(ann))
-            if qid is not None and isinstance(qid, Hashable):
+            if qid_ok:
                 answers[qid] = None
             continue
         answers[qid] = human
@@ -154,11 +160,8 @@ def build_answer_vocab(annotation_files: Iterable[str], *, min_count: int = 9, t
     are skipped, with one warning per file giving their count."""
     counts: Counter = Counter()
     for path in annotation_files:
-        data = load_json(path)
-        if not isinstance(data, dict) or "annotations" not in data:
-            raise ValueError(f"{path}: not a VQA annotations file (needs 'annotations')")
         num_bad = 0
-        for ann in json_list(data, "annotations", path):
+        for ann in _annotations(path):
             human = _human_answers(ann)
             if human is None:
                 num_bad += 1
