@@ -65,6 +65,7 @@ VARIANTS = {
     "learned_spatial": {"POSEMBEDFIX": False},
     "drop_path_checkpointing": {"BERT_DROP_PATH_PROB": 0.1, "ACTIVATION_CHECKPOINTING": True},
     "mean_pooling_content_init": {"POOLING": "mean", "TOKEN_EMBED_INIT_STD": 1.0, "SPE_INIT_STD": 1e-6},
+    "conv_stem": {"PATCH_STEM_CHANNELS": [8, 16]},
 }
 
 
@@ -162,6 +163,34 @@ def test_content_init_keys_and_bad_pooling():
     assert abs(content.embed.text_pos_embed.std().item() - 0.02) < 0.002
     with pytest.raises(ConfigError, match="MODEL.POOLING 'max'"):
         build_model(tiny_cfg(layers=1, POOLING="max"))
+
+
+def test_patch_stem():
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg(layers=1))
+    stem = build_model(tiny_cfg(layers=1, PATCH_STEM_CHANNELS=[8, 16]))
+    # no stem: the published parameter names, so published checkpoints load unchanged
+    assert not [k for k in plain.state_dict() if "stem" in k]
+    convs = [m for m in stem.embed.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [(3, 8, (3, 3), (1, 1)),
+                                                                                          (8, 16, (3, 3), (1, 1))]
+    assert stem.embed.patch_embed.proj.in_channels == 16
+    # PyTorch's conv init (std 1/sqrt(3 fan_in)), not the model-wide 0.02
+    assert abs(convs[1].weight.std().item() - (3 * 8 * 9) ** -0.5) < 0.01
+    images = torch.randn(2, 3, 32, 32)
+    tokens = stem.embed.patch_embed(images)
+    assert tokens.shape == (2, 4, stem.embed.dim)
+    # two 3x3 layers see 2 px around: a corner pixel reaches its own patch only, a pixel at a patch edge
+    # reaches the neighbouring patch too (patches of 16 px: token 0 is rows / cols 0-15, token 1 cols 16-31)
+    def changed(row, col):
+        moved = images.clone()
+        moved[:, :, row, col] += 1.0
+        return ((stem.embed.patch_embed(moved) - tokens).abs().sum(-1) > 0).all(0).tolist()
+
+    assert changed(0, 0) == [True, False, False, False]
+    assert changed(0, 15) == [True, True, False, False]
+    with pytest.raises(ConfigError, match="PATCH_STEM_CHANNELS"):
+        build_model(tiny_cfg(layers=1, PATCH_STEM_CHANNELS=[8, 0]))
 
 
 def test_attention_mask_is_none_or_cheap():

@@ -208,7 +208,7 @@ def image_flops(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
 
 
 def analytic_forward_flops(model: nn.Module, hw) -> float:
-    """Forward FLOPs of one image: 2 x (patch-embed MACs + per block: qkv, proj, MLP, QK^T and AV)."""
+    """Forward FLOPs of one image: 2 x (conv-stem and patch-embed MACs + per block: qkv, proj, MLP, QK^T and AV)."""
     enc, embed = model.encoder, model.embed
     d = embed.dim
     p = embed.patch_embed.patch_size
@@ -216,7 +216,9 @@ def analytic_forward_flops(model: nn.Module, hw) -> float:
     s = n + 1
     hidden = enc.blocks[0].mlp.fc1.out_features
     per_block = s * (3 * d * d + d * d + 2 * d * hidden) + 2 * s * s * d
-    return 2.0 * (n * 3 * p * p * d + enc.num_layers * per_block + d * d)
+    stem = sum(c.in_channels * c.out_channels * 9 for c in embed.patch_embed.stem if isinstance(c, nn.Conv2d))
+    patch = n * embed.patch_embed.proj.in_channels * p * p * d
+    return 2.0 * (hw[0] * hw[1] * stem + patch + enc.num_layers * per_block + d * d)
 
 
 # ----------------------------------------------------------------------------------------------- modes

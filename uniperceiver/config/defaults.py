@@ -53,6 +53,9 @@ _C.MODEL.TRAINABLE = []
 _C.MODEL.IMG_INPUT_SIZE = 224
 # Patch size of the shared image/video patch embedding.
 _C.MODEL.PATCH_SIZE = 16
+# Widths of 3x3 stride-1 conv + GELU layers before the patch conv (a conv stem for small data and inputs,
+# e.g. [32] for the 28 px digits benchmark); empty = the published single conv patch embedding.
+_C.MODEL.PATCH_STEM_CHANNELS = []
 # Most frames a video clip may have (size of the learned temporal embedding).
 _C.MODEL.MAX_FRAMES = 8
 # Most text tokens (size of the learned text position table).

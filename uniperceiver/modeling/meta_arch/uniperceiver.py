@@ -92,6 +92,7 @@ class UniPerceiver(nn.Module):
         self.moe = moe
         self.moe_aux_loss_weight = float(moe_aux_loss_weight)
         self.apply(self._init_weights)
+        self.embed.patch_embed.reset_stem()
         for name in ("spe_embedding", "text_pos_embed", "temporal_pos_embed", "spatial_pos_embed"):
             table = getattr(self.embed, name)
             if isinstance(table, nn.Parameter):
@@ -117,11 +118,14 @@ class UniPerceiver(nn.Module):
             raise ConfigError(f"MODEL.VOCAB_SIZE {m.VOCAB_SIZE} < the tokenizer's {VOCAB_SIZE} ids")
         if m.IMG_INPUT_SIZE % m.PATCH_SIZE:
             raise ConfigError(f"MODEL.IMG_INPUT_SIZE {m.IMG_INPUT_SIZE} is not a multiple of MODEL.PATCH_SIZE {m.PATCH_SIZE}")
+        if not all(isinstance(c, int) and c > 0 for c in m.PATCH_STEM_CHANNELS):
+            raise ConfigError(f"MODEL.PATCH_STEM_CHANNELS must be positive integers, got {list(m.PATCH_STEM_CHANNELS)}")
         embed = UnifiedEmbedding(
             dim=bert.HIDDEN_SIZE,
             vocab_size=m.VOCAB_SIZE,
             img_size=m.IMG_INPUT_SIZE,
             patch_size=m.PATCH_SIZE,
+            patch_stem=[int(c) for c in m.PATCH_STEM_CHANNELS],
             max_frames=m.MAX_FRAMES,
             max_positions=m.MAX_POSITION_EMBEDDINGS,
             type_vocab_size=m.TYPE_VOCAB_SIZE,
