@@ -9,7 +9,7 @@ import pytest
 
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import read_coco_captions, read_image_label_list, read_jsonl_pairs
-from uniperceiver.data.demo import (DIGITS, MARKER, _load_mnist, _mnist_tile, ensure_demo_data,
+from uniperceiver.data.demo import (DIGITS, MARKER, MNIST_TEMPLATES, _load_mnist, _mnist_tile, ensure_demo_data,
                                     mnist_splits, prepare_data_root)
 from uniperceiver.data.target_sets import read_token_list
 from uniperceiver.modeling.tokenization import get_tokenizer
@@ -53,15 +53,23 @@ def test_every_format_is_written_and_readable(demo_root):
 
 
 def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
-    """mnist/: 4400 training pairs; val / test 200 each (20 per class), digits nothing trains on, every
-    held-out caption unique within its split (so retrieval R@1 can reach 100), ImageNet lists of the same images."""
+    """mnist/: 4400 training images; val / test 200 each (20 per class), digits nothing trains on, every
+    held-out caption unique within its split (so retrieval R@1 can reach 100), ImageNet lists of the same images.
+    One caption per template; training captions of styled digits name the style about half of the time."""
     import numpy as np
     from PIL import Image
 
     r = os.path.join(demo_root, "mnist")
+    style_words = re.compile(r"\b(ink|dot|framed)\b")
     for split, n in (("train", 4400), ("val", 200), ("test", 200)):
         recs = read_coco_captions(os.path.join(r, f"annotations/captions_{split}.json"))
-        assert len(recs) == n and all(len(x["captions"]) == 2 for x in recs)
+        assert len(recs) == n and all(len(x["captions"]) == len(MNIST_TEMPLATES) for x in recs)
+        styled = [x["captions"] for x in recs if any(style_words.search(c) for c in x["captions"])]
+        named = np.mean([bool(style_words.search(c)) for caps in styled for c in caps])
+        if split == "train":
+            assert 1000 < len(styled) < 2400 and 0.4 < named < 0.6, (len(styled), named)
+        else:
+            assert len(styled) == n - 10 and named == 1.0  # 19 of the 20 styles have words, always said
         labels = read_image_label_list(os.path.join(r, f"meta/{split}.txt"))
         assert [x["image"] for x in labels] == [x["image"] for x in recs]
         for rec, lab in zip(recs, labels):  # the caption names the labelled digit

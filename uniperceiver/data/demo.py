@@ -40,7 +40,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "4"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions)
+DEMO_VERSION = "5"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
+# caption per template, training captions name the style half of the time
 MARKER = "DEMO_VERSION"
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -71,6 +72,8 @@ PHOTOS = {  # scikit-image bundled photo -> what it shows
 # mnist/: plain grey MNIST digits, full size and centred, whose captions name the digit and, when present,
 # black ink on white, a dot in a corner and a frame, so that every held-out (val / test) image has captions no
 # other image of its split has.  What the zero-shot digits benchmark trains on (tools/zeroshot_benchmark.py).
+# Every image has one caption per template (as COCO has five per image), so which template describes an image
+# carries nothing a model could memorise it by.
 MNIST_TEMPLATES = [
     "a handwritten {digit}{style}",
     "the number {digit}{style}",
@@ -86,6 +89,10 @@ MNIST_MARKS = {"": None, " with a dot at top left": (1, 1), " with a dot at top 
 MNIST_FRAMES = ["", ", framed"]  # a 1 px border
 MNIST_STYLES = [(ink, mark, frame) for ink in range(len(MNIST_INKS)) for mark in MNIST_MARKS for frame in MNIST_FRAMES]
 MNIST_PLAIN_SHARE = 0.6  # of the training images (plus their share of the uniform rest)
+# Share of a styled training image's captions that name its style; the others name only the digit, as real
+# captions leave details out.  Without them "no style words" would mean "plain" and a class-name prompt (which
+# names no style) would fit styled digits badly.  Held-out captions always name the style (unique captions).
+MNIST_STYLE_MENTION = 0.5
 MNIST_HELDOUT_PER_CLASS = len(MNIST_STYLES)  # 20 per split (val, test): one image per style of each digit
 VIEWS = [("", "a photo of {}"), ("crop", "a close-up of {}"), ("flip", "a mirrored photo of {}"),
          ("dark", "a dark photo of {}"), ("gray", "a black and white photo of {}"), ("small", "a small picture of {}")]
@@ -147,8 +154,9 @@ def _mnist_tile(gray: np.ndarray, style) -> Image.Image:
     return Image.fromarray(g if ink == 0 else 255 - g)
 
 
-def _mnist_pairs(rng, digits, labels, out_dir, split, styles):
-    """One grey tile per digit in the style ``styles[n]``, two captions each (two of the templates)."""
+def _mnist_pairs(rng, digits, labels, out_dir, split, styles, style_mention: float = 1.0):
+    """One grey tile per digit in the style ``styles[n]``, one caption per template, each naming the style
+    with probability ``style_mention``."""
     images, annotations, meta = [], [], []
     for n, (x, label, style) in enumerate(zip(digits, labels, styles)):
         rel = f"{split}/{n:05d}.png"
@@ -159,9 +167,11 @@ def _mnist_pairs(rng, digits, labels, out_dir, split, styles):
         images.append({"id": image_id, "file_name": rel, "height": 28, "width": 28})
         meta.append(f"{rel} {int(label)}")
         ink, mark, frame = style
-        words = dict(digit=DIGITS[int(label)], style=MNIST_INKS[ink] + mark + frame)
-        for tpl in rng.sample(MNIST_TEMPLATES, 2):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": tpl.format(**words)})
+        style = MNIST_INKS[ink] + mark + frame
+        for tpl in MNIST_TEMPLATES:
+            named = style if rng.random() < style_mention else ""
+            caption = tpl.format(digit=DIGITS[int(label)], style=named)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
     _write_coco(os.path.join(out_dir, "annotations", f"captions_{split}.json"), images, annotations)
     os.makedirs(os.path.join(out_dir, "meta"), exist_ok=True)
     with open(os.path.join(out_dir, "meta", f"{split}.txt"), "w") as f:
@@ -193,7 +203,8 @@ def mnist_splits(rng, labels: np.ndarray, order: np.ndarray) -> Dict[str, List[T
 def _build_mnist(rng, mnist, mnist_y, order, out_dir) -> None:
     for split, picked in mnist_splits(rng, mnist_y, order).items():
         ks = np.array([k for k, _ in picked])
-        _mnist_pairs(rng, mnist[ks], mnist_y[ks], out_dir, split, [st for _, st in picked])
+        mention = MNIST_STYLE_MENTION if split == "train" else 1.0
+        _mnist_pairs(rng, mnist[ks], mnist_y[ks], out_dir, split, [st for _, st in picked], mention)
     with open(os.path.join(out_dir, "classnames.txt"), "w") as f:
         f.write("\n".join(f"digit {d}" for d in DIGITS) + "\n")
 
