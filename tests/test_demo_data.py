@@ -55,7 +55,7 @@ def test_every_format_is_written_and_readable(demo_root):
 def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
     """mnist/: 4400 training images; val / test 200 each (20 per class), digits nothing trains on, every
     held-out caption unique within its split (so retrieval R@1 can reach 100), ImageNet lists of the same images.
-    One caption per template; training captions of styled digits name the style about half of the time."""
+    One caption per template; training captions of styled digits name the style about 3 times in 4."""
     import numpy as np
     from PIL import Image
 
@@ -67,7 +67,7 @@ def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
         styled = [x["captions"] for x in recs if any(style_words.search(c) for c in x["captions"])]
         named = np.mean([bool(style_words.search(c)) for caps in styled for c in caps])
         if split == "train":
-            assert 1000 < len(styled) < 2400 and 0.4 < named < 0.6, (len(styled), named)
+            assert 1000 < len(styled) < 2400 and 0.65 < named < 0.85, (len(styled), named)
         else:
             assert len(styled) == n - 10 and named == 1.0  # 19 of the 20 styles have words, always said
         labels = read_image_label_list(os.path.join(r, f"meta/{split}.txt"))
