@@ -1,11 +1,12 @@
 """Does it learn?  Train on the demo data WITHOUT digit classification, then classify held-out digits zero-shot.
 
-    python tools/zeroshot_benchmark.py                      # CPU, 2 threads: ~6 minutes on 2 free cores
+    python tools/zeroshot_benchmark.py                      # CPU, 2 threads: ~7.5 minutes on 2 free cores
     python tools/zeroshot_benchmark.py --iters 1000 --threads 1 --output-dir work_dirs/zs_bench SOLVER.BASE_LR 2e-3
 
 Training (configs/benchmarks/zeroshot_digits.yaml): image-text retrieval on the demo mnist/ pairs (4400 plain
 grey MNIST digits, captions naming the digit and its style), with a shallow Tiny (4 layers, d=128, 28 px in
-7 px patches, mean pooling and a content-first init).  No classification task is trained (checked).
+7 px patches behind a 3x3 conv stem, mean pooling and a content-first init).  No classification task is
+trained (checked).
 Evaluation (configs/benchmarks/zeroshot_digits_eval.yaml, the same evaluators as ``--eval-only``): the 400
 held-out mnist/ digits (val + test, MNIST digits nothing trains on) classified through the class names
 "digit zero".."digit nine" wrapped in a prompt template that no training text uses (checked against every
@@ -15,7 +16,7 @@ retrieval R@1 both ways (mean of val and test), steps, training and total second
 Targets from issue 6: zero-shot Acc@1 >= 90, i2t_R@1 >= 80, within 10 minutes on 2 CPU cores.
 Status and the measured diagnosis: README, "Evaluation".
 
-Two intra-op threads by default (the target machine's 2 cores): 0.12 s per step alone, against 0.18 s with one
+Two intra-op threads by default (the target machine's 2 cores): 0.14 s per step alone, against 0.23 s with one
 thread each for two benchmarks side by side.  On a machine busy with other jobs use ``--threads 1``: a second
 thread that has to wait for a busy core costs more than it saves.
 """

@@ -40,8 +40,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "6"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
-# caption per template, training captions name the style half of the time; 6: three times in four
+DEMO_VERSION = "7"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
+# caption per template, training captions name the style half of the time; 6: three times in four; 7: 30% plain
 MARKER = "DEMO_VERSION"
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -88,7 +88,10 @@ MNIST_MARKS = {"": None, " with a dot at top left": (1, 1), " with a dot at top 
                " with a dot at bottom left": (1, 24), " with a dot at bottom right": (24, 24)}
 MNIST_FRAMES = ["", ", framed"]  # a 1 px border
 MNIST_STYLES = [(ink, mark, frame) for ink in range(len(MNIST_INKS)) for mark in MNIST_MARKS for frame in MNIST_FRAMES]
-MNIST_PLAIN_SHARE = 0.6  # of the training images (plus their share of the uniform rest)
+# Share of plain training images (plus their share of the uniform rest): enough that many in-batch negatives
+# differ from their query only in the digit, few enough that the corner dots are learnt reliably (0.6 left
+# the dot corners unlearnt in one of two 3000-step benchmark runs).
+MNIST_PLAIN_SHARE = 0.3
 # Share of a styled training image's captions that name its style; the others name only the digit, as real
 # captions leave details out.  Without them "no style words" would mean "plain" and a class-name prompt (which
 # names no style) would fit styled digits badly (measured: 65% zero-shot on inverted-ink digits, 100% on plain
@@ -185,9 +188,7 @@ def mnist_splits(rng, labels: np.ndarray, order: np.ndarray) -> Dict[str, List[T
     (``order[4400:]``, which nothing trains on), 20 digits per class each, one per style, so no two
     held-out images of a split share a caption."""
     styles = MNIST_STYLES
-    plain = styles[0]  # white on black, no dot, no frame: most training images, so that most in-batch
-    # negatives of a retrieval step differ from their query only in the digit (uniform styles let the easy
-    # ink / dot / frame words carry the contrastive loss and the digits are learnt several times slower)
+    plain = styles[0]  # white on black, no dot, no frame
     splits = {"train": [(int(k), plain if rng.random() < MNIST_PLAIN_SHARE else rng.choice(styles))
                         for k in order[:4400]]}
     per_class: Dict[int, List[int]] = {d: [] for d in range(10)}
