@@ -1,12 +1,12 @@
 """Does it learn?  Train on the demo data WITHOUT digit classification, then classify held-out digits zero-shot.
 
-    python tools/zeroshot_benchmark.py                      # CPU, 2 threads: ~7.5 minutes on 2 free cores
+    python tools/zeroshot_benchmark.py                      # CPU, 2 threads: ~7 minutes on 2 free cores
     python tools/zeroshot_benchmark.py --iters 1000 --threads 1 --output-dir work_dirs/zs_bench SOLVER.BASE_LR 2e-3
 
-Training (configs/benchmarks/zeroshot_digits.yaml): image-text retrieval on the demo mnist/ pairs (4400 plain
-grey MNIST digits, captions naming the digit and its style), with a shallow Tiny (4 layers, d=128, 28 px in
-7 px patches behind a 3x3 conv stem, mean pooling and a content-first init).  No classification task is
-trained (checked).
+Training (configs/benchmarks/zeroshot_digits.yaml): image-text retrieval on the demo mnist/ pairs (4400 grey
+MNIST digits, 70% styled, 5 captions each naming the digit and, 3 times in 4, its style), with a shallow Tiny
+(4 layers, d=128, 28 px in 7 px patches behind a 3x3 conv stem, mean pooling and a content-first init).  No
+classification task is trained (checked).
 Evaluation (configs/benchmarks/zeroshot_digits_eval.yaml, the same evaluators as ``--eval-only``): the 400
 held-out mnist/ digits (val + test, MNIST digits nothing trains on) classified through the class names
 "digit zero".."digit nine" wrapped in a prompt template that no training text uses (checked against every
