@@ -82,9 +82,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         layers: List[nn.Module] = []
-        for width in stem_channels:
-            layers += [nn.Conv2d(in_chans, int(width), kernel_size=3, padding=1), nn.GELU()]
-            in_chans = int(width)
+        for width in map(int, stem_channels):
+            layers += [nn.Conv2d(in_chans, width, kernel_size=3, padding=1), nn.GELU()]
+            in_chans = width
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 

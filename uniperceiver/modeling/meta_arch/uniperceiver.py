@@ -125,7 +125,7 @@ class UniPerceiver(nn.Module):
             vocab_size=m.VOCAB_SIZE,
             img_size=m.IMG_INPUT_SIZE,
             patch_size=m.PATCH_SIZE,
-            patch_stem=[int(c) for c in m.PATCH_STEM_CHANNELS],
+            patch_stem=list(m.PATCH_STEM_CHANNELS),
             max_frames=m.MAX_FRAMES,
             max_positions=m.MAX_POSITION_EMBEDDINGS,
             type_vocab_size=m.TYPE_VOCAB_SIZE,
