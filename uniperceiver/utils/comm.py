@@ -1,6 +1,8 @@
 """Distributed helpers that degrade to one process: world size 1 and rank 0 without a process group."""
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Any, Dict, List
 
 import torch
@@ -56,21 +58,39 @@ def _cpu_group():
     return _CPU_GROUP
 
 
-def destroy_process_group(barrier: bool = True) -> None:
-    """Tear down every process group and drop this module's references to them (no-op without one).
+def _all_groups() -> List[Any]:
+    """Every process group this rank belongs to, in creation order (the same on every rank): the default
+    one, ours and those libraries made (DeepSpeed's ZeRO groups)."""
+    pg_map = getattr(getattr(dist.distributed_c10d, "_world", None), "pg_map", None)
+    if pg_map is None:  # a torch without the registry: the default group only
+        return [dist.group.WORLD]
+    return [g for g in list(pg_map) if dist.get_rank(g) >= 0]
 
-    ``barrier`` (for a clean exit; never after an error, where a peer may be gone) first waits for every
-    rank, with the GIL released, so gloo's worker threads finish releasing the tensors of the last
-    collectives.  A gloo thread still doing that when the interpreter shuts down aborts the process
-    ("terminate called without an active exception") after all the work is done; this happens where a
-    library (DeepSpeed ZeRO-3) keeps the group alive past ``destroy_process_group``."""
+
+def destroy_process_group(barrier: bool = True) -> None:
+    """Tear down every process group and drop the references to them that this module and DeepSpeed keep
+    (no-op without one).
+
+    ``barrier`` (for a clean exit; never after an error, where a peer may be gone) first waits on every
+    group, with the GIL released, so no collective of any group is still running when the interpreter shuts
+    down: a gloo worker thread that frees a Python-owned tensor then needs the GIL and aborts the process
+    ("terminate called without an active exception") after all the work is done.  A barrier only orders the
+    collectives of its own group, and DeepSpeed ZeRO runs its own; ZeRO-3 also keeps its groups alive in
+    module-level state past teardown, so they are only joined at exit.  DeepSpeed, when it set up its
+    communication backend, tears down through ``deepspeed.comm``, which forgets the groups it cached."""
     global _LOCAL_PROCESS_GROUP, _CPU_GROUP
     _LOCAL_PROCESS_GROUP = _CPU_GROUP = None
     if not is_dist():
         return
     if barrier and get_world_size() > 1:
-        dist.barrier()
-    dist.destroy_process_group()
+        for group in _all_groups():
+            dist.barrier(group=group)
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+    gc.collect()  # engines left in reference cycles hold groups: join those threads now, not at exit
 
 
 def all_gather(obj: Any) -> List[Any]:
