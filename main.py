@@ -33,16 +33,24 @@ def setup(args):
 
 
 def main(args):
-    cfg = setup(args)
-    if cfg is None:
-        return 0
-    if args.eval_only:
-        from uniperceiver.evaluation.inference import run_eval_only
+    """The job of one process (every worker runs it).  An expected failure becomes one line on stderr and an
+    exit code here, in the worker, so that spawned workers report it as cleanly as a single process."""
+    try:
+        cfg = setup(args)
+        if cfg is None:
+            return 0
+        if args.eval_only:
+            from uniperceiver.evaluation.inference import run_eval_only
 
-        return run_eval_only(cfg, args)
-    from uniperceiver.engine.eval_hook import build_eval_hook  # None when SOLVER.EVAL_PERIOD is 0
+            return run_eval_only(cfg, args)
+        from uniperceiver.engine.eval_hook import build_eval_hook  # None when SOLVER.EVAL_PERIOD is 0
 
-    return train(cfg, resume=args.resume, eval_hook_factory=build_eval_hook)
+        return train(cfg, resume=args.resume, eval_hook_factory=build_eval_hook)
+    except Exception as e:
+        code = _report_failure(e, args.debug)
+        if code is None:
+            raise
+        return code
 
 
 def run(argv=None) -> int:
@@ -54,21 +62,26 @@ def run(argv=None) -> int:
         args.opts = ["SOLVER.DEEPSPEED.ENABLED", "True", "SOLVER.DEEPSPEED.CONFIG", args.deepspeed, *args.opts]
     try:
         validate_cfg(setup_cfg(args.config_file, args.opts))  # fail fast, before any process is spawned
-        result = launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                        dist_url=args.dist_url, args=(args,), local_rank_arg=args.local_rank)
-    except ConfigError as e:  # user errors (config, checkpoint mismatch): one line, exit 2
-        if args.debug:
+    except Exception as e:
+        code = _report_failure(e, args.debug)
+        if code is None:
             raise
-        logging.getLogger("uniperceiver").debug("user error", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, TooManyBadSamples) as e:  # training faults: one line (traceback in log.txt), exit 1
-        if args.debug:
-            raise
-        logging.getLogger("uniperceiver").debug("training stopped", exc_info=True)
-        print(f"error: {_fault_message(e)}", file=sys.stderr)
-        return 1
+        return code
+    result = launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                    dist_url=args.dist_url, args=(args,), local_rank_arg=args.local_rank)
     return result if isinstance(result, int) else 0
+
+
+def _report_failure(err: Exception, debug: bool):
+    """Exit code of an expected failure, after its one line on stderr (the traceback goes to log.txt):
+    2 for a user error (config, command line, checkpoint mismatch), 1 for a training fault (non-finite
+    loss, too many bad samples).  None for anything else, and with ``--debug``: the caller re-raises."""
+    if debug or not isinstance(err, (ConfigError, NonFiniteLossError, TooManyBadSamples)):
+        return None
+    user_error = isinstance(err, ConfigError)
+    logging.getLogger("uniperceiver").debug("user error" if user_error else "training stopped", exc_info=True)
+    print(f"error: {err if user_error else _fault_message(err)}", file=sys.stderr)
+    return 2 if user_error else 1
 
 
 def _fault_message(err: Exception) -> str:

@@ -546,6 +546,22 @@ def test_training_with_bad_data_runs_and_above_the_fraction_stops_in_one_line(tm
     assert len(err) == 1 and "MAX_BAD_FRACTION=0.0" in err[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_spawned_workers_stop_on_bad_data_in_one_line_each(tmp_path):
+    """``--num-gpus 2``: the stop is reported by each worker as under one process (no worker traceback)."""
+    root = tmp_path / "data"
+    _write_imagenet(root, GOOD_LIST + ["img/3.png 12"])
+    proc = run_main(["--num-gpus", "2", "--config-file", CLS, "DATA_PATH", root, "DATALOADER.FEATS_FOLDER", ".",
+                     "DATALOADER.ANNO_FOLDER", ".", "DATASETS.TRAIN", "list.txt", "DATASETS.VAL", "list.txt",
+                     "SOLVER.MAX_ITER", "3", "DATALOADER.MAX_BAD_FRACTION", "0.0", "OUTPUT_DIR", tmp_path / "stop"],
+                    check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("MAX_BAD_FRACTION=0.0" in line for line in errors), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------- bad config / CLI
 @contextlib.contextmanager
 def _restored_loggers():

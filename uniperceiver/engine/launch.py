@@ -20,7 +20,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -195,16 +194,8 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
     world = World("spawn", world_size, machine_rank * num_gpus_per_machine + local_rank, local_rank)
     os.environ.update(RANK=str(world.rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
     _init_process_group(world, dist_url)
-    from uniperceiver.config import ConfigError
-
     try:
         result = main_func(*args)
-    except ConfigError as e:  # user error: one line per worker, exit code 2 (the parent returns it)
-        comm.destroy_process_group(barrier=False)
-        if any(getattr(a, "debug", False) for a in args):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        result = 2
     except BaseException:
         comm.destroy_process_group(barrier=False)
         raise
