@@ -218,3 +218,23 @@ def _regroup_worker(rank: int, ports) -> None:
 def test_process_group_can_be_destroyed_and_made_again():
     """comm's object collectives follow a new process group and keep no reference to a destroyed one."""
     torch.multiprocessing.spawn(_regroup_worker, args=([free_port(), free_port()],), nprocs=2)
+
+
+def _subgroups_worker(rank: int, port: int) -> None:
+    import torch.distributed as dist
+
+    from uniperceiver.utils import comm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    both, only0, only1 = dist.new_group([0, 1]), dist.new_group([0]), dist.new_group([1])
+    mine = only0 if rank == 0 else only1
+    assert comm._all_groups() == [dist.group.WORLD, both, mine]
+    dist.all_reduce(torch.ones(3), group=both, async_op=True)  # left in flight: the teardown barrier waits
+    # One barrier per group this rank is in; a barrier on a group the other rank is not in would hang here.
+    comm.destroy_process_group()
+    assert not comm.is_dist()
+
+
+@pytest.mark.distributed
+def test_teardown_waits_on_every_group_including_ones_a_rank_is_not_in():
+    torch.multiprocessing.spawn(_subgroups_worker, args=(free_port(),), nprocs=2)
