@@ -37,6 +37,7 @@ from uniperceiver.utils.events import EventStorage
 
 QUICK = REPO / "configs" / "quick_schedules"
 CLS = str(QUICK / "instant_classification.yaml")
+INSTANT_MOE = str(QUICK / "instant_moe.yaml")
 
 # Two task families on the demo data with every source of randomness switched on: RandAugment + random crops in a
 # data-loader worker, mixup in the main process, MLM masking / random windows in a worker, vocabulary negative
@@ -626,6 +627,12 @@ def _bad_cli_cases(tmp: Path):
          "unexpected key head.weight"),
         ("weights_pickled_object", c + ["MODEL.WEIGHTS", str(tmp / "evil.pth")], "pickled Python object"),
         ("unknown_amp_dtype", c + ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "fp8"], "SOLVER.AMP.DTYPE"),
+        ("expert_parallel_independent_tasks", ["--config-file", INSTANT_MOE, "MOE.BACKEND", "deepspeed",
+                                               "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.EP_SIZE", "2"],
+         "DATALOADER.STRATEGY = 'independent' must be 'synced' with MOE.EP_SIZE 2"),
+        ("expert_parallel_eval_only", ["--config-file", INSTANT_MOE, "--eval-only", "MOE.BACKEND", "deepspeed",
+                                       "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.EP_SIZE", "2",
+                                       "DATALOADER.STRATEGY", "synced"], "evaluate with MOE.EP_SIZE 1"),
     ]
 
 
@@ -636,7 +643,7 @@ BAD_CLI_NAMES = [
     "python_yaml_tag", "missing_data_path", "unknown_task_type", "unknown_dataset", "accum_iter_negative",
     "batch_size_zero", "task_batch_size_zero", "max_iter_zero", "bad_fraction_above_1", "data_percentage_zero",
     "trainable_matches_nothing", "weights_missing", "weights_other_architecture", "weights_pickled_object",
-    "unknown_amp_dtype"]
+    "unknown_amp_dtype", "expert_parallel_independent_tasks", "expert_parallel_eval_only"]
 
 
 @pytest.mark.parametrize("case", BAD_CLI_NAMES)

@@ -309,3 +309,43 @@ def test_deepspeed_backend_trains_saves_expert_files_and_resumes(tmp_path):
     assert resumed.keys() == final.keys()
     for name, value in final.items():  # exact: experts, gates and dense weights, optimizer shards included
         torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=f"{name} differs after resume")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_deepspeed_expert_parallel_trains_saves_every_expert_resumes_and_evaluates(tmp_path):
+    """``MOE.EP_SIZE 2`` on 2 processes, each holding 2 of the 4 experts of every MoE layer.  Token routing
+    over MLM batches whose text lengths differ between the ranks (the capacity is the group's largest); the
+    .pth holds every expert under its global id, as DeepSpeed's own expert files do; resuming is exact; the
+    .pth evaluates in one process with ``MOE.EP_SIZE 1``."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "out"
+    launcher = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    args = ["OUTPUT_DIR", out, "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.BACKEND", "deepspeed", "MOE.EP_SIZE", "2",
+            "MOE.MOE_TYPE", "token", "DATALOADER.STRATEGY", "synced", "SOLVER.MAX_ITER", "4",
+            "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WRITE_PERIOD", "1"]
+    env = {"DS_ACCELERATOR": "cpu"}
+    run_main(["--config-file", INSTANT_MOE] + args, launcher=launcher, env=env, timeout=500)
+    rows = [r for r in _metrics(out) if "total_loss" in r]
+    assert len(rows) == 4 and any("loss_bookswiki_mlm" in r for r in rows)
+    final = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    expert_dir = out / "deepspeed" / "iter_0000004"
+    expert_files = sorted(f for f in os.listdir(expert_dir) if "_expert_" in f)
+    assert len(expert_files) == 5 * 4  # 5 MoE layers (q, k, v, proj, FFN) x 4 experts, numbered 0..3
+    for name in expert_files:
+        for key, value in torch.load(expert_dir / name, weights_only=True).items():
+            torch.testing.assert_close(final[key], value.float(), atol=0, rtol=0, msg=f"{key} ({name})")
+
+    (out / "last_checkpoint").write_text("model_0000001.pth")  # resume from iteration 2
+    run_main(["--config-file", INSTANT_MOE, "--resume"] + args, launcher=launcher, env=env, timeout=500)
+    resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert resumed.keys() == final.keys()
+    for name, value in final.items():
+        torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=f"{name} differs after resume")
+
+    run_main(["--config-file", INSTANT_MOE, "--eval-only", "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.BACKEND",
+              "deepspeed", "MOE.MOE_TYPE", "token", "MODEL.WEIGHTS", out / "model_final.pth",
+              "OUTPUT_DIR", tmp_path / "eval"], env=env, timeout=300)
+    results = json.loads((tmp_path / "eval" / "inference" / "imagenet" / "results.json").read_text())
+    assert 0 <= results["Acc@1"] <= 100

@@ -54,6 +54,11 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
         _check(errors, 0 <= d.MAX_BAD_FRACTION <= 1, p + "DATALOADER.MAX_BAD_FRACTION", d.MAX_BAD_FRACTION,
                "must be in [0, 1]")
         weights.append(d.SAMPLING_WEIGHT)
+    moe = cfg.MOE
+    if moe.MOE and moe.BACKEND == "deepspeed" and moe.EP_SIZE > 1 and cfg.DATALOADER.STRATEGY != "synced":
+        errors.append(f"DATALOADER.STRATEGY = {cfg.DATALOADER.STRATEGY!r} must be 'synced' with MOE.EP_SIZE "
+                      f"{moe.EP_SIZE}: the ranks of an expert-parallel group exchange tokens in every MoE layer, "
+                      f"so each step they must run the same task")
     if weights and all(w >= 0 for w in weights) and sum(weights) <= 0:
         errors.append(f"DATALOADER.SAMPLING_WEIGHT of the tasks {weights} must have a positive sum")
     if errors:

@@ -35,9 +35,11 @@ import logging
 import os
 import re
 import shutil
-from typing import Any, ContextManager, Dict
+import sys
+from typing import Any, ContextManager, Dict, List, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from uniperceiver.config import ConfigError
@@ -277,6 +279,8 @@ class ZeroModelView:
     weights gathered from the ZeRO partitions; under ZeRO-3 the partitioned parameters too) and
     ``load_state_dict()`` writes both the working (bf16 / fp32) parameters and DeepSpeed's fp32 master copy,
     so ``MODEL.WEIGHTS`` loaded after ``deepspeed.initialize`` really trains from those weights.
+    With expert parallelism the state holds every expert under its global id (gathered from the expert-parallel
+    group; DeepSpeed's own expert files use the same ids) and loading keeps this rank's.
     Both are collective: every rank calls them (the Checkpointer does)."""
 
     def __init__(self, module: nn.Module, stage: int) -> None:
@@ -303,11 +307,13 @@ class ZeroModelView:
             full = safe_get_full_fp32_param(param)  # collective; None for frozen parameters
             if full is not None and name in state:
                 state[name] = full.detach().float().cpu().reshape(state[name].shape).clone()
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        return _experts_to_global(state, _expert_parallel_layers(self._module))
 
     def load_state_dict(self, state: Dict[str, torch.Tensor], strict: bool = True):
         from deepspeed.utils import safe_set_full_fp32_param
 
+        state = _experts_to_local(state, _expert_parallel_layers(self._module))
         with self._gathered(modifier_rank=0):
             result = self._module.load_state_dict(state, strict=strict)
         for name, param in self._module.named_parameters(remove_duplicate=False):
@@ -319,6 +325,70 @@ class ZeroModelView:
             else:
                 safe_set_full_fp32_param(param, value)
         return result
+
+
+class _ExpertShard(NamedTuple):
+    prefix: str  # "<MoE module>.deepspeed_moe.experts.deepspeed_experts."
+    num_local: int
+    first: int  # global id of this rank's first expert
+    in_first_group: bool  # this rank's expert-parallel group holds rank 0: one copy of every expert
+
+
+def _expert_parallel_layers(module: nn.Module) -> List[_ExpertShard]:
+    """The DeepSpeed-MoE layers whose experts are split over an expert-parallel group (``MOE.EP_SIZE`` > 1):
+    each rank holds ``num_local`` of them, numbered from 0 in its parameter names."""
+    if "deepspeed.moe.layer" not in sys.modules:
+        return []
+    from deepspeed.moe.layer import MoE
+
+    shards = []
+    for name, m in module.named_modules():
+        if isinstance(m, MoE) and m.ep_size > 1:
+            group = m.deepspeed_moe.ep_group
+            shards.append(_ExpertShard(f"{name}.deepspeed_moe.experts.deepspeed_experts.", m.num_local_experts,
+                                       dist.get_rank(group) * m.num_local_experts,
+                                       0 in dist.get_process_group_ranks(group)))
+    return shards
+
+
+def _split_expert_key(key: str, shards: List[_ExpertShard]):
+    for shard in shards:
+        if key.startswith(shard.prefix):
+            expert, rest = key[len(shard.prefix):].split(".", 1)
+            return shard, int(expert), rest
+    return None, None, None
+
+
+def _experts_to_global(state: Dict[str, torch.Tensor], shards: List[_ExpertShard]) -> Dict[str, torch.Tensor]:
+    """Rename this rank's experts to their global ids and gather every expert, so the state is the whole
+    model (as with ``MOE.EP_SIZE 1``; loadable with any expert parallelism).  Collective."""
+    if not shards:
+        return state
+    mine, out = {}, {}
+    for key, value in state.items():
+        shard, local, rest = _split_expert_key(key, shards)
+        if shard is None:
+            out[key] = value
+        elif shard.in_first_group:
+            mine[f"{shard.prefix}{shard.first + local}.{rest}"] = value
+    for part in comm.all_gather(mine):
+        out.update(part)
+    return out
+
+
+def _experts_to_local(state: Dict[str, torch.Tensor], shards: List[_ExpertShard]) -> Dict[str, torch.Tensor]:
+    """The inverse of :func:`_experts_to_global` for this rank: its experts renamed to local ids, the others
+    dropped."""
+    if not shards:
+        return state
+    out = {}
+    for key, value in state.items():
+        shard, expert, rest = _split_expert_key(key, shards)
+        if shard is None:
+            out[key] = value
+        elif shard.first <= expert < shard.first + shard.num_local:
+            out[f"{shard.prefix}{expert - shard.first}.{rest}"] = value
+    return out
 
 
 def _set_zero3_master(param: torch.Tensor, value: torch.Tensor) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .evaluator import build_evaluator
+from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,10 @@ def run_eval_only(cfg, args=None) -> Dict[str, Dict[str, float]]:
     from uniperceiver.modeling import build_model
     from uniperceiver.tasks import build_tasks
 
+    if cfg.MOE.MOE and cfg.MOE.BACKEND == "deepspeed" and cfg.MOE.EP_SIZE > 1:
+        raise ConfigError(f"--eval-only runs without the DeepSpeed engine, which sets up expert parallelism: "
+                          f"evaluate with MOE.EP_SIZE 1 instead of {cfg.MOE.EP_SIZE} (a checkpoint .pth holds "
+                          f"every expert, whatever the EP_SIZE it was trained with)")
     model = build_model(cfg)
     load_eval_weights(cfg, model, resume=bool(getattr(args, "resume", False)), ema=bool(getattr(args, "eval_ema", False)))
     model.to(get_device(cfg))

@@ -10,8 +10,9 @@ DeepSpeed's MoE needs experts whose output width equals their input width, so th
 (The native backend mixes expert *linears* with a shared routing, which makes pre-merging exact; with top-2
 the two backends therefore compute different functions and their checkpoints are not interchangeable.)
 
-Routing: ``token`` uses DeepSpeed's ``TopKGate`` as is (capacity ``MOE.CAPACITY_FACTOR`` /
-``EVAL_CAPACITY_FACTOR``, ``MIN_CAPACITY``, token dropping, its ``l_aux`` recorded for ``loss_moe_aux``).
+Routing: ``token`` uses DeepSpeed's ``TopKGate`` (capacity ``MOE.CAPACITY_FACTOR`` / ``EVAL_CAPACITY_FACTOR``,
+``MIN_CAPACITY``, token dropping, its ``l_aux`` recorded for ``loss_moe_aux``); with ``MOE.EP_SIZE`` > 1 as
+:class:`GroupCapacityGate`, whose capacity is the largest of the expert-parallel group.
 ``attribute`` replaces the gate by :class:`AttributeLogitsGate`: the logits come from our
 :class:`~.routing.AttributeGate` (fp32 attribute embedding, Jitter noise) and are handed to DeepSpeed's
 top-k functions through the ``used_token`` argument of ``MoE.forward``; no capacity limit (no dropping).
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -68,6 +70,33 @@ def _attribute_gate_class():
     return AttributeLogitsGate
 
 
+def _group_capacity_gate_class():
+    _, sharded_moe = _deepspeed_moe()
+
+    class GroupCapacityGate(sharded_moe.TopKGate):
+        """DeepSpeed ``TopKGate`` (token routing, token dropping) whose capacity is the largest of its
+        expert-parallel group.  The experts of a group exchange ``[experts, capacity, dim]`` buffers, so every
+        rank needs the same capacity; DeepSpeed derives it from the rank's own token count, which differs
+        between ranks whenever their text lengths do.  The group's capacity goes in as ``min_capacity``: the
+        gate's ``max(ceil(factor * k * tokens / experts), min_capacity)`` then gives it on every rank."""
+
+        def forward(self, input, used_token=None, sparse_routes=False, use_tutel=False):
+            if self.ep_group is None or dist.get_world_size(self.ep_group) == 1:
+                return super().forward(input, used_token, sparse_routes, use_tutel)
+            factor = self.capacity_factor if self.training else self.eval_capacity_factor
+            shape_only = input.new_empty(input.shape[0], self.wg.out_features)
+            capacity = sharded_moe._capacity(shape_only, torch.tensor(factor * self.k),
+                                             torch.tensor(self.min_capacity))
+            dist.all_reduce(capacity, op=dist.ReduceOp.MAX, group=self.ep_group)
+            configured, self.min_capacity = self.min_capacity, int(capacity)
+            try:
+                return super().forward(input, used_token, sparse_routes, use_tutel)
+            finally:
+                self.min_capacity = configured
+
+    return GroupCapacityGate
+
+
 class DeepSpeedRouted(AuxLossRecorder):
     """``deepspeed.moe.layer.MoE`` over ``expert`` (a ``D -> D`` module) with attribute or token routing."""
 
@@ -89,6 +118,11 @@ class DeepSpeedRouted(AuxLossRecorder):
             self.moe.deepspeed_moe.gate = _attribute_gate_class()(
                 spec.num_experts, spec.top_k, spec.min_capacity, "RSample" if policy == "RSample" else None)
         else:
+            if spec.ep_size > 1:
+                self.moe.deepspeed_moe.gate = _group_capacity_gate_class()(
+                    dim, spec.num_experts, spec.top_k, spec.capacity_factor, spec.eval_capacity_factor,
+                    spec.min_capacity, policy, drop_tokens=True, use_rts=False,
+                    top2_2nd_expert_sampling=policy == "RSample")
             nn.init.trunc_normal_(self.moe.deepspeed_moe.gate.wg.weight, std=spec.init_std)
 
     def forward(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
