@@ -4,6 +4,7 @@ eval, pre-merged experts equal the routed ones, per-token attributes, expert par
 through main.py: 2 processes on gloo (native) and the DeepSpeed backend (1 process, save and resume)."""
 import json
 import os
+import subprocess
 
 import pytest
 import torch
@@ -349,3 +350,9 @@ def test_deepspeed_expert_parallel_trains_saves_every_expert_resumes_and_evaluat
               "OUTPUT_DIR", tmp_path / "eval"], env=env, timeout=300)
     results = json.loads((tmp_path / "eval" / "inference" / "imagenet" / "results.json").read_text())
     assert 0 <= results["Acc@1"] <= 100
+
+    # DeepSpeed's zero_to_fp32 cannot consolidate expert files: the converter says so and names the .pth
+    proc = subprocess.run([PYTHON, str(REPO / "tools" / "convert_checkpoint.py"), str(out), str(tmp_path / "c.pth")],
+                          env=dict(os.environ, DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "DeepSpeed-MoE checkpoint" in proc.stderr and "model_*.pth" in proc.stderr
+    assert not (tmp_path / "c.pth").exists()

@@ -41,12 +41,25 @@ def convert(checkpoint_dir: str, output: str, tag: str = None) -> dict:
     import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    tag_dir = os.path.join(checkpoint_dir, tag or _latest_tag(checkpoint_dir))
+    if os.path.isdir(tag_dir) and any("_expert_" in name for name in os.listdir(tag_dir)):
+        raise SystemExit(f"convert_checkpoint: {tag_dir} is a DeepSpeed-MoE checkpoint (layer_*_expert_* files), "
+                         f"which DeepSpeed's zero_to_fp32 cannot consolidate; use the model_*.pth the run wrote "
+                         f"in its OUTPUT_DIR: the full fp32 model with every expert")
     state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = output + ".tmp"
     torch.save({"model": state}, tmp)
     os.replace(tmp, output)
     return state
+
+
+def _latest_tag(checkpoint_dir: str) -> str:
+    path = os.path.join(checkpoint_dir, "latest")
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        return f.read().strip()
 
 
 def main(argv=None) -> int:
