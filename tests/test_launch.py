@@ -82,7 +82,7 @@ def test_resume_is_exact(tmp_path):
     for name in ("model_final.pth", "model_0000009.pth"):
         os.remove(cut / name)
     (cut / "last_checkpoint").write_text("model_0000004.pth")
-    proc = run_main(["--config-file", cfg_file, "--resume", "OUTPUT_DIR", cut])
+    run_main(["--config-file", cfg_file, "--resume", "OUTPUT_DIR", cut])
     assert "Starting training from iteration 5 to 12" in (cut / "log.txt").read_text()
     a = torch.load(ref / "model_final.pth", weights_only=True)
     b = torch.load(cut / "model_final.pth", weights_only=True)

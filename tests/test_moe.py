@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import PYTHON, REPO, free_port, run_main
-from uniperceiver.config import get_cfg, setup_cfg
+from uniperceiver.config import get_cfg
 from uniperceiver.modeling import build_model
 from uniperceiver.modeling.moe import MODALITIES, TASK_TYPES, MoESpec, RoutedExperts, token_attribute_ids
 from uniperceiver.modeling.moe.routing import DispatchPlan, Routing, capacity

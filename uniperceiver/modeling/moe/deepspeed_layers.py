@@ -27,11 +27,10 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from uniperceiver.engine.deepspeed_step import import_deepspeed
 
-from .layers import AuxLossRecorder, MoESpec, token_attributes
+from .layers import AuxLossRecorder, MoESpec, RoutedAttention, token_attributes
 from .routing import AttributeGate
 
 
@@ -148,28 +147,19 @@ class _Ffn(nn.Sequential):
         super().__init__(_linear(dim, hidden_dim, init_std), nn.GELU(), _linear(hidden_dim, dim, init_std))
 
 
-class DeepSpeedMoEAttention(nn.Module):
+class DeepSpeedMoEAttention(RoutedAttention):
     """Multi-head self-attention with DeepSpeed-MoE ``q``, ``k``, ``v`` and output projections."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, *, spec: MoESpec):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, attn_drop, proj_drop)
         self.q, self.k, self.v, self.proj = (DeepSpeedRouted(dim, _linear(dim, dim, spec.init_std), spec)
                                              for _ in range(4))
-        self.attn_drop = attn_drop
-        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+    def project_qkv(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]]):
         b, n, c = x.shape
-        q, k, v = (m(x, attributes).view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-                   for m in (self.q, self.k, self.v))
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c), attributes))
+        return tuple(m(x, attributes).view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+                     for m in (self.q, self.k, self.v))
 
 
 class DeepSpeedMoEMlp(nn.Module):

@@ -207,28 +207,44 @@ class RoutedExperts(AuxLossRecorder):
         return self._merged_cache[key]
 
 
-class MoEAttention(nn.Module):
-    """Multi-head self-attention whose ``qkv`` and output ``proj`` are routed expert linears."""
+class RoutedAttention(nn.Module):
+    """Multi-head self-attention whose projections are routed: subclasses make ``proj`` (called as
+    ``proj(x, attributes)``) and :meth:`project_qkv`."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, *, spec: MoESpec):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = RoutedExperts((dim, 3 * dim), spec)
         self.attn_drop = attn_drop
-        self.proj = RoutedExperts((dim, dim), spec)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def project_qkv(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]]):
+        """``q, k, v``, each ``[B, heads, N, D / heads]``."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = self.qkv(x, attributes)
-        q, k, v = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.project_qkv(x, attributes)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c), attributes))
+
+
+class MoEAttention(RoutedAttention):
+    """Self-attention whose ``qkv`` and output ``proj`` are routed expert linears."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, spec: MoESpec):
+        super().__init__(dim, num_heads, attn_drop, proj_drop)
+        self.qkv = RoutedExperts((dim, 3 * dim), spec)
+        self.proj = RoutedExperts((dim, dim), spec)
+
+    def project_qkv(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]]):
+        b, n, c = x.shape
+        qkv = self.qkv(x, attributes)
+        return qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class MoEMlp(nn.Module):
