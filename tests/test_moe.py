@@ -318,18 +318,21 @@ def test_deepspeed_backend_trains_saves_expert_files_and_resumes(tmp_path):
 def test_deepspeed_expert_parallel_trains_saves_every_expert_resumes_and_evaluates(tmp_path):
     """``MOE.EP_SIZE 2`` on 2 processes, each holding 2 of the 4 experts of every MoE layer.  Token routing
     over MLM batches whose text lengths differ between the ranks (the capacity is the group's largest); the
-    .pth holds every expert under its global id, as DeepSpeed's own expert files do; resuming is exact; the
-    .pth evaluates in one process with ``MOE.EP_SIZE 1``."""
+    .pth holds every expert under its global id, as DeepSpeed's own expert files do; evaluation during
+    training runs; resuming is exact; the .pth evaluates in one process with ``MOE.EP_SIZE 1``."""
     pytest.importorskip("deepspeed")
     out = tmp_path / "out"
     launcher = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     args = ["OUTPUT_DIR", out, "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.BACKEND", "deepspeed", "MOE.EP_SIZE", "2",
             "MOE.MOE_TYPE", "token", "DATALOADER.STRATEGY", "synced", "SOLVER.MAX_ITER", "4",
-            "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WRITE_PERIOD", "1"]
+            "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WRITE_PERIOD", "1", "SOLVER.EVAL_PERIOD", "4",
+            "TASKS.imagenet.DATALOADER.TEST_BATCH_SIZE", "7"]  # ragged last batches
     env = {"DS_ACCELERATOR": "cpu"}
     run_main(["--config-file", INSTANT_MOE] + args, launcher=launcher, env=env, timeout=500)
     rows = [r for r in _metrics(out) if "total_loss" in r]
     assert len(rows) == 4 and any("loss_bookswiki_mlm" in r for r in rows)
+    evaluated = json.loads((out / "inference" / "imagenet" / "results.json").read_text())
+    assert 0 <= evaluated["Acc@1"] <= 100  # evaluation during training ran in lockstep
     final = torch.load(out / "model_final.pth", weights_only=True)["model"]
     expert_dir = out / "deepspeed" / "iter_0000004"
     expert_files = sorted(f for f in os.listdir(expert_dir) if "_expert_" in f)

@@ -59,10 +59,6 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
         errors.append(f"DATALOADER.STRATEGY = {cfg.DATALOADER.STRATEGY!r} must be 'synced' with MOE.EP_SIZE "
                       f"{moe.EP_SIZE}: the ranks of an expert-parallel group exchange tokens in every MoE layer, "
                       f"so each step they must run the same task")
-    if moe.MOE and moe.BACKEND == "deepspeed" and moe.EP_SIZE > 1 and s.EVAL_PERIOD > 0:
-        errors.append(f"SOLVER.EVAL_PERIOD = {s.EVAL_PERIOD} must be 0 with MOE.EP_SIZE {moe.EP_SIZE}: sharded "
-                      f"evaluation runs different forwards on different ranks (shard sizes, decoding lengths), "
-                      f"which expert parallelism cannot; evaluate the checkpoints with --eval-only MOE.EP_SIZE 1")
     if weights and all(w >= 0 for w in weights) and sum(weights) <= 0:
         errors.append(f"DATALOADER.SAMPLING_WEIGHT of the tasks {weights} must have a positive sum")
     if errors:

@@ -4,6 +4,7 @@
 (``origin`` = the batch item each row belongs to), only for unfinished rows.  ``beam_size=1`` is greedy
 decoding.  Beams are ranked by summed log-probability while searching; the final choice among the beams uses
 ``score / length ** len_penalty`` (length counts the end token; ``len_penalty=0`` = plain sum).
+Inside ``evaluation.lockstep.lockstep()`` it decodes until every rank is done.
 
 ``CaptionGenerator`` is the Uni-Perceiver step: the sequence ``[<spe>, image, prefix + generated tokens +
 placeholder, queries]`` with causal text; query ``i`` predicts text token ``i`` and sees only text tokens
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from . import lockstep
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -34,8 +37,12 @@ def beam_search(step_fn: StepFn, batch_size: int, max_len: int, eos_id: int, bea
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     beams = 1
     for _ in range(max_len):
-        if bool(finished.all()):
+        done = bool(finished.all())
+        if lockstep.all_done(done):
             break
+        if done:  # other ranks of a lockstep evaluation are still decoding: step along, drop the result
+            step_fn(tokens[:1], torch.zeros(1, dtype=torch.long, device=device))
+            continue
         origin = torch.arange(B, device=device).repeat_interleave(beams)
         active = ~finished
         logp_active = step_fn(tokens[active], origin[active]).float()

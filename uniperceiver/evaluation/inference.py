@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .evaluator import build_evaluator
+from .lockstep import batches as lockstep_batches
+from .lockstep import lockstep
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
 
@@ -108,13 +110,23 @@ def inference_on_dataset(cfg, model, task, split: str) -> Dict[str, float]:
     if hasattr(task, "start_inference"):
         task.start_inference(model)
     progress = _progress(loader, desc=f"eval {task.name}/{split}")
-    with torch.no_grad(), _autocast(cfg, device):
-        for batch in progress:
+
+    def stand_in():  # the batch an empty shard repeats under lockstep
+        return task.collate([dataset[0]])
+
+    with torch.no_grad(), _autocast(cfg, device), lockstep(needs_lockstep(model)):
+        for batch, real in lockstep_batches(progress, len(loader), stand_in):
             outputs = task.predict(model, to_device(batch, device))
-            evaluator.process(batch, outputs)
+            if real:
+                evaluator.process(batch, outputs)
     if hasattr(task, "end_inference"):
         task.end_inference()
     return evaluator.evaluate()
+
+
+def needs_lockstep(model) -> bool:
+    """Whether the model's forward is collective (DeepSpeed-MoE expert parallelism): see ``lockstep.py``."""
+    return any(getattr(getattr(m, "spec", None), "ep_size", 1) > 1 for m in _unwrap(model).modules())
 
 
 def _progress(loader, desc: str):
