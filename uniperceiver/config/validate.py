@@ -18,6 +18,11 @@ def _check(errors: List[str], ok: bool, key: str, value, rule: str) -> None:
         errors.append(f"{key} = {value!r} {rule}")
 
 
+def same_task_every_step(cfg) -> bool:
+    """Whether every rank trains the same task in each step: one task, or ``DATALOADER.STRATEGY synced``."""
+    return len(cfg.TASKS) <= 1 or cfg.DATALOADER.STRATEGY == "synced"
+
+
 def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
     """Raise :class:`ConfigError` naming every invalid value of ``cfg`` (a finalized config)."""
     if not len(cfg.TASKS):
@@ -55,7 +60,7 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
                "must be in [0, 1]")
         weights.append(d.SAMPLING_WEIGHT)
     moe = cfg.MOE
-    if moe.MOE and moe.BACKEND == "deepspeed" and moe.EP_SIZE > 1 and cfg.DATALOADER.STRATEGY != "synced":
+    if moe.MOE and moe.BACKEND == "deepspeed" and moe.EP_SIZE > 1 and not same_task_every_step(cfg):
         errors.append(f"DATALOADER.STRATEGY = {cfg.DATALOADER.STRATEGY!r} must be 'synced' with MOE.EP_SIZE "
                       f"{moe.EP_SIZE}: the ranks of an expert-parallel group exchange tokens in every MoE layer, "
                       f"so each step they must run the same task")

@@ -129,6 +129,8 @@ class DeepSpeedStepEngine(StepEngine):
             self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                      config=ds_config, dist_init_required=None)
         self.model = self.engine  # forward goes through the engine (ZeRO-3 gathers parameters there)
+        if int(ds_config["zero_optimization"]["stage"]) == 3:
+            _register_container_parameters(model)
         self.module = model
         self.stage = int(ds_config["zero_optimization"]["stage"])
         self.clip = float(ds_config.get("gradient_clipping", 0.0))
@@ -146,7 +148,13 @@ class DeepSpeedStepEngine(StepEngine):
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, optimizer: torch.optim.Optimizer) -> "DeepSpeedStepEngine":
+        from uniperceiver.config.validate import same_task_every_step
+
         ds_config = build_deepspeed_config(cfg, comm.get_world_size())
+        if ds_config["zero_optimization"]["stage"] == 3 and not same_task_every_step(cfg):
+            raise ConfigError(f"DeepSpeed ZeRO-3 needs DATALOADER.STRATEGY synced (got "
+                              f"{cfg.DATALOADER.STRATEGY!r}): it gathers each module's parameters collectively "
+                              f"when the module runs, so every rank must run the same task in each step")
         return cls(model, optimizer, ds_config, checkpoint_dir=os.path.join(cfg.OUTPUT_DIR, "deepspeed"),
                    keep_checkpoints=max(2, int(cfg.SOLVER.CHECKPOINT_MAX_SAVE) + 1)
                    if cfg.SOLVER.CHECKPOINT_MAX_SAVE > 0 else 10 ** 9)
@@ -232,15 +240,28 @@ class DeepSpeedStepEngine(StepEngine):
                 shutil.rmtree(os.path.join(self.checkpoint_dir, tag), ignore_errors=True)
 
 
+def _register_container_parameters(model: nn.Module) -> None:
+    """ZeRO-3 gathers a module's own parameters when that module is called.  A ``ParameterDict`` /
+    ``ParameterList`` (the predictor's logit scales) is never called: its parameters are registered with the
+    module that holds it, which gathers them in its own calls."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    for parent in model.modules():
+        for child in parent.children():
+            if isinstance(child, (nn.ParameterDict, nn.ParameterList)):
+                for param in child.parameters():
+                    register_external_parameter(parent, param)
+
+
 @contextlib.contextmanager
 def _scalar_safe_broadcast():
-    """DeepSpeed's initial parameter broadcast (``DeepSpeedEngine._broadcast_model``) takes byte views
-    ``p.data.view(torch.uint8)``, which 0-dim parameters (the model's logit scales) cannot give; during
-    ``deepspeed.initialize`` use the same broadcast over flat views instead."""
+    """DeepSpeed's initial parameter broadcasts (``DeepSpeedEngine._broadcast_model``; under ZeRO-3
+    ``zero.Init._zero_init_param``) take byte views ``p.data.view(torch.uint8)``, which 0-dim parameters (the
+    model's logit scales) cannot give; during ``deepspeed.initialize`` the same broadcasts run over flat views."""
     from deepspeed import comm as dist
     from deepspeed.moe.utils import is_moe_param
     from deepspeed.runtime.engine import DeepSpeedEngine
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from deepspeed.runtime.zero.partition_parameters import Init, ZeroParamStatus
     from deepspeed.utils import groups
 
     def broadcast_model(engine) -> None:
@@ -256,12 +277,19 @@ def _scalar_safe_broadcast():
             else:
                 dist.broadcast(data, groups._get_broadcast_src_rank(), group=engine.seq_data_parallel_group)
 
-    original = DeepSpeedEngine._broadcast_model
-    DeepSpeedEngine._broadcast_model = broadcast_model
+    def zero_init_param(init, param) -> None:
+        init._convert_to_deepspeed_param(param)
+        group = init.get_partition_dp_group(param)
+        src = 0 if dist.get_world_group() == group else dist.get_global_rank(group, 0)
+        dist.broadcast(param.data.reshape(-1).view(torch.uint8), src, group)
+        param.partition()
+
+    originals = DeepSpeedEngine._broadcast_model, Init._zero_init_param
+    DeepSpeedEngine._broadcast_model, Init._zero_init_param = broadcast_model, zero_init_param
     try:
         yield
     finally:
-        DeepSpeedEngine._broadcast_model = original
+        DeepSpeedEngine._broadcast_model, Init._zero_init_param = originals
 
 
 class _StateInDeepSpeedCheckpoint:

@@ -125,8 +125,11 @@ def inference_on_dataset(cfg, model, task, split: str) -> Dict[str, float]:
 
 
 def needs_lockstep(model) -> bool:
-    """Whether the model's forward is collective (DeepSpeed-MoE expert parallelism): see ``lockstep.py``."""
-    return any(getattr(getattr(m, "spec", None), "ep_size", 1) > 1 for m in _unwrap(model).modules())
+    """Whether the model's forward is collective (see ``lockstep.py``): DeepSpeed ZeRO-3 gathers partitioned
+    parameters (``ds_tensor``) as modules run; DeepSpeed-MoE expert parallelism exchanges tokens."""
+    model = _unwrap(model)
+    return (any(hasattr(p, "ds_tensor") for p in model.parameters())
+            or any(getattr(getattr(m, "spec", None), "ep_size", 1) > 1 for m in model.modules()))
 
 
 def _progress(loader, desc: str):

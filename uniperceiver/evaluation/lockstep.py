@@ -1,6 +1,6 @@
-"""Lockstep evaluation, for models whose forward is itself collective (DeepSpeed-MoE expert parallelism:
-every MoE layer exchanges tokens within its expert-parallel group, so each rank of the group must run the
-same number of forwards).
+"""Lockstep evaluation, for models whose forward is itself collective, so that every rank must run the same
+forwards: DeepSpeed ZeRO-3 (each module gathers its partitioned parameters when it runs) and DeepSpeed-MoE
+expert parallelism (every MoE layer exchanges tokens within its expert-parallel group).
 
 Sharded evaluation normally lets every rank go its own way: shards differ by one sample, so by one batch, and
 caption decoding stops when a rank's own beams are done.  Inside :func:`lockstep` ranks instead run as many

@@ -13,7 +13,7 @@ parameters (``prompt_fc_weight_matrix`` / ``prompt_fc_bias``) train with the pro
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -67,8 +67,13 @@ class Predictor(nn.Module):
             self.prompt_fc_weight_matrix = nn.Parameter(torch.eye(d))
             self.prompt_fc_bias = nn.Parameter(torch.zeros(d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., dim] -> [..., out_dim], unit L2 norm."""
+    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                temp_name: str = DEFAULT_TEMP_NAME) -> torch.Tensor:
+        """Without ``targets``: features [..., dim] -> [..., out_dim], unit L2 norm.  With ``targets`` [N, out_dim]:
+        :meth:`logits` of the queries ``x`` (outputs of the first form) against them.  Both are calls of this
+        module, so DeepSpeed ZeRO-3 gathers its (partitioned) parameters for either."""
+        if targets is not None:
+            return self.logits(x, targets, temp_name)
         return F.normalize(self.proj(self.norm(x)), dim=-1)
 
     def scale(self, temp_name: str) -> torch.Tensor:

@@ -232,7 +232,7 @@ class UniPerceiver(nn.Module):
 
     def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = "default") -> torch.Tensor:
         """``[..., D] x [N, D] -> [..., N]``: cosine similarity * exp(logit_scale[temp_name]) (clamped)."""
-        return self.predictor.logits(query, targets, temp_name)
+        return self.predictor(query, targets, temp_name)
 
     def layer_id(self, param_name: str) -> int:
         """0 = embeddings, 1..num_layers = encoder blocks, num_layers + 1 = predictor (layer-wise LR decay)."""
