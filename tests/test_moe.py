@@ -5,6 +5,7 @@ through main.py: 2 processes on gloo (native) and the DeepSpeed backend (1 proce
 import json
 import os
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -101,8 +102,34 @@ def test_dispatch_drops_past_capacity_first_choices_first():
     kept = sorted(zip(plan.expert.tolist(), plan.token.tolist()))
     assert kept == [(0, 0), (0, 1), (1, 0), (1, 2), (2, 1), (2, 4)]
     x = torch.arange(5.0)[:, None].repeat(1, 2)
-    y = plan.combine(plan.dispatch(x))  # identity experts: y = x * (sum of the kept weights)
+    identity = SimpleNamespace(weight=torch.eye(2).repeat(3, 1, 1), bias=torch.zeros(3, 2))
+    y = plan.apply(identity, x)  # identity experts: y = x * (sum of the kept weights)
     assert torch.allclose(y[:, 0], torch.tensor([0 * 1.0, 1 * 1.0, 2 * 0.5, 3 * 0.0, 4 * 0.2]))
+
+
+@pytest.mark.parametrize("capacity_", [2, None], ids=["dropping", "unlimited"])
+def test_apply_is_the_weighted_sum_of_the_kept_experts(capacity_):
+    """``plan.apply`` (one matmul per expert over its own tokens) against a loop over the kept assignments,
+    values and gradients, with an expert that gets no token."""
+    from uniperceiver.modeling.moe.layers import ExpertLinear
+
+    torch.manual_seed(0)
+    experts = torch.tensor([[0, 1], [0, 2], [0, 1], [0, 1], [1, 2]])  # expert 3 gets nothing
+    weights = torch.rand(5, 2)
+    plan = DispatchPlan(Routing(experts, weights, torch.zeros(5, 4)), num_experts=4, capacity=capacity_)
+    linear = ExpertLinear(4, 6, 3)
+    x = torch.randn(5, 6, requires_grad=True)
+    y = plan.apply(linear, x)
+    grads = torch.autograd.grad(y.square().sum(), [x, linear.weight, linear.bias])
+    ref = torch.zeros(5, 3)
+    for e, t, w in zip(plan.expert.tolist(), plan.token.tolist(), plan.weight):
+        ref = ref.index_add(0, torch.tensor([t]), (w * (x[t] @ linear.weight[e] + linear.bias[e]))[None])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, linear.weight, linear.bias])
+    assert plan.expert.numel() == (10 if capacity_ is None else 6)  # 2 per expert when dropping
+    torch.testing.assert_close(y, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    assert grads[1][3].abs().sum() == 0
 
 
 def test_token_routing_drops_tokens_in_the_model():

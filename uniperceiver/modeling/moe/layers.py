@@ -180,7 +180,7 @@ class RoutedExperts(AuxLossRecorder):
         for i, linear in enumerate(self.linears):
             if i:
                 h = self.act(h)
-            h = plan.combine(linear(plan.dispatch(h)))
+            h = plan.apply(linear, h)
         return h.reshape(b, s, -1)
 
     def _forward_merged(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
