@@ -296,3 +296,20 @@ def test_main_py_zero3_trains_and_evaluates_the_real_model_like_ddp(tmp_path, ex
         torch.testing.assert_close(z3[key], value, atol=4e-3, rtol=0, msg=key)  # lr 1e-3 at most, 4 steps
     for task in ("imagenet", "bookswiki_mlm"):
         assert (tmp_path / "z3" / "inference" / task / "results.json").is_file()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_deepspeed_refuses_independent_tasks_on_several_ranks(tmp_path, extensions_dir):
+    """With two tasks drawn independently per rank, ZeRO-2 crashed in gloo (image classification on one rank,
+    MLM on the other: different parameters get gradients, in different orders); now one line per worker."""
+    from conftest import run_main
+
+    config = os.path.join(REPO, "configs", "quick_schedules", "instant_moe.yaml")
+    proc = run_main(["--num-gpus", "2", "--config-file", config, "MOE.MOE", "False", "SOLVER.DEEPSPEED.ENABLED",
+                     "True", "SOLVER.DEEPSPEED.ZERO_STAGE", "2", "OUTPUT_DIR", tmp_path / "out"],
+                    env={"TORCH_EXTENSIONS_DIR": extensions_dir}, check=False, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 2, proc.stderr
+    assert all("needs DATALOADER.STRATEGY synced (got 'independent')" in line for line in errors)
+    assert "Traceback" not in proc.stderr

@@ -150,11 +150,13 @@ class DeepSpeedStepEngine(StepEngine):
     def from_config(cls, cfg, model: nn.Module, optimizer: torch.optim.Optimizer) -> "DeepSpeedStepEngine":
         from uniperceiver.config.validate import same_task_every_step
 
+        if comm.get_world_size() > 1 and not same_task_every_step(cfg):
+            raise ConfigError(
+                f"DeepSpeed with several tasks needs DATALOADER.STRATEGY synced (got {cfg.DATALOADER.STRATEGY!r}): "
+                f"ZeRO reduces gradients in buckets filled in the order they become ready (stage 3 also gathers "
+                f"each module's parameters as it runs), and ranks training different tasks produce them in "
+                f"different orders and for different parameters")
         ds_config = build_deepspeed_config(cfg, comm.get_world_size())
-        if ds_config["zero_optimization"]["stage"] == 3 and not same_task_every_step(cfg):
-            raise ConfigError(f"DeepSpeed ZeRO-3 needs DATALOADER.STRATEGY synced (got "
-                              f"{cfg.DATALOADER.STRATEGY!r}): it gathers each module's parameters collectively "
-                              f"when the module runs, so every rank must run the same task in each step")
         return cls(model, optimizer, ds_config, checkpoint_dir=os.path.join(cfg.OUTPUT_DIR, "deepspeed"),
                    keep_checkpoints=max(2, int(cfg.SOLVER.CHECKPOINT_MAX_SAVE) + 1)
                    if cfg.SOLVER.CHECKPOINT_MAX_SAVE > 0 else 10 ** 9)
