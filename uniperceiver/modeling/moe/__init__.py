@@ -3,7 +3,7 @@ MoEs", NeurIPS 2022): conditional mixture-of-experts on the attention projection
 of the shared encoder's blocks selected by ``MOE.MOE_EXPERT_LOCATION``.
 
 * ``attributes.py``: per-token (modality, task type, side) ids built by the model from the task's attributes;
-* ``routing.py``: attribute / token gates, top-k, capacity and the batched dispatch;
+* ``routing.py``: attribute / token gates, top-k, capacity and the per-expert dispatch;
 * ``layers.py``: the native backend (pure PyTorch, one process or DDP);
 * ``deepspeed_layers.py``: the DeepSpeed backend (``deepspeed.moe.layer.MoE``, expert parallelism).
 
