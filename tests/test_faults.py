@@ -629,6 +629,8 @@ def _bad_cli_cases(tmp: Path):
         ("expert_parallel_independent_tasks", ["--config-file", INSTANT_MOE, "MOE.BACKEND", "deepspeed",
                                                "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.EP_SIZE", "2"],
          "DATALOADER.STRATEGY = 'independent' must be 'synced' with MOE.EP_SIZE 2"),
+        ("moe_zero3", ["--config-file", INSTANT_MOE, "SOLVER.DEEPSPEED.ENABLED", "True",
+                       "SOLVER.DEEPSPEED.ZERO_STAGE", "3"], "MOE.MOE with DeepSpeed ZeRO stage 3 is not supported"),
         ("expert_parallel_eval_only", ["--config-file", INSTANT_MOE, "--eval-only", "MOE.BACKEND", "deepspeed",
                                        "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.EP_SIZE", "2",
                                        "DATALOADER.STRATEGY", "synced"], "evaluate with MOE.EP_SIZE 1"),
@@ -642,7 +644,7 @@ BAD_CLI_NAMES = [
     "python_yaml_tag", "missing_data_path", "unknown_task_type", "unknown_dataset", "accum_iter_negative",
     "batch_size_zero", "task_batch_size_zero", "max_iter_zero", "bad_fraction_above_1", "data_percentage_zero",
     "trainable_matches_nothing", "weights_missing", "weights_other_architecture", "weights_pickled_object",
-    "unknown_amp_dtype", "expert_parallel_independent_tasks", "expert_parallel_eval_only"]
+    "unknown_amp_dtype", "expert_parallel_independent_tasks", "moe_zero3", "expert_parallel_eval_only"]
 
 
 @pytest.mark.parametrize("case", BAD_CLI_NAMES)

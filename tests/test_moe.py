@@ -5,7 +5,6 @@ through main.py: 2 processes on gloo (native) and the DeepSpeed backend (1 proce
 import json
 import os
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -102,7 +101,11 @@ def test_dispatch_drops_past_capacity_first_choices_first():
     kept = sorted(zip(plan.expert.tolist(), plan.token.tolist()))
     assert kept == [(0, 0), (0, 1), (1, 0), (1, 2), (2, 1), (2, 4)]
     x = torch.arange(5.0)[:, None].repeat(1, 2)
-    identity = SimpleNamespace(weight=torch.eye(2).repeat(3, 1, 1), bias=torch.zeros(3, 2))
+    from uniperceiver.modeling.moe.layers import ExpertLinear
+
+    identity = ExpertLinear(3, 2, 2)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(2).repeat(3, 1, 1))
     y = plan.apply(identity, x)  # identity experts: y = x * (sum of the kept weights)
     assert torch.allclose(y[:, 0], torch.tensor([0 * 1.0, 1 * 1.0, 2 * 0.5, 3 * 0.0, 4 * 0.2]))
 

@@ -157,6 +157,10 @@ class DeepSpeedStepEngine(StepEngine):
                 f"each module's parameters as it runs), and ranks training different tasks produce them in "
                 f"different orders and for different parameters")
         ds_config = build_deepspeed_config(cfg, comm.get_world_size())
+        if cfg.MOE.MOE and int(ds_config["zero_optimization"]["stage"]) == 3:
+            raise ConfigError("MOE.MOE with DeepSpeed ZeRO stage 3 is not supported (use stage 1 or 2): ZeRO-3 "
+                              "re-gathers a module's parameters for its gradients only through its own linear "
+                              "layers, not through the experts' batched weights; DeepSpeed's MoE refuses stage 3 too")
         return cls(model, optimizer, ds_config, checkpoint_dir=os.path.join(cfg.OUTPUT_DIR, "deepspeed"),
                    keep_checkpoints=max(2, int(cfg.SOLVER.CHECKPOINT_MAX_SAVE) + 1)
                    if cfg.SOLVER.CHECKPOINT_MAX_SAVE > 0 else 10 ** 9)

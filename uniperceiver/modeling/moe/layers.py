@@ -120,9 +120,13 @@ class ExpertLinear(nn.Module):
         for p in (self.weight, self.bias):
             p.moe_expert = True  # read by the optimizer builder (expert parameter groups)
 
-    def forward(self, buf: torch.Tensor) -> torch.Tensor:
-        """``[E, C, in] -> [E, C, out]`` in one batched matmul."""
-        return torch.baddbmm(self.bias.unsqueeze(1).to(buf.dtype), buf, self.weight.to(buf.dtype))
+    def forward(self, x: torch.Tensor, group_sizes: Sequence[int]) -> torch.Tensor:
+        """``[A, in] -> [A, out]`` for rows sorted by expert, ``group_sizes[e]`` of them for expert ``e``: one
+        ``addmm`` per expert that has rows."""
+        weights, biases = self.weight.to(x.dtype).unbind(0), self.bias.to(x.dtype).unbind(0)
+        outs = [torch.addmm(b, rows, w) for rows, w, b in zip(x.split(list(group_sizes)), weights, biases)
+                if rows.shape[0]]
+        return torch.cat(outs) if outs else x.new_zeros(0, self.weight.shape[-1])
 
     def merged(self, experts: torch.Tensor, weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Dense ``(W [in, out], b [out])`` of the mixture ``sum_k weights[k] * expert[experts[k]]``."""

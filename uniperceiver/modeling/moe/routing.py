@@ -160,14 +160,11 @@ class DispatchPlan:
         self._group_sizes = torch.bincount(self.expert, minlength=num_experts).tolist()
 
     def apply(self, linear, x: torch.Tensor) -> torch.Tensor:
-        """``[N, in] -> [N, out]``: each token's kept assignments through their expert's linear, weighted and
-        summed; one ``addmm`` per expert over the tokens assigned to it.  (Not padded ``[E, C]`` buffers: they
+        """``[N, in] -> [N, out]``: each token's kept assignments through their expert's linear (an
+        :class:`~.layers.ExpertLinear`: one ``addmm`` per expert over the tokens assigned to it), weighted and
+        summed.  (Not padded ``[E, C]`` buffers: they
         would hold ``E * max(count)`` rows, and attribute routing sends every token of a kind, all image tokens
         say, to the same experts, so most rows would be padding: the MoE-Tiny training step took 2.3x longer.)"""
-        weights, biases = linear.weight.to(x.dtype).unbind(0), linear.bias.to(x.dtype).unbind(0)
-        groups = x.index_select(0, self._sorted_token).split(self._group_sizes)
-        outs = [torch.addmm(b, xs, w) for xs, w, b in zip(groups, weights, biases) if xs.shape[0]]
-        if not outs:
-            return x.new_zeros(self.num_tokens, linear.weight.shape[-1])
-        y = torch.cat(outs) * self._sorted_weight[:, None].to(x.dtype)
-        return x.new_zeros(self.num_tokens, y.shape[-1]).index_add(0, self._sorted_token, y)
+        y = linear(x.index_select(0, self._sorted_token), self._group_sizes)
+        y = y * self._sorted_weight[:, None].to(y.dtype)
+        return y.new_zeros(self.num_tokens, y.shape[-1]).index_add(0, self._sorted_token, y)
