@@ -129,10 +129,10 @@ class DeepSpeedStepEngine(StepEngine):
             self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                      config=ds_config, dist_init_required=None)
         self.model = self.engine  # forward goes through the engine (ZeRO-3 gathers parameters there)
-        if int(ds_config["zero_optimization"]["stage"]) == 3:
-            _register_container_parameters(model)
         self.module = model
         self.stage = int(ds_config["zero_optimization"]["stage"])
+        if self.stage == 3:
+            _register_container_parameters(model)
         self.clip = float(ds_config.get("gradient_clipping", 0.0))
         self.checkpoint_dir = checkpoint_dir
         self.keep_checkpoints = max(1, int(keep_checkpoints))
