@@ -23,9 +23,6 @@ import signal
 import subprocess
 from typing import Any, Dict, Optional, Sequence
 
-import torch
-import torch.distributed as dist
-
 from uniperceiver.utils import comm
 
 from .train_loop import HookBase
@@ -99,13 +96,7 @@ class PreemptionHandler(HookBase):
         self._previous.clear()
 
     def _any_rank_received(self) -> bool:
-        flag = self.received is not None
-        if comm.get_world_size() == 1:
-            return flag
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return bool(comm.reduce_int(self.received is not None, "max"))
 
     def after_step(self) -> None:
         if not self._any_rank_received():

@@ -219,11 +219,7 @@ class Trainer(TrainerBase):
         return extra() if extra is not None else {}
 
     def _any_rank_flag(self, flag: bool) -> bool:
-        if comm.get_world_size() == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device if torch.distributed.get_backend() == "nccl" else "cpu")
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return bool(comm.reduce_int(flag, "max"))
 
     def _handle_nonfinite(self, bad: Optional[str]) -> None:
         self.step_engine.skip_step()

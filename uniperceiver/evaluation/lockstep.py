@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterable, Iterator, Tuple
 
-import torch
-import torch.distributed as dist
-
 from uniperceiver.utils import comm
 
 _ACTIVE = False
@@ -35,21 +32,15 @@ def active() -> bool:
     return _ACTIVE
 
 
-def _all_ranks(value: int, op) -> int:
-    t = torch.tensor([int(value)], dtype=torch.int64)
-    dist.all_reduce(t, op=op, group=comm._cpu_group())
-    return int(t.item())
-
-
 def all_done(done: bool) -> bool:
     """Whether every rank is done (collective inside :func:`lockstep`; this rank's ``done`` outside)."""
-    return bool(_all_ranks(int(done), dist.ReduceOp.MIN)) if _ACTIVE else done
+    return bool(comm.reduce_int(done, "min")) if _ACTIVE else done
 
 
 def batches(loader: Iterable, num_batches: int, stand_in: Callable[[], Any]) -> Iterator[Tuple[Any, bool]]:
     """``(batch, real)`` pairs: the loader's batches, then (inside :func:`lockstep`) its last batch again,
     or ``stand_in()`` for an empty shard, until every rank has had as many as the rank with the most."""
-    total = _all_ranks(num_batches, dist.ReduceOp.MAX) if _ACTIVE else num_batches
+    total = comm.reduce_int(num_batches, "max") if _ACTIVE else num_batches
     last = None
     for last in loader:
         yield last, True

@@ -178,6 +178,19 @@ def reduce_dict(values: Dict[str, float], average: bool = True) -> Dict[str, flo
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 
+_REDUCE_OPS = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "sum": dist.ReduceOp.SUM}
+
+
+def reduce_int(value: int, op: str = "max") -> int:
+    """``value`` reduced over ranks with ``op`` (``max``, ``min`` or ``sum``); returned on every rank (``value``
+    itself in one process).  For flags and counts: "any rank" is ``max``, "every rank" is ``min``."""
+    if get_world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=_REDUCE_OPS[op])
+    return int(t.item())
+
+
 def shared_random_seed() -> int:
     """A random int in [0, 2**31) that is the same on every rank."""
     seed = int(torch.randint(2**31, (1,)).item())
