@@ -34,6 +34,7 @@ setup(
         "pycocoevalcap>=1.2",
         "submitit>=1.4",
         "av>=10",
+        "webdataset>=0.2",  # DATASETS.FORMAT webdataset: tar shards (uniperceiver/data/shards.py)
         "matplotlib",  # tools/plot_metrics.py, tools/visualize_data.py
     ],
     extras_require={

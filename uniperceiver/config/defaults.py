@@ -172,10 +172,16 @@ _C.DATASETS = CN()
 _C.DATASETS.TASK_TYPE = ""
 # Dataset reader name (DATASET_REGISTRY), e.g. "imagenet", "coco_caption", "jsonl_pairs", "text_corpus".
 _C.DATASETS.DATASET_NAME = ""
-# Split names (or annotation files) read for training / validation / test; "" = none.
+# Split names (or annotation files) read for training / validation / test; "" = none.  With FORMAT
+# webdataset, TRAIN is a shard list: a brace pattern ("cc12m/{00000..01242}.tar"), patterns joined by "::",
+# or a .txt file of URLs; "pipe:CMD" URLs stream from a command.
 _C.DATASETS.TRAIN = ""
 _C.DATASETS.VAL = ""
 _C.DATASETS.TEST = ""
+# How the TRAIN split is stored: "files" (the readers' annotation files + image files) or "webdataset" (tar
+# shards in img2dataset's layout: {key}.jpg + .txt / .json / .cls; image classification and image-text pairs).
+# VAL / TEST are always read as files.
+_C.DATASETS.FORMAT = "files"
 # Name of the SHARED_TARGETS label set this task scores against ("" = targets come from the batch).
 _C.DATASETS.TARGET_SET = []
 
@@ -196,6 +202,12 @@ _C.DATALOADER.SAMPLING_WEIGHT = 1.0
 _C.DATALOADER.STRATEGY = "independent"
 # Deterministic fraction of the training set used (1.0 = all; 0.01 = 1%-data prompt tuning).
 _C.DATALOADER.DATA_PERCENTAGE = 1.0
+# FORMAT webdataset: samples shuffled together (read in chunks of this many, emitted in a seeded order;
+# a resumed run re-reads at most one chunk); 1 = shard order.
+_C.DATALOADER.SHUFFLE_BUFFER = 1000
+# FORMAT webdataset: draw shards with replacement (open_clip's --dataset-resampled) instead of passes over a
+# permutation; allows fewer shards than ranks x workers.
+_C.DATALOADER.SHARD_RESAMPLED = False
 # Mixup / CutMix alpha (0 = off) for classification.
 _C.DATALOADER.MIXUP = 0.0
 _C.DATALOADER.CUTMIX = 0.0

@@ -11,6 +11,7 @@ from uniperceiver.utils import comm
 
 from .multitask import STRATEGIES, MultiTaskLoader, TaskStream, task_seed
 from .samplers import subset_indices
+from .shards import ShardDataset
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +34,24 @@ def build_train_loader(cfg, tasks: Dict[str, "Task"], seed: Optional[int] = None
     for index, (name, task) in enumerate(tasks.items()):
         tcfg = cfg.task(name).DATALOADER
         dataset = task.build_dataset("train")
-        if tcfg.DATA_PERCENTAGE < 1.0:
-            full = len(dataset)
-            dataset = Subset(dataset, subset_indices(full, tcfg.DATA_PERCENTAGE))
-            logger.info("task %s: DATA_PERCENTAGE %g keeps %d of %d samples", name, tcfg.DATA_PERCENTAGE,
-                        len(dataset), full)
-        if len(dataset) == 0:
-            raise ConfigError(f"task {name}: the training set is empty")
         if tcfg.TRAIN_BATCH_SIZE <= 0:
             raise ConfigError(f"TASKS.{name}.DATALOADER.TRAIN_BATCH_SIZE must be > 0")
+        if isinstance(dataset, ShardDataset):
+            dataset.check_workers(world, tcfg.NUM_WORKERS)
+            logger.info("task %s: %d shards%s, shuffle buffer %d, batch %d per rank, weight %g", name,
+                        len(dataset.urls), " drawn with replacement" if dataset.resampled else "",
+                        dataset.shuffle_buffer, tcfg.TRAIN_BATCH_SIZE, tcfg.SAMPLING_WEIGHT)
+        else:
+            if tcfg.DATA_PERCENTAGE < 1.0:
+                full = len(dataset)
+                dataset = Subset(dataset, subset_indices(full, tcfg.DATA_PERCENTAGE))
+                logger.info("task %s: DATA_PERCENTAGE %g keeps %d of %d samples", name, tcfg.DATA_PERCENTAGE,
+                            len(dataset), full)
+            if len(dataset) == 0:
+                raise ConfigError(f"task {name}: the training set is empty")
+            logger.info("task %s: %d training samples, batch %d per rank, weight %g", name, len(dataset),
+                        tcfg.TRAIN_BATCH_SIZE, tcfg.SAMPLING_WEIGHT)
         streams.append(TaskStream(name, dataset, tcfg.TRAIN_BATCH_SIZE, task.collate, tcfg.NUM_WORKERS,
                                   seed=task_seed(seed, index), rank=rank, world_size=world,
                                   weight=tcfg.SAMPLING_WEIGHT))
-        logger.info("task %s: %d training samples, batch %d per rank, weight %g", name, len(dataset),
-                    tcfg.TRAIN_BATCH_SIZE, tcfg.SAMPLING_WEIGHT)
     return MultiTaskLoader(streams, seed=seed, strategy=strategy, rank=rank, world_size=world)

@@ -22,12 +22,13 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from uniperceiver.utils import comm
 from uniperceiver.utils.env import derive_seed, seeded_rng
 
 from .samplers import InfiniteShardedSampler
+from .shards import ShardBatches
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,22 @@ class TaskStream:
         self.collate_fn, self.num_workers = collate_fn, int(num_workers)
         self.seed, self.rank, self.world_size, self.weight = int(seed), rank, world_size, float(weight)
         self.consumed = 0
+        # tar-shard streams (data/shards.py): logical worker -> its position after its last consumed batch
+        self.positions: Dict[int, dict] = {}
         self._iter: Optional[Iterator] = None
 
+    @property
+    def is_shards(self) -> bool:
+        return isinstance(self.dataset, IterableDataset)
+
     def _make_iter(self) -> Iterator:
+        if self.is_shards:
+            batches = ShardBatches(self.dataset, batch_size=self.batch_size, collate_fn=self.collate_fn,
+                                   seed=self.seed, rank=self.rank, world_size=self.world_size,
+                                   workers=self.num_workers, positions=self.positions, consumed=self.consumed)
+            return iter(DataLoader(batches, batch_size=None, num_workers=self.num_workers,
+                                   pin_memory=torch.cuda.is_available(),
+                                   worker_init_fn=_WorkerInit(self.seed, self.rank, self.consumed)))
         start = self.consumed * self.batch_size
         sampler = _PositionedSampler(InfiniteShardedSampler(len(self.dataset), seed=self.seed, rank=self.rank,
                                                             world_size=self.world_size, start=start), start)
@@ -68,11 +82,15 @@ class TaskStream:
         if self._iter is None:
             self._iter = self._make_iter()
         batch = next(self._iter)
+        if self.is_shards:
+            worker, position, batch = batch
+            self.positions[worker] = position
         self.consumed += 1
         return batch
 
-    def reset(self, consumed: int) -> None:
+    def reset(self, consumed: int, positions: Optional[Dict[int, dict]] = None) -> None:
         self.consumed = int(consumed)
+        self.positions = {int(w): dict(p) for w, p in (positions or {}).items()}
         self._iter = None  # rebuilt lazily from the new position
 
 
@@ -176,6 +194,7 @@ class MultiTaskLoader:
             "steps": int(self.steps),
             "generator": self._generator.get_state(),
             "consumed": {name: int(s.consumed) for name, s in self.streams.items()},
+            "positions": {name: dict(s.positions) for name, s in self.streams.items() if s.is_shards},
         }
 
     def state_dict(self) -> Dict[str, Any]:
@@ -200,7 +219,7 @@ class MultiTaskLoader:
             self._generator.manual_seed(self._draw_seed())
         for name, stream in self.streams.items():
             if name in mine["consumed"]:
-                stream.reset(mine["consumed"][name])
+                stream.reset(mine["consumed"][name], mine.get("positions", {}).get(name))
             else:
                 logger.warning("task %s is new since the checkpoint; it starts at its first batch", name)
                 stream.reset(0)

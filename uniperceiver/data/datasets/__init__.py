@@ -85,8 +85,35 @@ def annotation_path(task_cfg, root_cfg, split: str) -> str:
     return path
 
 
+FORMATS = ("files", "webdataset")
+
+
+def build_shard_reader(task_cfg, root_cfg, *, transform: Optional[Callable] = None):
+    """The training split of a task node as tar shards (``DATASETS.FORMAT webdataset``, data/shards.py)."""
+    from ..shards import ShardDataset, expand_urls
+
+    reader = reader_name(task_cfg)
+    kinds = {"imagenet": "label", "coco_caption": "pairs", "jsonl_pairs": "pairs"}
+    if reader not in kinds:
+        raise ConfigError(
+            f"TASKS.{task_cfg.NAME}.DATASETS.FORMAT webdataset reads image classification and image-text pairs; "
+            f"DATASET_NAME {task_cfg.DATASETS.DATASET_NAME!r} is read from files only (DATASETS.FORMAT files)")
+    urls = expand_urls(task_cfg.DATASETS.TRAIN, lambda p: resolve_data_path(root_cfg, p))
+    return ShardDataset(urls, kind=kinds[reader], transform=transform,
+                        resampled=task_cfg.DATALOADER.SHARD_RESAMPLED,
+                        shuffle_buffer=task_cfg.DATALOADER.SHUFFLE_BUFFER,
+                        max_bad_fraction=task_cfg.DATALOADER.MAX_BAD_FRACTION, name=f"{task_cfg.NAME}/train")
+
+
 def build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable] = None, mode: str = "pairs"):
-    """The dataset of ``split`` for a task node.  ``mode`` ("pairs" / "images") applies to caption readers."""
+    """The dataset of ``split`` for a task node.  ``mode`` ("pairs" / "images") applies to caption readers;
+    ``DATASETS.FORMAT webdataset`` reads the training split from tar shards."""
+    fmt = task_cfg.DATASETS.FORMAT
+    if fmt not in FORMATS:
+        raise ConfigError(f"TASKS.{task_cfg.NAME}.DATASETS.FORMAT {fmt!r} is unknown; choose one of "
+                          f"{', '.join(FORMATS)}")
+    if fmt == "webdataset" and split == "train":
+        return build_shard_reader(task_cfg, root_cfg, transform=transform)
     reader = reader_name(task_cfg)
     key = split_key(task_cfg, split)
     path = annotation_path(task_cfg, root_cfg, split)
