@@ -14,6 +14,10 @@ add ``ratio``), so results can be grepped, diffed and plotted.  Modes (README, "
     python tools/benchmark.py --mode loop --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
     # P4: zero-shot retrieval: encode + rank throughput and peak memory vs the number of candidates
     python tools/benchmark.py --mode eval_retrieval --candidates 1000,25000
+    # memory of annotation records (bytes per record, a forked worker's USS growth over one pass)
+    python tools/benchmark.py --mode records --num-records 1000000
+    # training loader samples/s per task: tar shards vs loose files (median of 3 interleaved rounds)
+    python tools/benchmark.py --mode data --config-file configs/quick_schedules/instant_retrieval.yaml
 
 Trailing ``KEY VALUE`` pairs override the config as in main.py.  Timings on a shared machine are noisy: compare
 ratios measured in one process (reference mode), not absolute numbers from different runs.  FLOPs: an analytic
@@ -527,9 +531,131 @@ def mode_eval_retrieval_one(args) -> None:
     emit("retrieval_peak_memory_delta", peak - base, "MiB", measure="peak - memory before encoding", **common)
 
 
+# ------------------------------------------------------------------------------------------ data pipeline
+def uss_kb() -> int:
+    """Unique set size of this process (private pages), from /proc/self/smaps_rollup."""
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean", "Private_Dirty")))
+
+
+def _worker_pass_uss_growth(records) -> int:
+    """USS growth (KiB) of a forked child (a DataLoader worker) reading every record once."""
+    import gc
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(read_fd)
+        gc.collect()
+        before = uss_kb()
+        for i in range(len(records)):
+            records[i]
+        os.write(write_fd, str(uss_kb() - before).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        growth = int(f.read() or 0)
+    os.waitpid(pid, 0)
+    return growth
+
+
+def mode_records(args) -> None:
+    run_child(["--mode", "_records_one", "--num-records", str(args.num_records)])
+
+
+def mode_records_one(args) -> None:
+    """RSS per annotation record of the real ImageNet list reader, and a forked worker's USS growth over one pass
+    (serialized records vs the same records as a list of dicts)."""
+    import gc
+    import pickle
+    import tempfile
+
+    from uniperceiver.data.datasets import ImageNetDataset
+
+    n = args.num_records
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = os.path.join(tmp, "train.txt")
+        with open(meta, "w") as f:
+            for i in range(n):
+                wnid = f"n{1440764 + i % 1000:08d}"
+                f.write(f"train/{wnid}/{wnid}_{10026 + i}.JPEG {i % 1000}\n")
+        gc.collect()
+        before = rss_mb()
+        ds = ImageNetDataset(meta, tmp)
+        gc.collect()
+        after = rss_mb()
+        serialized = ds.records.nbytes
+        emit("bytes_per_record", (after - before) * 2**20 / n, "B", records=n, serialized_bytes_per_record=round(
+            serialized / n, 1))
+        emit("worker_uss_growth_pct", 100 * _worker_pass_uss_growth(ds.records) * 1024 / serialized, "%", records=n,
+             measure="a forked worker's USS growth over one pass / serialized records")
+        dicts = list(ds.records)
+        del ds
+        gc.collect()
+        emit("worker_uss_growth_pct_dicts", 100 * _worker_pass_uss_growth(dicts) * 1024 / serialized, "%",
+             records=n, measure="the same with the records as a list of dicts (the former layout)",
+             pickled_bytes=len(pickle.dumps(dicts[:1000])) * n // 1000)
+
+
+def _loader_samples_per_s(stream, batches: int, warmup: int) -> float:
+    for _ in range(warmup):
+        stream.next()
+    start = time.perf_counter()
+    for _ in range(batches):
+        stream.next()
+    return batches * stream.batch_size / (time.perf_counter() - start)
+
+
+def mode_data(args) -> None:
+    """samples/s of each task's training loader (the config's NUM_WORKERS): tar shards written from the same
+    training split vs the loose files, 3 interleaved rounds (median), for the tasks shards can hold."""
+    import tempfile
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from make_shards import training_records, write_shards
+
+    from uniperceiver.data.demo import prepare_data_root
+    from uniperceiver.data.multitask import TaskStream
+    from uniperceiver.tasks import build_tasks
+
+    cfg = make_cfg(args)
+    prepare_data_root(cfg)
+    tasks = build_tasks(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, task in tasks.items():
+            if args.task and name != args.task:
+                continue
+            tcfg = cfg.task(name)
+            try:
+                kind, records = training_records(cfg, name)
+            except Exception as err:  # noqa: BLE001 - tasks shards cannot hold are reported and skipped
+                emit(f"samples_per_s_{name}", 0.0, "samples/s", skipped=str(err).splitlines()[0])
+                continue
+            n, shards = write_shards(records, kind, os.path.join(tmp, name), args.shard_size)
+            pattern = os.path.join(tmp, name, f"{{00000..{shards - 1:05d}}}.tar")
+            shard_cfg = make_cfg(args, [f"TASKS.{name}.DATASETS.FORMAT", "webdataset",
+                                        f"TASKS.{name}.DATASETS.TRAIN", pattern])
+            shard_task = build_tasks(shard_cfg)[name]
+            workers, batch = tcfg.DATALOADER.NUM_WORKERS, tcfg.DATALOADER.TRAIN_BATCH_SIZE
+            results = {"files": [], "webdataset": []}
+            datasets = {"files": task.build_dataset("train"), "webdataset": shard_task.build_dataset("train")}
+            for _ in range(args.rounds):
+                for fmt in ("files", "webdataset"):
+                    stream = TaskStream(name, datasets[fmt], batch, task.collate, workers, seed=0, rank=0,
+                                        world_size=1, weight=1.0)
+                    results[fmt].append(_loader_samples_per_s(stream, args.iters, args.warmup))
+                    stream.reset(0)
+            files, tars = statistics.median(results["files"]), statistics.median(results["webdataset"])
+            common = dict(task=name, workers=workers, batch=batch, samples=n, shards=shards, rounds=args.rounds)
+            emit(f"samples_per_s_{name}", files, "samples/s", format="files", **common)
+            emit(f"samples_per_s_{name}", tars, "samples/s", format="webdataset", ratio=round(tars / files, 3),
+                 measure="webdataset / files, median of interleaved rounds", **common)
+
+
 MODES = {"reference": mode_reference, "train_step": mode_train_step, "loop": mode_loop,
          "eval_retrieval": mode_eval_retrieval, "_train_step_one": mode_train_step_one,
          "_eval_retrieval_one": mode_eval_retrieval_one}
+MODES.update(records=mode_records, _records_one=mode_records_one, data=mode_data)
 
 
 def parse_args(argv=None):
@@ -549,6 +675,9 @@ def parse_args(argv=None):
     p.add_argument("--candidates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 25000])
     p.add_argument("--num-candidates", type=int, default=1000, help=argparse.SUPPRESS)
     p.add_argument("--num-queries", type=int, default=100, help="eval_retrieval: images")
+    p.add_argument("--num-records", type=int, default=1_000_000, help="records: annotation lines")
+    p.add_argument("--shard-size", type=int, default=100, help="data: samples per tar shard")
+    p.add_argument("--rounds", type=int, default=3, help="data: interleaved rounds (median)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
     p.add_argument("--malloc", choices=("fixed", "default"), default="fixed",

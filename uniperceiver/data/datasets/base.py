@@ -20,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from uniperceiver.config import ConfigError
 
+from ..records import SerializedRecords
+
 logger = logging.getLogger(__name__)
 
 # Below this many reads, only the whole-dataset budget can stop training (one early bad file is not 100%).
@@ -113,7 +115,7 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
     """Base of image readers: ``records`` hold an ``image`` path; subclasses build samples in ``make_sample``.
 
     Args:
-        records: one dict per sample, each with an "image" path (absolute or relative to ``image_root``).
+        records: one dict per sample (kept serialized, :class:`SerializedRecords`), each with an "image" path (absolute or relative to ``image_root``).
         image_root: folder that relative image paths are taken under.
         transform: PIL image -> tensor.
         max_bad_fraction: stop (raise) when more than this fraction of records are unreadable.
@@ -129,7 +131,7 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
         max_bad_fraction: float = 0.01,
         name: str = "",
     ):
-        self.records = records
+        self.records = SerializedRecords.wrap(records)  # one buffer, not a million dicts (data/records.py)
         self.image_root = image_root
         self.transform = transform
         self.max_bad_fraction = float(max_bad_fraction)
@@ -179,14 +181,18 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
         """Skip the records for which ``bad(record)`` holds (logged with ``path:record["line"]``, counted; more
         than ``max_bad_fraction`` of them stops with :class:`TooManyBadSamples`).  Returns how many."""
         problems = AnnotationProblems(path or self.name, self.max_bad_fraction, self.name)
-        keep = []
-        for i, record in enumerate(self.records):
-            if bad(record):
-                problems.add(record.get("line", f"record {i}"), reason)
-            else:
-                keep.append(record)
-        problems.check(len(keep))
-        self.records = keep
+
+        def keep():
+            for i, record in enumerate(self.records):
+                if bad(record):
+                    problems.add(record.get("line", f"record {i}"), reason)
+                else:
+                    yield record
+
+        kept = SerializedRecords(keep())
+        problems.check(len(kept))
+        if problems.num_bad:
+            self.records = kept
         return problems.num_bad
 
     def make_sample(self, index: int, record: dict, image: Any) -> dict:

@@ -11,31 +11,37 @@ ImageNet-22k uses the same format with 21841 classes.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
+from ..records import SerializedRecords
 from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file
 
 
 def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN", *,
-                          max_bad_fraction: Optional[float] = None, name: str = "") -> List[dict]:
+                          max_bad_fraction: Optional[float] = None, name: str = "") -> Sequence[dict]:
     """Parse "relative/path label" lines (the path may contain spaces: the label is the last field) into
-    ``{"image", "label", "line"}``.  Malformed lines and negative labels are bad records (``AnnotationProblems``:
-    an error when ``max_bad_fraction`` is None, else skipped, logged with file:line and counted)."""
+    ``{"image", "label", "line"}`` records, serialized as they are read (:class:`SerializedRecords`: ~100 bytes a
+    record, shared by forked workers).  Malformed lines and negative labels are bad records
+    (``AnnotationProblems``: an error when ``max_bad_fraction`` is None, else skipped, logged with file:line and
+    counted)."""
     check_annotation_file(path, config_key)
     problems = AnnotationProblems(path, max_bad_fraction, name)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                problems.add(lineno, "malformed line", f"expected 'relative/path label', got {line!r}")
-            elif int(parts[1]) < 0:
-                problems.add(lineno, "label out of range", f"negative label {parts[1]}")
-            else:
-                records.append({"image": parts[0], "label": int(parts[1]), "line": lineno})
+
+    def parse() -> Iterator[dict]:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                    problems.add(lineno, "malformed line", f"expected 'relative/path label', got {line!r}")
+                elif int(parts[1]) < 0:
+                    problems.add(lineno, "label out of range", f"negative label {parts[1]}")
+                else:
+                    yield {"image": parts[0], "label": int(parts[1]), "line": lineno}
+
+    records = SerializedRecords(parse())
     problems.check(len(records))
     return records
 
