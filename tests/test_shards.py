@@ -228,6 +228,7 @@ def test_two_gloo_ranks_read_disjoint_shards(tmp_path):
 
 # ---------------------------------------------------------------------------- SIGKILL, resume, bitwise equal
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_sigkill_after_checkpoint_resumes_bitwise_on_shards(tmp_path):
     """Retrieval from shards, NUM_WORKERS 2, shuffle buffer 24: SIGKILLed after its first checkpoint and
     resumed, the run ends with the uninterrupted run's weights, bit for bit."""
@@ -253,7 +254,7 @@ def test_sigkill_after_checkpoint_resumes_bitwise_on_shards(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (cut / "model_final.pth").exists()
-    run_main(["--config-file", RETRIEVAL, *opts, "--resume", "OUTPUT_DIR", cut], timeout=600)
+    run_main(["--resume", "--config-file", RETRIEVAL, *opts, "OUTPUT_DIR", cut], timeout=600)
     assert "Starting training from iteration 4 to 12" in (cut / "log.txt").read_text()
     a = torch.load(ref / "model_final.pth", weights_only=True)["model"]
     b = torch.load(cut / "model_final.pth", weights_only=True)["model"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -606,10 +607,57 @@ def _loader_samples_per_s(stream, batches: int, warmup: int) -> float:
     return batches * stream.batch_size / (time.perf_counter() - start)
 
 
+def video_decode_ms(tmp: str, frames: int = 320, size: int = 112, clips: int = 12, gop: int = 60) -> None:
+    """decode_ms_per_clip of a generated H.264 clip: decoding from frame 0 (before) vs seeking (after), for
+    training clips (random offsets) and the 4 evaluation views of one video (one open), interleaved rounds."""
+    import av
+    import numpy as np
+
+    from uniperceiver.data.datasets.video import clip_indices, decode_clips
+
+    path = os.path.join(tmp, "long.mp4")
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        stream.codec_context.gop_size = gop  # a key frame every 2 s (x264's default: every 250 frames)
+        rng = np.random.default_rng(0)
+        for i in range(frames):
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    offsets = [(i + 0.5) / clips for i in range(clips)]
+    train = [[functools.partial(clip_indices, frames_per_clip=8, stride=4, offset=o)] for o in offsets]
+    views = [[functools.partial(clip_indices, frames_per_clip=8, stride=4, view=v, num_views=4) for v in range(4)]]
+    # before: one open and a decode from frame 0 per clip (each evaluation view was its own sample);
+    # after: seeking, and the views of a video from one open
+    for label, jobs, per in (("train", train, 1), ("eval_4_views", views, 4)):
+        times = {False: [], True: []}
+        for _ in range(3):
+            for seek in (False, True):
+                start = time.perf_counter()
+                for picks in jobs:
+                    if seek:
+                        decode_clips(path, picks, seek=True)
+                    else:
+                        for pick in picks:
+                            decode_clips(path, [pick], seek=False)
+                times[seek].append(1000 * (time.perf_counter() - start) / (len(jobs) * per))
+        before, after = statistics.median(times[False]), statistics.median(times[True])
+        common = dict(clips=label, frames=frames, size=size, gop=gop, rounds=3)
+        emit("decode_ms_per_clip", before, "ms", decode="from frame 0 (before)", **common)
+        emit("decode_ms_per_clip", after, "ms", decode="seek (after)", ratio=round(after / before, 3), **common)
+
+
 def mode_data(args) -> None:
-    """samples/s of each task's training loader (the config's NUM_WORKERS): tar shards written from the same
-    training split vs the loose files, 3 interleaved rounds (median), for the tasks shards can hold."""
+    """decode_ms_per_clip of a long generated video (before / after seeking), then samples/s of each task's
+    training loader (the config's NUM_WORKERS): tar shards written from the same training split vs the loose
+    files, 3 interleaved rounds (median), for the tasks shards can hold."""
     import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video_decode_ms(tmp)
 
     sys.path.insert(0, os.path.join(REPO, "tools"))
     from make_shards import training_records, write_shards

@@ -18,6 +18,7 @@ video) is skipped and counted like an unreadable image (``base.ImageRecordsDatas
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, List, Optional, Sequence
 
@@ -75,10 +76,20 @@ def clip_indices(num_frames: int, frames_per_clip: int, stride: int, *, view: in
 
 
 def decode_frames(path: str, indices_fn: Callable[[int], Sequence[int]]) -> np.ndarray:
-    """Decode the frames ``indices_fn(num_frames)`` of the first video stream -> uint8 ``[T, H, W, 3]``.
+    """Decode the frames ``indices_fn(num_frames)`` of the first video stream -> uint8 ``[T, H, W, 3]``."""
+    return decode_clips(path, [indices_fn])[0]
 
-    The frame count comes from the container; when it is missing or wrong (truncated files) the whole
-    stream is decoded and the indices are taken over the frames that actually decoded."""
+
+def decode_clips(path: str, indices_fns: Sequence[Callable[[int], Sequence[int]]], *,
+                 seek: bool = True) -> List[np.ndarray]:
+    """Decode several clips of one video from one open: clip c is the frames ``indices_fns[c](num_frames)`` of
+    the first video stream, uint8 ``[T, H, W, 3]``.
+
+    With ``seek`` (the default) decoding starts at the key frame before the first wanted frame
+    (``container.seek``) and a frame's index is read from its timestamp, so a clip late in a long video costs
+    about one GOP, not every frame before it; every clip comes from one pass over one open container.  When the container gives no frame count, no frame rate or no
+    timestamps, or fewer frames than its header said (truncated files), the whole stream is decoded and the
+    indices are taken over the frames that actually decoded."""
     if av is None:  # pragma: no cover
         raise ImportError("video decoding needs PyAV: pip install av")
     with av.open(path) as container:
@@ -87,24 +98,54 @@ def decode_frames(path: str, indices_fn: Callable[[int], Sequence[int]]) -> np.n
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         count = int(stream.frames or 0)
-        wanted = sorted(set(indices_fn(count))) if count > 0 else None
-        frames, kept = [], {}
-        last = max(wanted) if wanted else None
-        for i, frame in enumerate(container.decode(stream)):
-            if wanted is None:
-                frames.append(frame)
-            elif i in wanted:
-                kept[i] = frame.to_ndarray(format="rgb24")
-                if i == last:
-                    break
-        if wanted is not None and len(kept) == len(wanted):
-            return np.stack([kept[i] for i in indices_fn(count)])
-        if wanted is not None:  # fewer frames than the header said: decode everything again
+        if count > 0:
+            clips = [list(fn(count)) for fn in indices_fns]
+            kept = _decode_indices(container, stream, sorted({i for c in clips for i in c}), seek)
+            if kept is not None:
+                return [np.stack([kept[i] for i in clip]) for clip in clips]
             container.seek(0)
-            frames = list(container.decode(stream))
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if not frames:
         raise EmptyVideoError(f"{path}: no decodable frame")
-    return np.stack([frames[i].to_ndarray(format="rgb24") for i in indices_fn(len(frames))])
+    return [np.stack([frames[i] for i in fn(len(frames))]) for fn in indices_fns]
+
+
+def _frame_index(frame, stream, fps: float) -> Optional[int]:
+    if frame.pts is None:
+        return None
+    start = stream.start_time or 0
+    return int(round(float((frame.pts - start) * stream.time_base) * fps))
+
+
+def _decode_indices(container, stream, wanted: List[int], seek: bool) -> Optional[dict]:
+    """``{index: rgb24 array}`` for every wanted index, or None when they cannot all be found this way."""
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    kept: dict = {}
+    if not seek or fps <= 0 or stream.time_base is None:
+        last = wanted[-1]
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                kept[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+        return kept if len(kept) == len(wanted) else None
+    # One seek, to the key frame before the first wanted frame, then decode through the rest (seeking again for
+    # a later clip lands on an earlier key frame of a video with sparse key frames: x264's default is 250).
+    todo = list(wanted)
+    target = int(todo[0] / fps / stream.time_base) + (stream.start_time or 0)
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        index = _frame_index(frame, stream, fps)
+        if index is None:
+            return None
+        if index < todo[0]:
+            continue
+        if index > todo[0]:
+            return None  # a wanted frame has no timestamp of its own (variable rate, bad key frames)
+        kept[todo.pop(0)] = frame.to_ndarray(format="rgb24")
+        if not todo:
+            return kept
+    return None  # the stream ended early: fewer frames than the header said
 
 
 class VideoTransform:
@@ -158,26 +199,37 @@ class VideoRecordsDataset(ImageRecordsDataset):
         self.is_train = is_train
         self.num_views = 1 if is_train else max(1, int(num_views))
         self._view = 0
+        self._views_cache = ("", [])  # (path, every view's frames) of the last video decoded for evaluation
 
     def __len__(self) -> int:
         return len(self.records) * self.num_views
 
     def read_image(self, record: dict):
-        """The transformed clip ``[T, 3, S, S]`` of ``record`` (view ``self._view``), or None when unreadable."""
+        """The transformed clip ``[T, 3, S, S]`` of ``record`` (view ``self._view``), or None when unreadable.
+
+        Evaluation decodes every view of a video from one open and keeps them for the next views' samples
+        (consecutive indices, so normally the same batch and worker)."""
         path = self.image_path(record)
         self.num_read += 1
         if self.is_train:
             offset = float(torch.rand(()))
-            pick = lambda n: clip_indices(n, self.frames_per_clip, self.stride, offset=offset)  # noqa: E731
+            picks = [lambda n: clip_indices(n, self.frames_per_clip, self.stride, offset=offset)]
+        elif self._views_cache[0] == path:
+            return self._finish(self._views_cache[1][self._view])
         else:
-            view, views = self._view, self.num_views
-            def pick(n):
-                return clip_indices(n, self.frames_per_clip, self.stride, view=view, num_views=views)
+            picks = [functools.partial(clip_indices, frames_per_clip=self.frames_per_clip, stride=self.stride,
+                                       view=v, num_views=self.num_views) for v in range(self.num_views)]
         try:
-            frames = decode_frames(path, pick)
+            clips = decode_clips(path, picks)
         except VIDEO_ERRORS as err:
             self._mark_bad(path, err)
             return None
+        if not self.is_train:
+            self._views_cache = (path, clips)
+            return self._finish(clips[self._view])
+        return self._finish(clips[0])
+
+    def _finish(self, frames: np.ndarray):
         return self.transform(frames) if self.transform is not None else torch.from_numpy(frames)
 
     def __getitem__(self, index: int) -> dict:
