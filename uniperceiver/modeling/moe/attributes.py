@@ -63,8 +63,10 @@ def with_token_attributes(attributes: Optional[Dict[str, Any]], ids: torch.Tenso
 # the first segment; the caption words and the caption queries to the second.  The rows, by the published
 # table they come from:
 SEGMENT_ROWS: Dict[str, tuple] = {
-    # inputs of image/video classification, retrieval and captioning (their visual segment)
+    # inputs of image/video classification and retrieval
     "visual_input": (1, 0, 0, 1, 1, 0, 0, 0),
+    # first row of image/video_caption: the visual segment of captioning
+    "caption_visual": (1, 1, 0, 1, 1, 0, 0, 0),
     # inputs of text_mlm and text_classification
     "text_input": (0, 1, 0, 1, 0, 1, 0, 0),
     # second row of image/video_caption: the caption words (and queries)
@@ -82,7 +84,7 @@ SEGMENT_ROW_LENGTH = 8
 SEGMENT_ROW_OF: Dict[tuple, str] = {
     ("visual", "classification", "input"): "visual_input",
     ("visual", "retrieval", "input"): "visual_input",
-    ("visual", "caption", "input"): "visual_input",
+    ("visual", "caption", "input"): "caption_visual",
     ("text", "caption", "input"): "caption_text",
     ("text", "mlm", "input"): "text_input",
     ("text", "retrieval", "input"): "class_target",
