@@ -117,6 +117,8 @@ def convert_moe_state_dict(published_sd: Dict[str, torch.Tensor], cfg
             experts.setdefault((block, module, kind), {})[int(e)] = value
         else:
             unmapped.append(key)
+    if unmapped:  # refused anyway: report what fits no rule before anything else
+        return mapped, dropped, unmapped
     for (block, module, kind), per_expert in sorted(experts.items()):
         missing = sorted(set(range(num_experts)) - set(per_expert))
         if missing:
