@@ -41,7 +41,7 @@ class MoESpec:
     top_k: int = 2
     routing: str = "attribute"           # "attribute" | "token"
     gate: str = "embedding"              # attribute routing: "segment_row" (published) | "embedding"
-    noise_policy: str = ""               # "" | "Jitter" | "RSample"
+    noise_policy: str = ""               # "" | "Jitter" | "RSample" | "Normal"
     noise_std: float = 1.0
     capacity_factor: float = 1.0         # token routing, training
     eval_capacity_factor: float = 1.0    # token routing, eval
