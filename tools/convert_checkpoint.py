@@ -109,8 +109,11 @@ def convert_other(args) -> int:
         print(f"convert_checkpoint: {args.checkpoint}: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {len(report['written'])} tensors; derived: {', '.join(report['derived'])}")
+    rules = {}
     for key, rule in report.get("dropped", []):
-        print(f"dropped {key}: {rule}")
+        rules.setdefault(rule, []).append(key)
+    for rule, keys in rules.items():
+        print(f"dropped {len(keys)} tensors the published model never reads (e.g. {keys[0]}): {rule}")
     if report["unmapped"]:
         print(f"not mapped ({len(report['unmapped'])}): {', '.join(report['unmapped'][:30])}")
     return 0
