@@ -156,7 +156,7 @@ _C.MOE.TOP_K = 2
 # "all" = every block, "none" = no block.
 _C.MOE.MOE_EXPERT_LOCATION = "odd"
 # Gate noise in training: "" (none), "Jitter", "RSample" or "Normal" (the published "vmoe": logits +
-# N(0, (NOISE_STD / NUM_EXPERTS)^2), top-2 weights from the noisy logits; native backend only).
+# N(0, (NOISE_STD / NUM_EXPERTS)^2), expert weights from the noisy logits; native backend only).
 _C.MOE.NOISY_GATE_POLICY = ""
 _C.MOE.NOISE_STD = 1.0
 # Token routing capacity factors.

@@ -11,12 +11,12 @@ Gates (always in fp32, autocast off):
 * :class:`TokenGate` — logits from the token's hidden state (``Linear(D, E)``).
 
 Top-k: probabilities are the softmax over all experts; top-1 keeps the raw probability as the expert weight
-(so the gate gets a gradient — the published top-1 renormalised it to 1), top-k > 1 renormalises the k
-selected probabilities to sum to 1 (as published: top-1 keeps the probability, top-2 renormalises).  Noise in
+(so the gate gets a gradient), top-k > 1 renormalises the k selected probabilities to sum to 1 (both as
+published).  Noise in
 training (``MOE.NOISY_GATE_POLICY``): ``Jitter`` multiplies the gate input by U(1 - 0.01 s, 1 + 0.01 s),
 ``RSample`` selects experts on ``logits + s * Gumbel`` (weights from the clean logits), ``Normal`` (the
-published ``vmoe``) selects on ``logits + N(0, (s / E)^2)`` with, for top-k > 1, the weights from those noisy
-logits too; ``s = MOE.NOISE_STD``.  Eval never adds noise.
+published ``vmoe``) selects on ``logits + N(0, (s / E)^2)`` and takes the weights from those noisy logits
+too; ``s = MOE.NOISE_STD``.  Eval never adds noise.
 
 Capacity (token routing): ``C = max(min_capacity, ceil(factor * k * N / E))`` slots per expert (``factor <= 0``:
 unlimited); assignments are served first choice before second choice, in token order, and the ones past
@@ -62,8 +62,7 @@ def top_k_routing(logits: torch.Tensor, k: int, noise_policy: str = "", noise_st
         select = logits + noise_std * gumbel
     elif noise_policy == "Normal":  # the published "vmoe": N(0, (s / E)^2) on the logits
         select = logits + torch.randn_like(logits) * (noise_std / logits.shape[-1])
-        if k > 1:  # published top-2: the weights too come from the noisy logits (top-1: from the clean ones)
-            probs = select.softmax(dim=-1)
+        probs = select.softmax(dim=-1)  # published top2gating (the working path for k = 1 and 2): noisy weights
     experts = select.topk(k, dim=-1).indices
     weights = probs.gather(1, experts)
     if k > 1:
