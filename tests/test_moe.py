@@ -44,14 +44,16 @@ def routed_units(model):
 
 
 # ------------------------------------------------------------------------------ routing and experts
-@pytest.mark.parametrize("routing", ["attribute", "token"])
+@pytest.mark.parametrize("routing", ["attribute", "segment_row", "token"])
 @pytest.mark.parametrize("k", [1, 2])
 def test_forward_backward_every_routed_expert_gets_gradient(routing, k):
     torch.manual_seed(0)
-    model = build_model(moe_cfg(routing, k, CAPACITY_FACTOR=0.0)).train()
+    gate = "segment_row" if routing == "segment_row" else "embedding"
+    routing = "attribute" if routing == "segment_row" else routing
+    model = build_model(moe_cfg(routing, k, CAPACITY_FACTOR=0.0, ATTRIBUTE_GATE=gate)).train()
     images, text = inputs()
     out = model(images=images, text=text, num_queries=2, causal_text=True, attributes=ATTRS)
-    targets = model.encode_targets(text[:, :3], attributes={"task": "caption"})
+    targets = model.encode_targets(text[:, :3], attributes={"modality": "text", "task": "caption"})
     loss = model.logits(out["queries"], targets).logsumexp(-1).mean() + model.logits(out["spe"], targets).mean()
     # a loss on every position of a last forward, so every token's expert output matters
     states, _ = model.encode(images=images, text=text, attributes=ATTRS)
@@ -60,7 +62,7 @@ def test_forward_backward_every_routed_expert_gets_gradient(routing, k):
     assert set(extra) == ({"loss_moe_aux"} if routing == "token" else set())
     (loss + sum(extra.values())).backward()
     units = routed_units(model)
-    assert len(units) == 3  # block 1 (odd): qkv, proj, FFN
+    assert len(units) == 3  # block 0 (odd, as published: blocks 0, 2, ...): qkv, proj, FFN
     for unit in units:
         plan = unit.last_plan  # of the last forward: every expert that received tokens has a gradient
         used = plan.counts > 0
@@ -68,17 +70,22 @@ def test_forward_backward_every_routed_expert_gets_gradient(routing, k):
         for linear in unit.linears:
             per_expert = linear.weight.grad.flatten(1).abs().sum(1)
             assert (per_expert[used] > 0).all(), (routing, k, plan.counts, per_expert)
+        if unit.gate is None:  # the published gate: proj follows the routing of qkv
+            assert gate == "segment_row" and unit is units[1]
+            continue
         gate_grad = [p.grad for p in unit.gate.parameters()]
         assert all(g is not None and g.abs().sum() > 0 for g in gate_grad)
         if k == 1:  # top-1 keeps the probability as the weight: one expert per assignment, no renormalising
             assert plan.weight.max() < 1.0
-    dense_block = model.encoder.blocks[0]
-    assert type(dense_block.mlp).__name__ == "Mlp" and type(model.encoder.blocks[1].mlp).__name__ == "MoEMlp"
+    dense_block = model.encoder.blocks[1]
+    assert type(dense_block.mlp).__name__ == "Mlp" and type(model.encoder.blocks[0].mlp).__name__ == "MoEMlp"
 
 
-@pytest.mark.parametrize("location,expected", [("odd", [1, 3]), ("even", [0, 2]), ("all", [0, 1, 2, 3])])
+@pytest.mark.parametrize("location,expected", [("odd", [0, 2, 4]), ("four", [0, 4]), ("all", [0, 1, 2, 3, 4, 5]),
+                                               ("none", [])])
 def test_expert_location(location, expected):
-    model = build_model(moe_cfg(location=location, layers=4))
+    """The published meanings (published unified_bert_encoder.py): odd = layer_idx % 2 == 0, four = % 4 == 0."""
+    model = build_model(moe_cfg(location=location, layers=6))
     assert [i for i, b in enumerate(model.encoder.blocks) if type(b.mlp).__name__ == "MoEMlp"] == expected
 
 
@@ -214,7 +221,7 @@ def test_attribute_routing_is_deterministic_in_eval_and_ignores_content():
         plans.append((unit.last_plan.expert.clone(), unit.last_plan.token.clone(), unit.last_plan.weight.clone()))
     for a, b in zip(plans[0], plans[2]):  # different content, same attributes: the same routing
         assert torch.equal(a, b)
-    r_image = unit.gate(token_attribute_ids(1, 0, 0, attributes=ATTRS))
+    r_image = unit.gate(token_attribute_ids(1, 0, 0, attributes=ATTRS))  # the embedding gate (the default)
     r_target = unit.gate(token_attribute_ids(1, 0, 0, attributes=ATTRS, side="target"))
     assert r_image.experts.shape == (2, 2)
     model.train()  # training noise (RSample) changes the selection of some positions across calls
@@ -251,16 +258,16 @@ def test_expert_param_groups_and_no_decay():
     assert expert and all(getattr(p, "moe_expert", False) for g in expert for p in g["params"])
     assert not any(getattr(p, "moe_expert", False) for g in groups if not g["moe_expert"] for p in g["params"])
     names = {n for g in groups for n in g["param_names"] if g["weight_decay"] == 0}
-    assert "encoder.blocks.1.mlp.experts.linears.0.bias" in names
-    assert "encoder.blocks.1.mlp.experts.gate.task" in names
-    assert "encoder.blocks.1.mlp.experts.linears.0.weight" not in names
+    assert "encoder.blocks.0.mlp.experts.linears.0.bias" in names
+    assert "encoder.blocks.0.mlp.experts.gate.task" in names
+    assert "encoder.blocks.0.mlp.experts.linears.0.weight" not in names
 
 
 def test_spec_validation():
     from uniperceiver.config import ConfigError
 
     for key, value in [("TOP_K", 5), ("MOE_TYPE", "random"), ("BACKEND", "tutel"), ("EP_SIZE", 2),
-                       ("BACKEND", "deepspeed")]:
+                       ("BACKEND", "deepspeed"), ("ATTRIBUTE_GATE", "tag"), ("NOISY_GATE_POLICY", "vmoe")]:
         cfg = get_cfg()
         cfg.MOE.MOE, cfg.MOE.NUM_EXPERTS = True, 4
         cfg.MOE[key] = value
@@ -276,7 +283,7 @@ def test_param_counts_total_and_active():
     per_expert = (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h + h * d + d)
     assert expert_total == 4 * per_expert
     gates = sum(p.numel() for n, p in model.named_parameters() if ".gate." in n)
-    dense_block = sum(p.numel() for n, p in dense.named_parameters() if n.startswith("encoder.blocks.1.")
+    dense_block = sum(p.numel() for n, p in dense.named_parameters() if n.startswith("encoder.blocks.0.")
                       and ("attn." in n or "mlp." in n))
     assert dense_block == per_expert
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in dense.parameters()) \
@@ -305,7 +312,7 @@ def test_native_two_processes_gloo_token_routing(tmp_path):
     task = sum(v for key, v in first.items() if key.startswith("loss_") and key != "loss_moe_aux")
     assert first["total_loss"] == pytest.approx(task + first["loss_moe_aux"], rel=1e-5)
     state = torch.load(out / "model_final.pth", weights_only=True)["model"]
-    assert "encoder.blocks.1.mlp.experts.linears.1.weight" in state
+    assert "encoder.blocks.0.mlp.experts.linears.1.weight" in state
     run_main(["--config-file", INSTANT_MOE, "--num-gpus", "2", "--resume", "OUTPUT_DIR", out, "MOE.MOE_TYPE",
               "token", "SOLVER.MAX_ITER", "4", "DATALOADER.STRATEGY", "synced"], timeout=400)
 
@@ -327,7 +334,7 @@ def test_deepspeed_backend_trains_saves_expert_files_and_resumes(tmp_path):
     expert_files = [f for f in os.listdir(out / "deepspeed" / "iter_0000004") if "_expert_" in f]
     assert len(expert_files) == 5 * 4, tags  # 5 MoE layers (q, k, v, proj, FFN) x 4 experts
     final = torch.load(out / "model_final.pth", weights_only=True)["model"]
-    key = "encoder.blocks.1.mlp.experts.moe.deepspeed_moe.experts.deepspeed_experts.3.2.weight"
+    key = "encoder.blocks.0.mlp.experts.moe.deepspeed_moe.experts.deepspeed_experts.3.2.weight"
     assert key in final
     # resume from the iteration-2 checkpoint: the DeepSpeed shards (experts included) load back
     (out / "last_checkpoint").write_text("model_0000001.pth")

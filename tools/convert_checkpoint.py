@@ -72,6 +72,8 @@ def main(argv=None) -> int:
                         help="uniperceiver-official: token id of <spe> (default: the BPE word 'spe'; 49410 for old checkpoints)")
     parser.add_argument("--learned-spatial", action="store_true",
                         help="uniperceiver-official: keep the spatial position table (for MODEL.POSEMBEDFIX False)")
+    parser.add_argument("--config-file", default="", help="uniperceiver-official: the config the checkpoint goes "
+                        "into (needed for MoE checkpoints: which blocks have experts, MOE.NUM_EXPERTS)")
     parser.add_argument("checkpoint", help="OUTPUT_DIR of a DeepSpeed run, or its deepspeed/ folder; else the input .pth")
     parser.add_argument("output", help="the plain .pth file to write, e.g. model_final.pth")
     parser.add_argument("--tag", default=None, help="checkpoint tag (iter_XXXXXXX); default: the latest")
@@ -95,9 +97,23 @@ def convert_other(args) -> int:
         return 0
     from uniperceiver.checkpoint.official import convert_official_checkpoint
 
-    report = convert_official_checkpoint(args.checkpoint, args.output, spe_id=args.spe_id,
-                                         fixed_spatial=not args.learned_spatial)
+    cfg = None
+    try:  # ---- MoE: the config (official_moe.py); a mismatch is refused in one line, nothing written ----
+        if args.config_file:
+            from uniperceiver.config import setup_cfg
+
+            cfg = setup_cfg(args.config_file)
+        report = convert_official_checkpoint(args.checkpoint, args.output, spe_id=args.spe_id,
+                                             fixed_spatial=not args.learned_spatial, cfg=cfg)
+    except ValueError as e:
+        print(f"convert_checkpoint: {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}: {len(report['written'])} tensors; derived: {', '.join(report['derived'])}")
+    rules = {}
+    for key, rule in report.get("dropped", []):
+        rules.setdefault(rule, []).append(key)
+    for rule, keys in rules.items():
+        print(f"dropped {len(keys)} tensors the published model never reads (e.g. {keys[0]}): {rule}")
     if report["unmapped"]:
         print(f"not mapped ({len(report['unmapped'])}): {', '.join(report['unmapped'][:30])}")
     return 0

@@ -34,7 +34,8 @@ query tokens (also ``spe``) the position of the word they predict:
 (``49410`` = ``<|spe|>`` for old checkpoints).  The frozen sin-cos spatial table is not stored by us (it is
 rebuilt), and ``logit_scale.default`` is taken from ``logit_scale_downstream`` (else ``logit_scale_img_cls``).
 
-Not mapped (listed in the report): MoE experts / gates, the published input prompt / ``s_token_bias`` /
+MoE experts, gates and MoE attention blocks: ``official_moe.py`` (needs ``cfg``).
+Not mapped (listed in the report): the published input prompt / ``s_token_bias`` /
 ``fc_prompt`` heads (their semantics differ from ours), memory-bank queues.  Unmapped parameters are logged.
 """
 from __future__ import annotations
@@ -114,7 +115,7 @@ def default_spe_id() -> int:
 
 
 def convert_official_state_dict(state: Dict[str, torch.Tensor], spe_id: Optional[int] = None,
-                                 fixed_spatial: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[str]]]:
+                                 fixed_spatial: bool = True, cfg=None) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[str]]]:
     """Published parameter names -> ours; returns ``(state, {"unmapped": [...], "derived": [...]})``.
 
     ``fixed_spatial`` (our MODEL.POSEMBEDFIX): the published spatial table is dropped (ours is rebuilt);
@@ -123,6 +124,19 @@ def convert_official_state_dict(state: Dict[str, torch.Tensor], spe_id: Optional
     derived: List[str] = []
     unmapped: List[str] = []
     prompts: Dict[int, torch.Tensor] = {}
+    # ---- MoE part: uniperceiver/checkpoint/official_moe.py (needs the config: which blocks have experts) ----
+    from .official_moe import convert_moe_state_dict, has_moe_tensors, is_moe_key
+
+    moe_dropped: List[Tuple[str, str]] = []
+    if has_moe_tensors(state):
+        if cfg is None:
+            raise ValueError("a published MoE checkpoint: pass the config it goes into (--config-file)")
+        moe_out, moe_dropped, moe_unmapped = convert_moe_state_dict(state, cfg)
+        if moe_unmapped:
+            raise ValueError(f"{len(moe_unmapped)} published MoE tensors fit no mapping rule, e.g. {moe_unmapped[0]}")
+        out.update(moe_out)
+        state = {k: v for k, v in state.items() if not is_moe_key(k)}
+    # ---- end MoE part ----
     for key, value in state.items():
         m = _LAYER.match(key)
         if m:
@@ -186,16 +200,17 @@ def convert_official_state_dict(state: Dict[str, torch.Tensor], spe_id: Optional
     out = {k: v.detach().clone().contiguous() for k, v in out.items()}
     if unmapped:
         logger.warning("%d published entries are not mapped: %s", len(unmapped), ", ".join(unmapped[:20]))
-    return out, {"unmapped": unmapped, "derived": derived}
+    return out, {"unmapped": unmapped, "derived": derived, "dropped": moe_dropped}
 
 
 def convert_official_checkpoint(src: str, dst: str, spe_id: Optional[int] = None,
-                                fixed_spatial: bool = True) -> Dict[str, List[str]]:
+                                fixed_spatial: bool = True, cfg=None) -> Dict[str, List[str]]:
     """Read published checkpoint ``src`` (weights only), write ``{"model": ours}`` to ``dst`` atomically."""
     import os
 
     data = torch.load(src, map_location="cpu", weights_only=True)
-    state, report = convert_official_state_dict(official_state_dict(data), spe_id=spe_id, fixed_spatial=fixed_spatial)
+    state, report = convert_official_state_dict(official_state_dict(data), spe_id=spe_id, fixed_spatial=fixed_spatial,
+                                                cfg=cfg)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = dst + ".tmp"
     torch.save({"model": state}, tmp)

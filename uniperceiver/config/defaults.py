@@ -143,11 +143,20 @@ _C.MOE = CN()
 _C.MOE.MOE = False
 # Routing: "attribute" (gate reads token attributes, the paper) or "token" (gate reads token content).
 _C.MOE.MOE_TYPE = "attribute"
+# Gate of attribute routing.  "segment_row": the published Uni-Perceiver-MoE gate (published MOE.TAG_Transform):
+# the fixed 8-dim attribute row of the token's input segment (modeling/moe/attributes.py SEGMENT_ROWS; <spe>
+# with the first segment, caption words and queries with the caption-text row) -> Linear(8, D) -> LayerNorm ->
+# Linear(D, E, no bias); the attention output projection follows the qkv routing and fc2 follows fc1 (published
+# FFN_SHARE_GATE_DECISION True); native backend only; published checkpoints need it.  "embedding": ours, a
+# learned modality + task type + side embedding per token (MOE.GATE_DIM wide); qkv, proj and the FFN each gated.
+_C.MOE.ATTRIBUTE_GATE = "embedding"
 _C.MOE.NUM_EXPERTS = 8
 _C.MOE.TOP_K = 2
-# Layers with experts: "odd", "even" or "all".
+# Blocks with experts, as published: "odd" = blocks 0, 2, 4, ... (odd counting from 1), "four" = 0, 4, 8, ...,
+# "all" = every block, "none" = no block.
 _C.MOE.MOE_EXPERT_LOCATION = "odd"
-# Gate noise in training: "" (none), "Jitter" or "RSample".
+# Gate noise in training: "" (none), "Jitter", "RSample" or "Normal" (the published "vmoe": logits +
+# N(0, (NOISE_STD / NUM_EXPERTS)^2), expert weights from the noisy logits; native backend only).
 _C.MOE.NOISY_GATE_POLICY = ""
 _C.MOE.NOISE_STD = 1.0
 # Token routing capacity factors.
@@ -155,7 +164,7 @@ _C.MOE.CAPACITY_FACTOR = 1.0
 _C.MOE.EVAL_CAPACITY_FACTOR = 1.0
 # Minimum slots per expert (token routing); the deepspeed backend asserts when tokens < this, keep it small.
 _C.MOE.MIN_CAPACITY = 4
-# Width of the learned attribute embedding the attribute gate reads.
+# Width of the learned attribute embedding the attribute gate reads (MOE.ATTRIBUTE_GATE embedding).
 _C.MOE.GATE_DIM = 64
 # Weight of the load-balancing loss (token routing), added to the step's losses as ``loss_moe_aux``.
 _C.MOE.AUX_LOSS_WEIGHT = 0.01

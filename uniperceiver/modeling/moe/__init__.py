@@ -2,8 +2,10 @@
 MoEs", NeurIPS 2022): conditional mixture-of-experts on the attention projections (qkv, output) and the FFN
 of the shared encoder's blocks selected by ``MOE.MOE_EXPERT_LOCATION``.
 
-* ``attributes.py``: per-token (modality, task type, side) ids built by the model from the task's attributes;
-* ``routing.py``: attribute / token gates, top-k, capacity and the per-expert dispatch;
+* ``attributes.py``: per-token (modality, task type, side) ids built by the model from the task's attributes,
+  and the published 8-dim attribute row of each position's segment derived from them;
+* ``routing.py``: attribute gates (the published segment-row gate, our learned embedding gate), the token
+  gate, top-k, capacity and the per-expert dispatch;
 * ``layers.py``: the native backend (pure PyTorch, one process or DDP);
 * ``deepspeed_layers.py``: the DeepSpeed backend (``deepspeed.moe.layer.MoE``, expert parallelism).
 
@@ -19,23 +21,29 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .attributes import MODALITIES, SIDES, TASK_TYPES, TOKEN_ATTRIBUTES_KEY, token_attribute_ids, with_token_attributes
-from .layers import AuxLossRecorder, MoEAttention, MoEMlp, MoESpec, RoutedExperts
+from .attributes import (MODALITIES, SEGMENT_ROW_OF, SEGMENT_ROWS, SIDES, TASK_TYPES, TOKEN_ATTRIBUTES_KEY,
+                         segment_rows, token_attribute_ids, with_token_attributes)
+from .layers import ATTRIBUTE_GATES, AuxLossRecorder, MoEAttention, MoEMlp, MoESpec, RoutedExperts
 
-LOCATIONS = ("odd", "even", "all")
+LOCATIONS = ("odd", "four", "all", "none")
 
 
 def is_moe_layer(cfg, layer_index: int) -> bool:
-    """Whether block ``layer_index`` (0-based) has experts.  ``odd`` = blocks 1, 3, 5, ... (every other layer,
-    starting with the second, as in the paper), ``even`` = 0, 2, 4, ..., ``all`` = every block."""
+    """Whether block ``layer_index`` (0-based) has experts, with the published meanings of
+    ``MOE.MOE_EXPERT_LOCATION`` (published ``unified_bert_encoder.py``): ``odd`` = blocks 0, 2, 4, ... (the
+    odd-numbered blocks counting from 1), ``four`` = blocks 0, 4, 8, ..., ``all`` = every block, ``none`` = no
+    block."""
     from uniperceiver.config import ConfigError
 
     if not cfg.MOE.MOE:
         return False
     where = cfg.MOE.MOE_EXPERT_LOCATION
     if where not in LOCATIONS:
-        raise ConfigError(f"MOE.MOE_EXPERT_LOCATION {where!r}: expected one of {', '.join(LOCATIONS)}")
-    return where == "all" or (layer_index % 2 == 1) == (where == "odd")
+        hint = " ('odd' is blocks 0, 2, 4, ... as published)" if where == "even" else ""
+        raise ConfigError(f"MOE.MOE_EXPERT_LOCATION {where!r}: expected one of {', '.join(LOCATIONS)}{hint}")
+    if where == "none":
+        return False
+    return where == "all" or layer_index % (2 if where == "odd" else 4) == 0
 
 
 def moe_layer_factories(spec: MoESpec) -> Tuple[Callable[..., nn.Module], Callable[..., nn.Module]]:
@@ -67,7 +75,7 @@ def merge_experts(model: nn.Module, enable: bool = True) -> int:
 
 
 __all__ = [
-    "MODALITIES", "SIDES", "TASK_TYPES", "TOKEN_ATTRIBUTES_KEY", "MoESpec", "MoEAttention", "MoEMlp",
+    "ATTRIBUTE_GATES", "MODALITIES", "SEGMENT_ROWS", "SEGMENT_ROW_OF", "SIDES", "TASK_TYPES", "segment_rows", "TOKEN_ATTRIBUTES_KEY", "MoESpec", "MoEAttention", "MoEMlp",
     "RoutedExperts", "is_moe_layer", "merge_experts", "moe_layer_factories", "pop_aux_loss",
     "token_attribute_ids", "with_token_attributes",
 ]

@@ -16,6 +16,8 @@ Routing: ``token`` uses DeepSpeed's ``TopKGate`` (capacity ``MOE.CAPACITY_FACTOR
 ``attribute`` replaces the gate by :class:`AttributeLogitsGate`: the logits come from our
 :class:`~.routing.AttributeGate` (fp32 attribute embedding, Jitter noise) and are handed to DeepSpeed's
 top-k functions through the ``used_token`` argument of ``MoE.forward``; no capacity limit (no dropping).
+The published Uni-Perceiver-MoE gate (``MOE.ATTRIBUTE_GATE segment_row``) and published MoE checkpoints are
+native-only: ``MoESpec.from_config`` refuses them with this backend in one line.
 ``NOISY_GATE_POLICY RSample`` maps to DeepSpeed's RSample (top-1) / sampled second expert (top-2).
 Expert parameters carry ``allreduce = False`` (DeepSpeed); ``solver.build_optimizer`` splits them into
 DeepSpeed's expert groups.

@@ -3,7 +3,8 @@ for :class:`uniperceiver.modeling.encoder.Block`.
 
 Every MoE unit is a mixture of expert *linears* sharing one routing decision:
 
-* :class:`MoEAttention`: ``qkv`` and ``proj`` are :class:`RoutedLinear` (each with its own gate);
+* :class:`MoEAttention`: ``qkv`` and ``proj`` are :class:`RoutedExperts` (each with its own gate; with the
+  published gate ``MOE.ATTRIBUTE_GATE segment_row``, ``proj`` follows the routing of ``qkv``);
 * :class:`MoEMlp`: ``fc1 -> GELU -> fc2`` where both linears are expert mixtures with the SAME routing
   (``y = sum_k w_k fc2_k(GELU(sum_j w_j fc1_j(x)))``; with top-1 this is exactly one FFN expert per token).
 
@@ -26,8 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attributes import TOKEN_ATTRIBUTES_KEY
-from .routing import AttributeGate, DispatchPlan, Routing, TokenGate, capacity, load_balancing_loss
+from .attributes import SEGMENT_ROWS_KEY, TOKEN_ATTRIBUTES_KEY, segment_rows
+from .routing import AttributeGate, DispatchPlan, Routing, SegmentRowGate, TokenGate, capacity, load_balancing_loss
+
+ATTRIBUTE_GATES = ("segment_row", "embedding")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class MoESpec:
     num_experts: int = 8
     top_k: int = 2
     routing: str = "attribute"           # "attribute" | "token"
-    noise_policy: str = ""               # "" | "Jitter" | "RSample"
+    gate: str = "embedding"              # attribute routing: "segment_row" (published) | "embedding"
+    noise_policy: str = ""               # "" | "Jitter" | "RSample" | "Normal"
     noise_std: float = 1.0
     capacity_factor: float = 1.0         # token routing, training
     eval_capacity_factor: float = 1.0    # token routing, eval
@@ -59,15 +63,25 @@ class MoESpec:
         if not 1 <= moe.TOP_K <= moe.NUM_EXPERTS:
             raise ConfigError(f"MOE.TOP_K {moe.TOP_K} must be in [1, MOE.NUM_EXPERTS = {moe.NUM_EXPERTS}]")
         policy = "" if moe.NOISY_GATE_POLICY in ("", "None") else moe.NOISY_GATE_POLICY
-        if policy not in ("", "Jitter", "RSample"):
-            raise ConfigError(f"MOE.NOISY_GATE_POLICY {moe.NOISY_GATE_POLICY!r}: expected '', 'Jitter' or 'RSample'")
+        if policy not in ("", "Jitter", "RSample", "Normal"):
+            raise ConfigError(f"MOE.NOISY_GATE_POLICY {moe.NOISY_GATE_POLICY!r}: expected '', 'Jitter', 'RSample' or 'Normal'")
+        if moe.ATTRIBUTE_GATE not in ATTRIBUTE_GATES:
+            raise ConfigError(f"MOE.ATTRIBUTE_GATE {moe.ATTRIBUTE_GATE!r}: expected one of {', '.join(ATTRIBUTE_GATES)}")
+        if moe.BACKEND == "deepspeed" and moe.MOE_TYPE == "attribute" and moe.ATTRIBUTE_GATE == "segment_row":
+            raise ConfigError("MOE.BACKEND deepspeed does not implement the published Uni-Perceiver-MoE gate "
+                              "(MOE.ATTRIBUTE_GATE segment_row) nor load published MoE checkpoints: use MOE.BACKEND "
+                              "native, or MOE.ATTRIBUTE_GATE embedding")
+        if moe.BACKEND == "deepspeed" and policy == "Normal":
+            raise ConfigError("MOE.NOISY_GATE_POLICY Normal needs MOE.BACKEND native (DeepSpeed's gates know Jitter "
+                              "and RSample)")
         if moe.NUM_EXPERTS % max(1, moe.EP_SIZE):
             raise ConfigError(f"MOE.NUM_EXPERTS {moe.NUM_EXPERTS} is not divisible by MOE.EP_SIZE {moe.EP_SIZE}")
         if moe.BACKEND == "native" and moe.EP_SIZE != 1:
             raise ConfigError("MOE.EP_SIZE > 1 needs MOE.BACKEND deepspeed (the native backend replicates experts)")
         if moe.BACKEND == "deepspeed" and not cfg.SOLVER.DEEPSPEED.ENABLED:
             raise ConfigError("MOE.BACKEND deepspeed runs under the DeepSpeed engine: set SOLVER.DEEPSPEED.ENABLED True")
-        return cls(num_experts=moe.NUM_EXPERTS, top_k=moe.TOP_K, routing=moe.MOE_TYPE, noise_policy=policy,
+        return cls(num_experts=moe.NUM_EXPERTS, top_k=moe.TOP_K, routing=moe.MOE_TYPE, gate=moe.ATTRIBUTE_GATE,
+                   noise_policy=policy,
                    noise_std=moe.NOISE_STD, capacity_factor=moe.CAPACITY_FACTOR,
                    eval_capacity_factor=moe.EVAL_CAPACITY_FACTOR, min_capacity=moe.MIN_CAPACITY,
                    gate_dim=moe.GATE_DIM, init_std=cfg.MODEL.BERT.INITIALIZER_RANGE, backend=moe.BACKEND,
@@ -83,6 +97,23 @@ def token_attributes(attributes: Optional[Dict[str, Any]], seq_len: int) -> torc
     if ids.shape[0] < seq_len:  # deep prompt tokens appended by the encoder: routed like <spe> (row 0)
         ids = torch.cat([ids, ids[:1].expand(seq_len - ids.shape[0], -1)])
     return ids
+
+
+def token_segment_rows(attributes: Optional[Dict[str, Any]], seq_len: int) -> torch.Tensor:
+    """``[seq_len, 8]`` published attribute rows of the positions (computed once per forward, kept in
+    ``attributes``); deep prompt tokens appended by the encoder take the first segment's row, as the published
+    model routes its prompt keys / values with the first segment."""
+    ids = token_attributes(attributes, 0 if attributes is None else len(attributes.get(TOKEN_ATTRIBUTES_KEY, ())))
+    cached = attributes.get(SEGMENT_ROWS_KEY)
+    if cached is None or cached[0] is not ids:
+        cached = (ids, segment_rows(ids))
+        attributes[SEGMENT_ROWS_KEY] = cached
+    rows = cached[1]
+    if rows.shape[0] > seq_len:
+        raise ValueError(f"token_attributes cover {rows.shape[0]} positions, the sequence has {seq_len}")
+    if rows.shape[0] < seq_len:
+        rows = torch.cat([rows, rows[:1].expand(seq_len - rows.shape[0], -1)])
+    return rows
 
 
 def in_recomputation() -> bool:
@@ -135,12 +166,19 @@ class ExpertLinear(nn.Module):
 
 
 class RoutedExperts(AuxLossRecorder):
-    """A gate plus a chain of expert linears (GELU between them) that share its routing decision."""
+    """A gate plus a chain of expert linears (GELU between them) that share its routing decision.  With
+    ``gated=False`` the unit has no gate of its own: the caller hands it another unit's routing (the published
+    attention output projection follows its qkv projection's routing)."""
 
-    def __init__(self, dims: Sequence[int], spec: MoESpec):
+    def __init__(self, dims: Sequence[int], spec: MoESpec, *, gated: bool = True):
         super().__init__()
         self.spec = spec
-        if spec.routing == "attribute":
+        if not gated:
+            self.gate = None
+        elif spec.routing == "attribute" and spec.gate == "segment_row":
+            self.gate = SegmentRowGate(dims[0], spec.num_experts, spec.top_k, noise_policy=spec.noise_policy,
+                                       noise_std=spec.noise_std)
+        elif spec.routing == "attribute":
             self.gate = AttributeGate(spec.num_experts, spec.top_k, embed_dim=spec.gate_dim,
                                       noise_policy=spec.noise_policy, noise_std=spec.noise_std)
         else:
@@ -149,7 +187,7 @@ class RoutedExperts(AuxLossRecorder):
         self.linears = nn.ModuleList(ExpertLinear(spec.num_experts, a, b, spec.init_std) for a, b in zip(dims, dims[1:]))
         self.act = nn.GELU()
         self.merged = False
-        self._merged_cache: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._merged_cache: Dict[Tuple, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
         self.last_plan: Optional[DispatchPlan] = None  # for inspection (tests, statistics)
 
     def merge(self, enable: bool = True) -> None:
@@ -163,14 +201,23 @@ class RoutedExperts(AuxLossRecorder):
         self._merged_cache.clear()  # weights will change
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+    def position_routing(self, attributes: Optional[Dict[str, Any]], seq_len: int) -> Routing:
+        """Attribute routing of the ``seq_len`` positions, ``[S, k]`` (shared by the batch)."""
+        if self.gate is None:
+            raise ValueError("this MoE unit has no gate of its own: pass the routing it follows")
+        if isinstance(self.gate, SegmentRowGate):
+            return self.gate(token_segment_rows(attributes, seq_len))
+        return self.gate(token_attributes(attributes, seq_len))
+
+    def forward(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]] = None,
+                routing: Optional[Routing] = None) -> torch.Tensor:
+        """``routing``: a position routing ``[S, k]`` to follow (attribute routing) instead of the own gate's."""
         b, s, d = x.shape
         x2 = x.reshape(b * s, d)
         if self.spec.routing == "attribute":
-            ids = token_attributes(attributes, s)
+            r = routing if routing is not None else self.position_routing(attributes, s)
             if self.merged and not self.training:
-                return self._forward_merged(x, ids)
-            r = self.gate(ids)
+                return self._forward_merged(x, r)
             routing = Routing(r.experts.repeat(b, 1), r.weights.repeat(b, 1), r.probs)
             cap = None
         else:
@@ -187,12 +234,13 @@ class RoutedExperts(AuxLossRecorder):
             h = plan.apply(linear, h)
         return h.reshape(b, s, -1)
 
-    def _forward_merged(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        combos, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    def _forward_merged(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+        keys = torch.cat([r.experts.to(r.weights.dtype), r.weights], dim=1)
+        combos, inverse = torch.unique(keys, dim=0, return_inverse=True)
         out = None
         for u in range(combos.shape[0]):
             where = (inverse == u).nonzero().squeeze(1)
-            layers = self._merged_layers(combos[u])
+            layers = self._merged_layers(r.experts[where[0]], r.weights[where[0]])
             h = x[:, where]
             for i, (w, bias) in enumerate(layers):
                 if i:
@@ -203,11 +251,10 @@ class RoutedExperts(AuxLossRecorder):
             out[:, where] = h
         return out
 
-    def _merged_layers(self, combo: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        key = tuple(combo.tolist())
+    def _merged_layers(self, experts: torch.Tensor, weights: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        key = (tuple(experts.tolist()), tuple(weights.tolist()))
         if key not in self._merged_cache:
-            r = self.gate(combo[None])
-            self._merged_cache[key] = [lin.merged(r.experts[0], r.weights[0]) for lin in self.linears]
+            self._merged_cache[key] = [lin.merged(experts, weights) for lin in self.linears]
         return self._merged_cache[key]
 
 
@@ -237,18 +284,32 @@ class RoutedAttention(nn.Module):
 
 
 class MoEAttention(RoutedAttention):
-    """Self-attention whose ``qkv`` and output ``proj`` are routed expert linears."""
+    """Self-attention whose ``qkv`` and output ``proj`` are routed expert linears.  With the published gate
+    (``segment_row``) ``proj`` has no gate: it follows the routing of ``qkv``, as in the published
+    ``MoEAttentionBlock``; otherwise each has its own gate."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, *, spec: MoESpec):
         super().__init__(dim, num_heads, attn_drop, proj_drop)
+        self.shared_routing = spec.routing == "attribute" and spec.gate == "segment_row"
         self.qkv = RoutedExperts((dim, 3 * dim), spec)
-        self.proj = RoutedExperts((dim, dim), spec)
+        self.proj = RoutedExperts((dim, dim), spec, gated=not self.shared_routing)
 
-    def project_qkv(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]]):
+    def project_qkv(self, x: torch.Tensor, attributes: Optional[Dict[str, Any]], routing: Optional[Routing] = None):
         b, n, c = x.shape
-        qkv = self.qkv(x, attributes)
+        qkv = self.qkv(x, attributes, routing)
         return qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        if not self.shared_routing:
+            return super().forward(x, attn_mask, attributes)
+        b, n, c = x.shape
+        routing = self.qkv.position_routing(attributes, n)
+        q, k, v = self.project_qkv(x, attributes, routing)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c), attributes, routing))
 
 
 class MoEMlp(nn.Module):

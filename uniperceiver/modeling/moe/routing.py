@@ -5,13 +5,18 @@ Gates (always in fp32, autocast off):
 * :class:`AttributeGate` — logits from a learned embedding of each token's (modality, task type, side) ids
   (``moe/attributes.py``), not from its content.  Computed once per sequence position ``[S, E]`` and shared
   by the batch, so in eval the routing of a token depends on its attributes only (and can be pre-merged).
+* :class:`SegmentRowGate` — the published Uni-Perceiver-MoE gate: the fixed 8-dim attribute row of the
+  token's input segment (``attributes.segment_rows``) -> ``Linear(8, D)`` -> ``LayerNorm`` (eps 1e-5) ->
+  ``Linear(D, E)`` without bias.  Also content-free and shared by the batch.
 * :class:`TokenGate` — logits from the token's hidden state (``Linear(D, E)``).
 
 Top-k: probabilities are the softmax over all experts; top-1 keeps the raw probability as the expert weight
-(so the gate gets a gradient — the published top-1 renormalised it to 1), top-k > 1 renormalises the k
-selected probabilities to sum to 1.  Noise in training (``MOE.NOISY_GATE_POLICY``): ``Jitter`` multiplies the
-gate input by U(1 - 0.01 s, 1 + 0.01 s), ``RSample`` selects experts on ``logits + s * Gumbel`` (weights from
-the clean logits), with ``s = MOE.NOISE_STD``.
+(so the gate gets a gradient), top-k > 1 renormalises the k selected probabilities to sum to 1 (both as
+published).  Noise in
+training (``MOE.NOISY_GATE_POLICY``): ``Jitter`` multiplies the gate input by U(1 - 0.01 s, 1 + 0.01 s),
+``RSample`` selects experts on ``logits + s * Gumbel`` (weights from the clean logits), ``Normal`` (the
+published ``vmoe``) selects on ``logits + N(0, (s / E)^2)`` and takes the weights from those noisy logits
+too; ``s = MOE.NOISE_STD``.  Eval never adds noise.
 
 Capacity (token routing): ``C = max(min_capacity, ceil(factor * k * N / E))`` slots per expert (``factor <= 0``:
 unlimited); assignments are served first choice before second choice, in token order, and the ones past
@@ -29,9 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attributes import MODALITIES, SIDES, TASK_TYPES
+from .attributes import MODALITIES, SEGMENT_ROW_LENGTH, SIDES, TASK_TYPES
 
-NOISE_POLICIES = ("", "None", "Jitter", "RSample")
+NOISE_POLICIES = ("", "None", "Jitter", "RSample", "Normal")
 
 
 @dataclass
@@ -55,6 +60,9 @@ def top_k_routing(logits: torch.Tensor, k: int, noise_policy: str = "", noise_st
     if noise_policy == "RSample":
         gumbel = -torch.empty_like(logits).exponential_().log()
         select = logits + noise_std * gumbel
+    elif noise_policy == "Normal":  # the published "vmoe": N(0, (s / E)^2) on the logits
+        select = logits + torch.randn_like(logits) * (noise_std / logits.shape[-1])
+        probs = select.softmax(dim=-1)  # published top2gating (the working path for k = 1 and 2): noisy weights
     experts = select.topk(k, dim=-1).indices
     weights = probs.gather(1, experts)
     if k > 1:
@@ -109,6 +117,38 @@ class AttributeGate(nn.Module):
         policy = self.noise_policy if self.training else ""
         with torch.autocast(token_attributes.device.type, enabled=False):
             return top_k_routing(self.logits(token_attributes), self.top_k, policy, self.noise_std)
+
+
+class SegmentRowGate(nn.Module):
+    """The published gate (``TopKGate`` with ``TAG_Transform``): attribute row -> Linear(8, D) -> LayerNorm ->
+    bias-free Linear(D, E); computed once per distinct row, so training noise is drawn per segment row, as
+    published."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, *, row_length: int = SEGMENT_ROW_LENGTH,
+                 noise_policy: str = "", noise_std: float = 1.0):
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.noise_policy, self.noise_std = noise_policy, noise_std
+        self.row_proj = nn.Linear(row_length, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.proj = nn.Linear(dim, num_experts, bias=False)
+
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[R, 8]`` rows -> ``[R, E]`` fp32 logits (Jitter noise on the normalised row in training)."""
+        with torch.autocast(rows.device.type, enabled=False):
+            h = F.linear(rows.float(), self.row_proj.weight.float(), self.row_proj.bias.float())
+            h = F.layer_norm(h, h.shape[-1:], self.norm.weight.float(), self.norm.bias.float(), self.norm.eps)
+            if self.training and self.noise_policy == "Jitter":
+                h = _jitter(h, self.noise_std)
+            return F.linear(h, self.proj.weight.float())
+
+    def forward(self, rows: torch.Tensor) -> Routing:
+        """``[S, 8]`` per-position rows -> routing ``[S, k]`` (the caller broadcasts it over the batch)."""
+        distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        policy = self.noise_policy if self.training else ""
+        with torch.autocast(rows.device.type, enabled=False):
+            r = top_k_routing(self.logits(distinct), self.top_k, policy, self.noise_std)
+        return Routing(r.experts[inverse], r.weights[inverse], r.probs[inverse])
 
 
 class TokenGate(nn.Module):
