@@ -288,6 +288,10 @@ class CfgNode(_YacsCfgNode):
         self.__dict__["_cli_task"] = {}
         return self
 
+    def published_report(self):
+        """The :class:`~uniperceiver.config.published.ConversionReport` of a converted published config, or None."""
+        return self.__dict__.get("_published_report")
+
     def task(self, name: str) -> "CfgNode":
         for node in self.TASKS:
             if node.NAME == name:

@@ -111,6 +111,8 @@ _C.MODEL.BERT.HIDDEN_DROPOUT_PROB = 0.0
 _C.MODEL.BERT.ATTENTION_PROBS_DROPOUT_PROB = 0.0
 # Stochastic depth rate of the last block (linearly increasing from 0).
 _C.MODEL.BERT.DROP_PATH_PROB = 0.0
+# Every block drops paths at DROP_PATH_PROB (the published DROP_PATH_PROB_FIXED) instead of the linear rise.
+_C.MODEL.BERT.DROP_PATH_PROB_FIXED = False
 _C.MODEL.BERT.LAYER_NORM_EPS = 1e-6
 # Std of the truncated-normal weight init.
 _C.MODEL.BERT.INITIALIZER_RANGE = 0.02
@@ -249,6 +251,7 @@ _C.DECODE_STRATEGY.LEN_PENALTY = 0.0
 _C.SOLVER = CN()
 # Optimizer steps of the whole run (micro-batches are not counted).
 _C.SOLVER.MAX_ITER = 1000
+# "AdamW" (torch.optim.AdamW) or "Lamb" (timm.optim.Lamb, the published SOLVER.NAME LAMB).
 _C.SOLVER.OPTIMIZER = "AdamW"
 _C.SOLVER.BASE_LR = 1e-3
 _C.SOLVER.BETAS = (0.9, 0.95)
@@ -256,6 +259,9 @@ _C.SOLVER.EPS = 1e-6
 _C.SOLVER.WEIGHT_DECAY = 0.05
 # Weight decay of the no-decay groups (norms, biases, 1-D params, embeddings, logit scales, gammas).
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# Weight decay of nn.Embedding weights (the published SOLVER.WEIGHT_DECAY_EMBEDDING); < 0: the no-decay rule
+# (WEIGHT_DECAY_NORM, via NO_DECAY_PATTERNS).
+_C.SOLVER.WEIGHT_DECAY_EMBEDDING = -1.0
 # Parameter-name regexes that get WEIGHT_DECAY_NORM besides every 1-D parameter.
 _C.SOLVER.NO_DECAY_PATTERNS = [r"embedding", r"pos_embed", r"logit_scale", r"gamma", r"\.bias$", r"norm"]
 # Layer-wise LR decay: the LR of layer l is BASE_LR * LAYER_LR_DECAY ** (num_layers + 1 - l); 1.0 = off.

@@ -1,0 +1,50 @@
+"""Convert a published Uni-Perceiver config (with its ``_BASE_`` chain) into a config of our tree.
+
+    python tools/convert_config.py PUBLISHED.yaml OUT.yaml
+
+Prints one line per published key: mapped (to which key and value) or dropped (with the reason), then the
+warnings.  OUT.yaml is self-contained (no ``_BASE_``) and holds only what differs from our defaults, so
+``main.py --config-file OUT.yaml`` trains what the published file trains.  Exit 2 with one line on error.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import yaml  # noqa: E402
+
+from uniperceiver.config import ConfigError, get_cfg  # noqa: E402
+from uniperceiver.config.published import convert_published  # noqa: E402
+
+
+def convert(src: str, dst: str) -> list:
+    """Write ``dst``; returns the report lines.  The converted dict is merged onto our defaults first, so a
+    file is written only when it loads."""
+    data, report = convert_published(src)
+    cfg = get_cfg()
+    cfg.merge_from_dict(data, source=src)
+    cfg.finalize()
+    header = (f"# Converted by tools/convert_config.py from the published Uni-Perceiver config\n"
+              f"# {os.path.relpath(src)} (its _BASE_ chain resolved); only values that differ from our defaults.\n")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    with open(dst, "w") as f:
+        f.write(header + yaml.safe_dump(data, sort_keys=False, width=120))
+    return report.lines() + [f"warning: {w}" for w in report.warnings]
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] in ("-h", "--help"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    try:
+        lines = convert(argv[0], argv[1])
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
