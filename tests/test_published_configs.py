@@ -238,3 +238,62 @@ def test_key_map_covers_every_published_key():
             for part in target.split("."):
                 assert part in node, (key, target)
                 node = node[part]
+
+
+# Keys read in a way the syntax-tree walk below cannot see, each with where it is read.
+UNSEEN_READS = {
+    "DATASETS.TRAIN": "getattr(task_cfg.DATASETS, split.upper()) in data/datasets/__init__.py",
+    "DATASETS.VAL": "getattr(task_cfg.DATASETS, split.upper()) in data/datasets/__init__.py",
+    "DATASETS.TEST": "getattr(task_cfg.DATASETS, split.upper()) in data/datasets/__init__.py",
+    "LR_SCHEDULER.NAME": "s.NAME with s = cfg.LR_SCHEDULER in solver/build.py",
+    "SHARED_TARGETS.NAME": "node.NAME over cfg.SHARED_TARGETS in data/target_sets.py",
+    "DECODE_STRATEGY.NAME": "beam17 (issue 17/18) reads it in evaluation/decoding.py",
+}
+
+
+def test_every_default_key_is_read_by_code():
+    """Each leaf key of defaults.py is read: an attribute access ``.<PARENT>.<KEY>`` (or ``.<KEY>`` for a top-level
+    or unambiguous name, ``["<KEY>"]``, ``getattr(x, "<KEY>")``) somewhere in main.py, uniperceiver/ or tools/
+    other than the config tree and the published-key table themselves."""
+    import ast
+    import collections
+    import pathlib
+
+    from uniperceiver.config.defaults import _SHARED_TARGET
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from leaves(v, prefix + k + ".")
+            else:
+                yield prefix + k
+
+    keys = list(leaves(get_cfg())) + ["SHARED_TARGETS." + k for k in leaves(_SHARED_TARGET)]
+    count = collections.Counter(k.split(".")[-1] for k in keys)
+    attrs, pairs = set(), set()
+    root = pathlib.Path(REPO)
+    skip = {root / "uniperceiver" / "config" / "defaults.py", root / "uniperceiver" / "config" / "published.py"}
+    for path in [root / "main.py", *(root / "uniperceiver").rglob("*.py"), *(root / "tools").rglob("*.py")]:
+        if path in skip:
+            continue
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.Attribute):
+                attrs.add(n.attr)
+                if isinstance(n.value, ast.Attribute):
+                    pairs.add((n.value.attr, n.attr))
+            elif isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant):
+                attrs.add(n.slice.value)
+            elif (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "hasattr")
+                  and len(n.args) > 1 and isinstance(n.args[1], ast.Constant)):
+                attrs.add(n.args[1].value)
+    unread = []
+    for key in keys:
+        parts = key.split(".")
+        if key in UNSEEN_READS:
+            continue
+        if (len(parts) == 1 or count[parts[-1]] == 1) and parts[-1] in attrs:
+            continue
+        if len(parts) > 1 and (parts[-2], parts[-1]) in pairs:
+            continue
+        unread.append(key)
+    assert not unread, f"keys in defaults.py that no code reads: {unread}"

@@ -81,7 +81,7 @@ def load_yaml_file(filename: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         what = getattr(e, "problem", None) or " ".join(str(e).split())
         if isinstance(e, yaml.constructor.ConstructorError) and "could not determine a constructor" in what:
-            what = f"{what}; refused (only plain YAML and {EVAL_TAG.split(':', 2)[2]} fractions are read)"
+            what = f"{what}; refused: a YAML tag other than the published {EVAL_TAG.split(':', 2)[2]} fraction"
         raise ConfigError(f"{filename}: invalid YAML: {where}{what}") from None
 
 
@@ -194,6 +194,9 @@ class CfgNode(_YacsCfgNode):
     def merge_from_dict(self, data: Dict[str, Any], source: str = "<dict>") -> None:
         """Merge a plain (already ``_BASE_``-resolved) dict, type-checked against this tree."""
         data = dict(data)
+        if "VERSION" in data and data["VERSION"] != self.get("VERSION", data["VERSION"]):
+            raise ConfigError(f"{source}: VERSION {data['VERSION']!r}: this code reads config files of VERSION "
+                              f"{self.VERSION}")
         for list_key in ("TASKS", "SHARED_TARGETS"):
             if list_key in data:
                 entries = data.pop(list_key) or []

@@ -16,6 +16,7 @@ from .config import CfgNode as CN
 TASK_SUBTREES = ("DATASETS", "DATALOADER", "MODEL", "LOSSES", "INFERENCE", "DECODE_STRATEGY")
 
 _C = CN()
+# Format version of config files; a file with another VERSION is refused (CfgNode.merge_from_dict).
 _C.VERSION = 1
 
 # Directory where checkpoints, logs, metrics.json, TensorBoard events and config.yaml are written.
@@ -220,7 +221,6 @@ _C.DATALOADER.MLM_PROBABILITY = 0.15
 # Losses (per task)
 # ---------------------------------------------------------------------------------------------------------
 _C.LOSSES = CN()
-_C.LOSSES.NAMES = ["CrossEntropy"]
 # Multiplies this task's loss.
 _C.LOSSES.LOSS_WEIGHT = 1.0
 _C.LOSSES.LABELSMOOTHING = 0.0
@@ -237,8 +237,6 @@ _C.INFERENCE.TEST_ANNFILE = ""
 _C.INFERENCE.GENERATION_MODE = "greedy"
 # Video: number of temporal views averaged at test time.
 _C.INFERENCE.NUM_VIEWS = 1
-# Classification prompt templates; "{}" is replaced by the class name.
-_C.INFERENCE.PROMPT_TEMPLATES = ["a photo of a {}."]
 
 _C.DECODE_STRATEGY = CN()
 _C.DECODE_STRATEGY.NAME = "greedy"
