@@ -50,7 +50,8 @@ from uniperceiver.config.published import PUBLISHED_KEY_MAP, convert_published, 
 from uniperceiver.config.validate import validate_cfg  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLISHED_ROOT = "/work/ref/Uni-Perceiver/configs"  # the published repo's configs/ (optional on a fresh machine)
+# The published repo's configs/ folder (github fundamentalvision/Uni-Perceiver @ a8c9e37); tests that need it skip without it.
+PUBLISHED_ROOT = os.environ.get("UNIPERCEIVER_PUBLISHED_CONFIGS", "/work/ref/Uni-Perceiver/configs")
 PUBLISHED = sorted(glob.glob(os.path.join(PUBLISHED_ROOT, "**", "*.yaml"), recursive=True))
 needs_published = pytest.mark.skipif(not PUBLISHED, reason=f"published configs not at {PUBLISHED_ROOT}")
 OURS = os.path.join(REPO, "configs")
@@ -297,3 +298,72 @@ def test_every_default_key_is_read_by_code():
             continue
         unread.append(key)
     assert not unread, f"keys in defaults.py that no code reads: {unread}"
+
+
+PUBLISHED_TINY = """\
+# published format (keys, tags, dataset classes and names as in the published repo) on the demo data
+_BASE_: base.yaml
+ENGINE: {NAME: UnifiedTrainer}
+find_unused_parameters: true
+SHARED_TARGETS:
+  - NAME: ImageNet1k
+    SHARED_TARGETS_CFG: {FILE_PATH: imagenet/classnames.txt, DISTRIBUTED: False}
+TASKS:
+  - NAME: imagenet
+    DATASETS: {TRAIN: ImageNetDataset, VAL: ImageNetDataset, TASK_TYPE: image_classification,
+               DATASET_NAME: ImageNet1k, TARGET_SET: [ImageNet1k]}
+    DATALOADER: {TRAIN_BATCH_SIZE: 4, TEST_BATCH_SIZE: 50, NUM_WORKERS: 0, FEATS_FOLDER: imagenet,
+                 ANNO_FOLDER: imagenet/meta, S3_PATH: 'cluster2:s3://imagenet', SAMPLING_WEIGHT: 2.5,
+                 MIXUP: 0.8, CUTMIX: 1.0, MIXUP_PROB: 1.0, MIXUP_SWITCH_PROB: 0.5, MIXUP_MODE: batch,
+                 MIXUP_LABEL_SMOOTHING: 0.1}
+    MODEL: {MAX_SEQ_LEN: -1, LABELS_NUM: 10, TEMP_NAME: logit_scale_img_cls}
+    LOSSES: {NAMES: ['SoftTargetCrossEntropy', 'Accuracy'], LOSS_WEIGHT: 1.0, REDUCTION: mean}
+    INFERENCE: {NAME: ImageNetEvaler, ID_KEY: image_id, VALUE: cls_logits, GENERATION_MODE: False}
+MODEL:
+  IMG_INPUT_SIZE: 32
+  PATCH_SIZE: 8
+  POSEMBED_SCALE: !!python/object/apply:eval ["160/224"]
+  LAYER_SCALE: True
+  LAYER_SCALE_INIT: 1e-3
+  BERT: {NORMALIZE_DECISION: BERTPre, DROP_PATH_PROB: 0.1, DROP_PATH_PROB_FIXED: True}
+SOLVER: {NAME: LAMB, MAX_ITER: 150000, EVAL_PERIOD: 500000, CHECKPOINT_PERIOD: 5000, BASE_LR: 0.001,
+         EPS: 1e-6, BETAS: [0.9, 0.95], AMP_FP16: True, WEIGHT_DECAY_EMBEDDING: 0.0}
+LR_SCHEDULER: {NAME: WarmupCosine, WARMUP: 5000, MIN_LR: 0.000001}
+"""
+PUBLISHED_TINY_BASE = """\
+MODEL:
+  META_ARCHITECTURE: 'MultiTaskTransformerEncoder'
+  ENCODER: 'UnifiedBertEncoder_v3'
+  ENCODER_DIM: 192
+  TOKEN_EMBED: {NAME: TokenBaseEmbedding, DIM: 192, USE_NORM: True, POSITION: NNEmbeddingEncoding,
+                POSITION_MAX_LEN: 64, TYPE_VOCAB_SIZE: 2}
+  BERT: {HIDDEN_SIZE: 192, NUM_ATTENTION_HEADS: 3, INTERMEDIATE_SIZE: 768, NUM_HIDDEN_LAYERS: 1,
+         HIDDEN_DROPOUT_PROB: 0., ATTENTION_PROBS_DROPOUT_PROB: 0., FFN_DROPOUT_PROB: 0., INTERMEDIATE_DROP: 0.}
+"""
+
+
+@pytest.mark.slow
+def test_main_runs_a_published_config(tmp_path):
+    """main.py trains 2 steps from a published-format file: converted, summarised, config.yaml written, CLI keys
+    ours, the published warm-up shortened to the run, LAMB, fp16 -> fp32 on CPU, the demo-data line."""
+    from conftest import run_main
+
+    (tmp_path / "base.yaml").write_text(PUBLISHED_TINY_BASE)
+    cfg_file = tmp_path / "7tasks_like.yaml"
+    cfg_file.write_text(PUBLISHED_TINY)
+    out = tmp_path / "out"
+    proc = run_main(["--config-file", cfg_file, "SOLVER.MAX_ITER", "2", "SOLVER.WRITE_PERIOD", "1",
+                     "OUTPUT_DIR", out], env={"DATA_PATH": ""}, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert "converted onto our tree" in log and "S3_PATH" in log
+    assert log.count("warming up for the whole run") == 1
+    assert log.count("SOLVER.AMP.DTYPE fp16 needs CUDA") == 1
+    assert log.count("DATA_PATH is not set: using the built-in demo data in") == 1
+    saved = setup_cfg(str(out / "config.yaml"))
+    assert not is_published_file(str(out / "config.yaml"))
+    assert saved.SOLVER.OPTIMIZER == "Lamb" and saved.SOLVER.MAX_ITER == 2 and saved.SOLVER.EPS == 1e-6
+    assert saved.LR_SCHEDULER.WARMUP == 5000 and saved.LR_SCHEDULER.WARMUP_FACTOR == 0.0
+    assert saved.MODEL.BERT.DROP_PATH_PROB_FIXED and saved.MODEL.POSEMBED_SCALE == pytest.approx(160 / 224)
+    task = saved.task("imagenet")
+    assert task.LOSSES.LABELSMOOTHING == pytest.approx(0.1) and task.DATALOADER.SAMPLING_WEIGHT == 2.5
+    assert (out / "model_final.pth").exists()
