@@ -1,10 +1,14 @@
 """Convert a published Uni-Perceiver config (with its ``_BASE_`` chain) into a config of our tree.
 
     python tools/convert_config.py PUBLISHED.yaml OUT.yaml
+    python tools/convert_config.py --tree PUBLISHED/configs configs    # every file, same relative paths
+
 
 Prints one line per published key: mapped (to which key and value) or dropped (with the reason), then the
 warnings.  OUT.yaml is self-contained (no ``_BASE_``) and holds only what differs from our defaults, so
 ``main.py --config-file OUT.yaml`` trains what the published file trains.  Exit 2 with one line on error.
+``--tree`` converts every published task config (the model-only ``base_model_*.yaml`` files are ours, written
+by hand) and prints one line per file.
 """
 import os
 import sys
@@ -36,11 +40,34 @@ def convert(src: str, dst: str) -> list:
     return report.lines() + [f"warning: {w}" for w in report.warnings]
 
 
+def convert_tree(src_root: str, dst_root: str) -> list:
+    lines = []
+    for folder, _, files in sorted(os.walk(src_root)):
+        for name in sorted(files):
+            if not name.endswith(".yaml") or name.startswith("base_model_"):
+                continue
+            rel = os.path.relpath(os.path.join(folder, name), src_root)
+            report = convert(os.path.join(src_root, rel), os.path.join(dst_root, rel))
+            warnings = sum(line.startswith("warning: ") for line in report)
+            lines.append(f"{rel}: {len(report) - warnings} keys, {warnings} warnings")
+    return lines
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tree = bool(argv) and argv[0] == "--tree"
+    if tree:
+        argv = argv[1:]
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
+    if tree:
+        try:
+            print("\n".join(convert_tree(argv[0], argv[1])))
+        except (ConfigError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         lines = convert(argv[0], argv[1])
     except (ConfigError, OSError) as e:

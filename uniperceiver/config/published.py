@@ -100,7 +100,7 @@ PUBLISHED_DEFAULTS: Dict[str, Any] = {
 TASK_DEFAULT_KEYS = ("DATALOADER.TRAIN_BATCH_SIZE", "DATALOADER.TEST_BATCH_SIZE", "DATALOADER.NUM_WORKERS",
                      "DATALOADER.SAMPLING_WEIGHT", "DATALOADER.DATA_PERCENTAGE", "DATALOADER.MIXUP",
                      "DATALOADER.CUTMIX", "DATALOADER.FRAMES_PER_CLIP", "DATALOADER.STRIDE", "MODEL.MAX_SEQ_LEN",
-                     "LOSSES.LOSS_WEIGHT", "INFERENCE.NUM_VIEWS", "DECODE_STRATEGY.BEAM_SIZE",
+                     "LOSSES.LOSS_WEIGHT", "DECODE_STRATEGY.BEAM_SIZE",
                      "DECODE_STRATEGY.LEN_PENALTY")
 
 _STORAGE = "storage backend (S3 / ceph / zip / cache modes) not used: files are read from DATA_PATH"
@@ -166,7 +166,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "MODEL.EVAL_MAX_SEQ_LEN": Drop("generation length: captions are generated up to MODEL.MAX_SEQ_LEN here "
                                    "(evaluation only)"),
     "MODEL.LABELS_NUM": Map("MODEL.LABELS_NUM"),
-    "MODEL.TEMP_NAME": Map("MODEL.TEMP_NAME", lambda v: "logit_scale_retrieval" if v == "logit_scale_retrieve" else v),
+    "MODEL.TEMP_NAME": Map("MODEL.TEMP_NAME"),
     "MODEL.TOKEN_EMBED.NAME": Need(_is("TokenBaseEmbedding"), "the BPE token embedding is the only one here"),
     "MODEL.TOKEN_EMBED.DIM": Drop("equals MODEL.BERT.HIDDEN_SIZE (checked)"),
     "MODEL.TOKEN_EMBED.ACTIVATION": Need(_is("none"), "no activation after the embedding here"),
@@ -283,8 +283,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "DATALOADER.DO_AS_GEN": Need(_is(True), "VQA is answered by scoring the answer set here"),
     "DATALOADER.SINGLE_CLASS": Drop("VQA training target: the reader's answer set"),
     "DATALOADER.MAX_FEAT_NUM": Drop("VQA question length: MODEL.MAX_SEQ_LEN"),
-    "DATALOADER.MULTI_VEIW_NUM": Map("INFERENCE.NUM_VIEWS"),
-    "DATALOADER.MULTI_VEIW": Drop("evaluation view layout: evenly spaced clips (INFERENCE.NUM_VIEWS)"),
+    "DATALOADER.MULTI_VEIW_NUM": "views", "DATALOADER.MULTI_VEIW": "views", "INFERENCE.NUM_VIEWS": "views",
     # ---- losses
     "LOSSES.NAMES": "losses", "LOSSES.LABELSMOOTHING": "losses",
     "LOSSES.LOSS_WEIGHT": Map("LOSSES.LOSS_WEIGHT", float),
@@ -294,7 +293,6 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "INFERENCE.NAME": "evaluator",
     "INFERENCE.VAL_ANNFILE": Map("INFERENCE.VAL_ANNFILE"),
     "INFERENCE.TEST_ANNFILE": Map("INFERENCE.TEST_ANNFILE"),
-    "INFERENCE.NUM_VIEWS": Map("INFERENCE.NUM_VIEWS"),
     "INFERENCE.GENERATION_MODE": Drop("published: whether the task's evaluation generates; here the task family "
                                       "decides, and DECODE_STRATEGY how"),
     "INFERENCE.ID_KEY": Drop("the reader names the id field"), "INFERENCE.VALUE": Drop("the task names its output"),
@@ -544,13 +542,28 @@ class _Converter:
             return
         self.put(dst, "MODEL.PROMPT.ENABLED", True)
         self.put(dst, "MODEL.PROMPT.NUM_TOKENS", int(flat.get("MODEL.PROMPT_EMBED.INPUT_DEEP_PROMPT_LENGTH", 10)))
-        # PROMPT_PARAM: name fragments of the parameters that train -> MODEL.TRAINABLE regexes of ours
-        self.put(dst, "MODEL.TRAINABLE", ["prompt", "norm", "logit_scale"])
+        # PROMPT_PARAM: name fragments of the parameters that train (<|spe|> bias, deep prompts, prompt head,
+        # norms) -> our names: every prompt parameter has "prompt" in its name, the LayerNorms "norm"
+        self.put(dst, "MODEL.TRAINABLE", ["prompt", "norm"])
+        self.put(dst, "MODEL.WEIGHTS_IGNORE", ["prompt"])  # pre-trained weights have no prompt parameters
         if flat.get("MODEL.FC_PROMPT"):
             self.put(dst, "MODEL.PROMPT.FC_WEIGHT", 0.5)
-            self.put(dst, "MODEL.TRAINABLE", ["prompt", "norm", "logit_scale", "head"])
-            self.report.warn(f"{prefix}MODEL.FC_PROMPT: the published learned blend of the linear head is "
-                             "approximated by MODEL.PROMPT.FC_WEIGHT 0.5")
+            self.report.warn(f"{prefix}MODEL.FC_PROMPT: the published linear class head (zero-init, blended by a "
+                             "learned weight) is approximated by our prompt head with MODEL.PROMPT.FC_WEIGHT 0.5")
+
+    def _convert_views(self, flat, dst, prefix, is_task):
+        """Test-time views of a video: the published DATALOADER.MULTI_VEIW_NUM (layouts v1 / v2: that many clips
+        of one span, interleaved) wins over INFERENCE.NUM_VIEWS; ours are evenly spaced clips (evaluation only)."""
+        views = int(flat.get("INFERENCE.NUM_VIEWS", PUBLISHED_DEFAULTS["INFERENCE.NUM_VIEWS"]))
+        multi = int(flat.get("DATALOADER.MULTI_VEIW_NUM", 1))
+        if multi > 1 and flat.get("DATALOADER.MULTI_VEIW", "v0") in ("v1", "v2"):
+            views = multi
+            self.report.warn(f"{prefix}DATALOADER.MULTI_VEIW_NUM {multi} ({flat.get('DATALOADER.MULTI_VEIW')}): "
+                             f"evaluated as {multi} evenly spaced clips (INFERENCE.NUM_VIEWS)")
+        self.write(dst, "INFERENCE.NUM_VIEWS", views, is_task=is_task)
+        for key in ("DATALOADER.MULTI_VEIW_NUM", "DATALOADER.MULTI_VEIW", "INFERENCE.NUM_VIEWS"):
+            if key in flat:
+                self.report.add(prefix + key, "mapped", f"-> INFERENCE.NUM_VIEWS = {views}")
 
     def _convert_moe_location(self, flat, dst, prefix, is_task):
         loc = flat["MOE.MOE_EXPERT_LOCATION"]
