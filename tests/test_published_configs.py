@@ -28,7 +28,8 @@ def test_arithmetic_refuses_everything_else(expr):
 
 def test_other_tags_refused_with_file_and_line(tmp_path):
     marker = tmp_path / "marker"
-    f = _write(tmp_path / "evil.yaml", f'SOLVER:\n  EPS: 1e-6\n  BASE_LR: !!python/object/apply:os.system ["touch {marker}"]\n')
+    f = _write(tmp_path / "evil.yaml",
+               f'SOLVER:\n  EPS: 1e-6\n  BASE_LR: !!python/object/apply:os.system ["touch {marker}"]\n')
     with pytest.raises(ConfigError, match=r"evil\.yaml: invalid YAML: line 3.*os\.system") as e:
         setup_cfg(f)
     assert "\n" not in str(e.value) and not marker.exists()
@@ -50,7 +51,8 @@ from uniperceiver.config.published import PUBLISHED_KEY_MAP, convert_published, 
 from uniperceiver.config.validate import validate_cfg  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The published repo's configs/ folder (github fundamentalvision/Uni-Perceiver @ a8c9e37); tests that need it skip without it.
+# The published repo's configs/ folder (github fundamentalvision/Uni-Perceiver @ a8c9e37); the tests that need
+# it skip without it.
 PUBLISHED_ROOT = os.environ.get("UNIPERCEIVER_PUBLISHED_CONFIGS", "/work/ref/Uni-Perceiver/configs")
 PUBLISHED = sorted(glob.glob(os.path.join(PUBLISHED_ROOT, "**", "*.yaml"), recursive=True))
 needs_published = pytest.mark.skipif(not PUBLISHED, reason=f"published configs not at {PUBLISHED_ROOT}")
@@ -151,7 +153,8 @@ def test_converter_reports_and_refuses(tmp_path):
     direct = setup_cfg(pub, ["SOLVER.MAX_ITER", "2"])
     assert direct.SOLVER.OPTIMIZER == "Lamb" and direct.SOLVER.MAX_ITER == 2 and direct.published_report()
     # a key that changes the model and cannot be mapped: one line naming file, key and what to do
-    bad = _write(tmp_path / "bad.yaml", "ENGINE: {NAME: UnifiedTrainer}\nMODEL: {BERT: {NORMALIZE_DECISION: BERTPost}}\n")
+    bad = _write(tmp_path / "bad.yaml",
+                 "ENGINE: {NAME: UnifiedTrainer}\nMODEL: {BERT: {NORMALIZE_DECISION: BERTPost}}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: published key MODEL\.BERT\.NORMALIZE_DECISION = 'BERTPost'"):
         setup_cfg(bad)
     unknown = _write(tmp_path / "unknown.yaml", "ENGINE: {NAME: UnifiedTrainer}\nSOLVER: {NEW_THING: 1}\n")

@@ -32,7 +32,7 @@ def convert(src: str, dst: str) -> list:
     if "/configs/" in shown:
         shown = "configs/" + shown.rsplit("/configs/", 1)[1]
     header = (f"# Converted by tools/convert_config.py from the published Uni-Perceiver config {shown}\n"
-              f"# (github fundamentalvision/Uni-Perceiver @ a8c9e37; its _BASE_ chain resolved): the published values,\n"
+              "# (github fundamentalvision/Uni-Perceiver @ a8c9e37; its _BASE_ chain resolved): the published values,\n"
               f"# written where they differ from our defaults.  Data paths are the published layout under DATA_PATH.\n")
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     with open(dst, "w") as f:

@@ -339,6 +339,79 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "SHARED_TARGETS": "targets",
 }
 
+PUBLISHED_KEY_MAP.update({
+    "SOLVER.DEEPSPEED": Drop("a published flag no published code reads (ours: the SOLVER.DEEPSPEED sub-tree)"),
+    "SOLVER.ZEROSTAGE": Drop(_UNUSED), "SOLVER.FP16": Drop("read only by the published DefaultTrainer"),
+    "SOLVER.EPOCH": Drop("schedules are counted in iterations (INFERENCE.ITER_BASED)"),
+    "MODEL.DEVICE": Drop("the device is picked per rank here (MODEL.DEVICE '' = cuda:<local rank> or cpu)"),
+    "LR_SCHEDULER.WARMUP_FACTOR": Drop("read only by the published WarmupMultiStep; warm-up rises from 0"),
+    "DATALOADER.PIN_MEM": Drop(_CACHE), "DATALOADER.PREFETCH_FACTOR": Drop(_CACHE),
+    "DATALOADER.USE_CEPH": Drop(_STORAGE), "DATALOADER.TCS_CONF_PATH": Drop(_STORAGE),
+    "DATALOADER.LOCAL_PREFIX": Drop(_STORAGE), "SOLVER.CHECKPOINT_CEPH_SAVE": Drop(_STORAGE),
+    "SOLVER.RESUME_OPTIMIZER": Drop("main.py --resume restores the optimizer; MODEL.WEIGHTS loads weights only"),
+    "SOLVER.FLOPS_PROFILER": Drop(_LOG), "SOLVER.LOG_GRAD": Drop(_LOG), "SOLVER.LOG_GRAD_ITER": Drop(_LOG),
+    "SOLVER.GradHistogram": Drop(_LOG), "SOLVER.GradHistogramPeriod": Drop(_LOG), "SOLVER.GRAD_PRINT": Drop(_LOG),
+    "DATALOADER.TURN_LOG": Drop(_LOG), "INFERENCE.EVAL_BS": Drop("evaluation batch: DATALOADER.TEST_BATCH_SIZE"),
+    "MODEL.MODEL_EMA_FORCE_CPU": Drop("EMA placement; the EMA values are the same"),
+})
+
+# The other keys of the published defaults: a file that restates the published default changes nothing; any other
+# value turns on behaviour this code does not implement, which is an error naming the key.
+PUBLISHED_OTHER_DEFAULTS: Dict[str, Any] = {
+    'DATASETS.TRAIN_BATCH_SIZE': 64, 'DATASETS.TEST_BATCH_SIZE': 64, 'DATALOADER.FAKE_DATA': False,
+    'DATALOADER.VISUAL_FEAT': True, 'DATALOADER.RELATION_FILE': '', 'DATALOADER.GV_FEAT_FILE': '',
+    'DATALOADER.ATTRIBUTE_FILE': '', 'DATALOADER.NEGATIVE_SIZE': -1, 'DATALOADER.INF_BATCH_SIZE': 200,
+    'DATALOADER.USE_GLOBAL_V': True, 'DATALOADER.DO_AS_RETRIEVAL': False,
+    'DATALOADER.VQA_INPUT': ['image', 'question'], 'DATALOADER.SMALL_VAL': True, 'DATALOADER.BLOCK_VQ': False,
+    'DATALOADER.TWO_EOT': False, 'DATALOADER.DATA_K_SAMPLE': -1, 'DATALOADER.LOAD_INLABEL': True,
+    'ENGINE.MIXUP': 0.0, 'ENGINE.CUTMIX': 0.0, 'ENGINE.MIXUP_PROB': 0.0, 'ENGINE.MIXUP_SWITCH_PROB': 0.0,
+    'ENGINE.MIXUP_MODE': '', 'ENGINE.MIXUP_LABEL_SMOOTHING': 0.0, 'DATALOADER.MINI_BATCHES': 1,
+    'DATALOADER.SYNC_TASK': False, 'DATALOADER.NUM_GTS': 1, 'DATALOADER.USE_SEG_ID': False,
+    'MODEL.BLOCK_IMAGENET': False, 'MODEL.FAKE_PAD_TO_MAX': False, 'MODEL.PRED_DROPOUT': 0.0,
+    'MODEL.V_PREDICTOR': '', 'MODEL.USE_PREDICTOR_BIAS': False, 'MODEL.SHARE_PREDICTOR_HIDDEN': False,
+    'MODEL.SHARE_CLS_NAME_QUERY_EMBED': False, 'MODEL.ITM_NEG_PROB': 0.5, 'MODEL.BACKBONE': 'deit_base',
+    'MODEL.CENTRAL_FRAME_INIT': False, 'MODEL.SHARE_MODULES': [], 'MODEL.TWO_LOSS': False, 'MODEL.FC_BIAS': 0.0,
+    'MODEL.FC_PROMPT_WEIGHTS': 'learn', 'MODEL.FC_PROMPT_INDEX': -1, 'MODEL.GEN_MASK': True,
+    'MODEL.SKIP_WORD_EMB': False, 'MODEL.TOKEN_EMBED.ELU_ALPHA': 0.5, 'MODEL.TOKEN_EMBED.TYPE_SEG_SIZE': 0,
+    'MODEL.VISUAL_EMBED.ELU_ALPHA': 0.5, 'MODEL.VISUAL_EMBED.LOCATION_SIZE': 0, 'MODEL.VISUAL_EMBED.IMAGE_SIZE': 224,
+    'MODEL.VIDEO_EMBED.ELU_ALPHA': 0.5, 'MODEL.VIDEO_EMBED.POS_RANDOM': True, 'MODEL.VIDEO_TOKENIZER.FPS': -1,
+    'MODEL.VIDEO_TOKENIZER.NUM_FRAMES': 50, 'MODEL.VIDEO_TOKENIZER.SAMPLE_OFFSET': 0,
+    'MODEL.VIDEO_TOKENIZER.MAX_FRAMES': 40, 'MODEL.NUM_CLASSES': 339, 'MODEL.PRETRAIN': False,
+    'MODEL.FIX_PRETRAIN_PARAM': True, 'MODEL.USE_ORIGINAL_CODER': False,
+    'MODEL.PRETRAINING.MODEL_NAME': 'bert-base-uncased', 'MODEL.PRETRAINING.FROM_PRETRAINED': 'bert-base-uncased',
+    'MODEL.PRETRAINING.DO_LOWER_CASE': True, 'MODEL.BERT.V_TARGET_SIZE': 0, 'MODEL.BERT.LAYER_DROP': 0.0,
+    'MODEL.BERT.V_NUM_HIDDEN_LAYERS': 6, 'MODEL.BERT.V_LAYER_DROP': 0.0, 'MODEL.BERT.NUM_UNDERSTANDING_LAYERS': 6,
+    'MODEL.BERT.U_LAYER_DROP': 0.0, 'MODEL.BERT.G_LAYER_DROP': 0.0, 'MODEL.BERT.SKIP_TARGET_ENCODE': False,
+    'MODEL.BERT.NORMALIZE_BEFORE': False, 'MODEL.BERT.QKV_BIAS': True, 'MODEL.FEATURE_GATHER_FORCE': False,
+    'MODEL.TRANSFORM': True, 'MODEL.SwitchParamsInit': False, 'MODEL.TimmParamsInit': False,
+    'MODEL.MOCOv3ParamsInit': False, 'MODEL.CHECKPOINT_FILETER_VIDEO': True, 'MODEL.TimmParamsInitSTD': 0.02,
+    'MODEL.TimmParamsINIT_EMBEDDING_STD': 0.02, 'MODEL.BW_WORD_ALONE': False, 'MODEL.BW_EMBED_SPE': True,
+    'MODEL.WORD_SEPERATE': True, 'MODEL.BW_OWD_EMBED': False, 'MODEL.TEXT_VISUAL_SEPARATE': False,
+    'MODEL.POS_BEFORE': True, 'MODEL.LN_FP32': False, 'MODEL.MASK_RAND': False, 'MODEL.MASK_RATIO': 0.25,
+    'MODEL.MIXUP_ALIGN': False, 'MODEL.LAYER_TOKEN_MASK': False, 'MODEL.LAYER_MASK_IDX': [4],
+    'MODEL.LAYER_MASK_RATIO': [0.25], 'MODEL.TOKEN_EMBED_COPY': False, 'MODEL.TOKEN_EMBED_VALID_END': 128,
+    'SOLVER.PARAMS_GROUP': False, 'SOLVER.WG_LR_FACTOR': 1.0, 'SOLVER.LR_DECAY': 0.0,
+    'SOLVER.WEIGHT_DECAY_NORMBIAS_WEIGHT': True, 'SOLVER.WEIGHT_DECAY_WG': 0.0, 'SOLVER.OUTPUTPROJ_NOWD': False,
+    'SOLVER.INITIAL_ACCUMULATOR_VALUE': 0.0, 'SOLVER.ALPHA': 0.99, 'SOLVER.AMSGRAD': False, 'SOLVER.CENTERED': False,
+    'SOLVER.NORM_TYPE': 2.0, 'SOLVER.COMPUTE_MOE_DECISION': False, 'SOLVER.APEX_MASTER_WEIGHTS': True,
+    'SOLVER.FUSED_LAYERNORM': False, 'SOLVER.RESUME_TAU': True, 'SOLVER.BALANCE_LOSSESS': False,
+    'SOLVER.BALANCE_LOSSESS_WEIGHT': 0.01, 'SOLVER.CONSISTENCE_LOSSESS': 0.01, 'SOLVER.DIVEGENCE_LOSSESS': 0.01,
+    'SOLVER.WORD_BALANCE_LOSSESS': False, 'SOLVER.IMPORTANCE_LOSS': False, 'SOLVER.AUGLOSS': False,
+    'SOLVER.AUGLOSS_START': -1, 'SOLVER.AUGLOSS_INTERVAL': -1, 'SOLVER.AUGLOSS_ENDITER': -1,
+    'SOLVER.CROSS_LOSS': False, 'SOLVER.FORCE_TEMP_FP16': False, 'LR_SCHEDULER.STEP_SIZE': 3,
+    'LR_SCHEDULER.MODEL_SIZE': -1, 'LR_SCHEDULER.FACTOR': 1.0, 'LR_SCHEDULER.WARMUP_METHOD': 'linear',
+    'LR_SCHEDULER.WARMUPTYPE': 'linear', 'LR_SCHEDULER.MILESTONES': [], 'LOSSES.MARGIN': 0.2,
+    'LOSSES.MAX_VIOLATION': True, 'SCORER.NAME': '', 'SCORER.TYPES': [''], 'SCORER.WEIGHTS': [1.0],
+    'SCORER.GT_PATH': 'coco_train_gts.pkl', 'SCORER.CIDER_CACHED': 'coco_train_cider.pkl', 'SCORER.EOS_ID': 0,
+    'INFERENCE.VAL_EVAL_START': -1, 'INFERENCE.TEST_EVAL_START': -1, 'MOE.USE_RTS': True, 'MOE.KV_SHARED': False,
+    'MOE.TASK_MOE': False, 'MOE.CUSTOM_MOE': False, 'MOE.GATE_SOURCE': 'spe', 'MOE.LAUX_CONFIG': '',
+    'MOE.LAUX_ONEHOT': '', 'MOE.LAUX_TYPE': 'std', 'MOE.WORD_LAUX': 'even', 'MOE.ATTENTION_OUT': 'mean',
+    'MOE.WORD_EXPERT_REGULARIZER': False, 'MOE.MOE_LAYER_START_IDX': -1, 'MOE.MOE_LAYER_END_IDX': 999,
+    'MOE.GATE_TYPE': 'deepspeed', 'MOE.LN_MOE': False, 'MOE.FFN_SA_SHARE_GATE': False, 'MOE.FFN_MOE_SEPARATE': False,
+    'MOE.MERGE_EXPERTS': False, 'MOE.TAG_Transform_ACT': False, 'MOE.TAG_Transform_ALONE': False,
+    'MOE.NOISE_STD': 1.0,
+}
+
 # Published dataset classes (DATASETS.TRAIN / VAL / TEST) -> our split names (the reader's file patterns).
 PUBLISHED_SPLITS: Dict[str, Dict[str, str]] = {
     "ImageNetDataset": {"TRAIN": "train", "VAL": "val", "TEST": "val"},
@@ -642,11 +715,13 @@ class _Converter:
         emb = float(_number(self.effective["SOLVER.WEIGHT_DECAY_EMBEDDING"]))
         self.write(dst, "SOLVER.WEIGHT_DECAY_EMBEDDING", emb)
         if "SOLVER.WEIGHT_DECAY_EMBEDDING" in flat:
-            self.report.add(prefix + "SOLVER.WEIGHT_DECAY_EMBEDDING", "mapped", f"-> SOLVER.WEIGHT_DECAY_EMBEDDING = {emb}")
+            self.report.add(prefix + "SOLVER.WEIGHT_DECAY_EMBEDDING", "mapped",
+                            f"-> SOLVER.WEIGHT_DECAY_EMBEDDING = {emb}")
 
     def _convert_precision(self, flat, dst, prefix, is_task):
         eff = self.effective
-        amp, apex, bf16 = bool(eff.get("SOLVER.AMP_FP16")), bool(eff.get("SOLVER.APEX_FP16")), bool(eff.get("SOLVER.BF16"))
+        amp, apex = bool(eff.get("SOLVER.AMP_FP16")), bool(eff.get("SOLVER.APEX_FP16"))
+        bf16 = bool(eff.get("SOLVER.BF16"))
         if apex:
             self.report.warn(f"SOLVER.APEX_FP16 (APEX opt level {eff.get('SOLVER.APEX_OPT_LEVEL')}) runs as native "
                              "fp16 autocast with a GradScaler (APEX is not used)")
@@ -702,6 +777,8 @@ def _rule_for(key: str):
         return PUBLISHED_KEY_MAP[key]
     if key.startswith("MODEL.PROMPT_EMBED."):
         return "prompt"
+    if key in PUBLISHED_OTHER_DEFAULTS:
+        return Need((PUBLISHED_OTHER_DEFAULTS[key],), "the published default is the only value this code implements")
     return None
 
 
@@ -724,7 +801,8 @@ def convert_published(filename: str, our_defaults=None) -> Tuple[Dict[str, Any],
             conv.write(out, rule.key, rule.fn(default) if rule.fn else default)
     conv.write(out, "LR_SCHEDULER.WARMUP_FACTOR", 0.0)  # published warm-up rises linearly from 0
     for a, b in (("MODEL.ENCODER_DIM", "MODEL.BERT.HIDDEN_SIZE"), ("MODEL.TOKEN_EMBED.DIM", "MODEL.BERT.HIDDEN_SIZE"),
-                 ("MODEL.VIDEO_EMBED.PATCH_SIZE_S", "MODEL.PATCH_SIZE"), ("MODEL.VISUAL_EMBED.PATCH_SIZE", "MODEL.PATCH_SIZE")):
+                 ("MODEL.VIDEO_EMBED.PATCH_SIZE_S", "MODEL.PATCH_SIZE"),
+                 ("MODEL.VISUAL_EMBED.PATCH_SIZE", "MODEL.PATCH_SIZE")):
         if a in conv.effective and not _same(conv.effective[a], conv.effective[b]):
             conv.fail(a, conv.effective[a], f"must equal {b} ({conv.effective[b]}) here")
     conv.convert_node(glob, out, "", is_task=False)

@@ -73,8 +73,10 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
     if weights and all(w >= 0 for w in weights) and sum(weights) <= 0:
         errors.append(f"DATALOADER.SAMPLING_WEIGHT of the tasks {weights} must have a positive sum")
     sched = cfg.LR_SCHEDULER
-    _check(errors, sched.NAME in LR_SCHEDULES, "LR_SCHEDULER.NAME", sched.NAME, f"must be one of {', '.join(LR_SCHEDULES)}")
-    _check(errors, s.OPTIMIZER in OPTIMIZERS, "SOLVER.OPTIMIZER", s.OPTIMIZER, f"must be one of {', '.join(OPTIMIZERS)}")
+    _check(errors, sched.NAME in LR_SCHEDULES, "LR_SCHEDULER.NAME", sched.NAME,
+           f"must be one of {', '.join(LR_SCHEDULES)}")
+    _check(errors, s.OPTIMIZER in OPTIMIZERS, "SOLVER.OPTIMIZER", s.OPTIMIZER,
+           f"must be one of {', '.join(OPTIMIZERS)}")
     _check(errors, sched.WARMUP >= 0, "LR_SCHEDULER.WARMUP", sched.WARMUP, "must be >= 0")
     if sched.NAME == "WarmupMultiStep" and any(int(x) <= sched.WARMUP for x in sched.STEPS):
         errors.append(f"LR_SCHEDULER.STEPS = {list(sched.STEPS)} must be after LR_SCHEDULER.WARMUP {sched.WARMUP}")

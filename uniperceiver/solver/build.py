@@ -91,7 +91,8 @@ OPTIMIZERS = ("AdamW", "Lamb")
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
-        raise ConfigError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r} is unknown; "
+                          f"choose one of {', '.join(OPTIMIZERS)}")
     groups = get_param_groups(
         model,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
