@@ -370,3 +370,11 @@ def test_main_runs_a_published_config(tmp_path):
     task = saved.task("imagenet")
     assert task.LOSSES.LABELSMOOTHING == pytest.approx(0.1) and task.DATALOADER.SAMPLING_WEIGHT == 2.5
     assert (out / "model_final.pth").exists()
+
+
+def test_malformed_published_file_names_file_and_line(tmp_path):
+    _write(tmp_path / "base.yaml", "MODEL:\n  ENCODER_DIM: 192\n  BERT: {HIDDEN_SIZE: 192\n")
+    child = _write(tmp_path / "child.yaml", "_BASE_: base.yaml\nENGINE: {NAME: UnifiedTrainer}\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: invalid YAML: line \d+") as e:
+        setup_cfg(child)
+    assert "\n" not in str(e.value)
