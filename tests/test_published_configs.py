@@ -197,9 +197,11 @@ def test_validate_names_and_solver_lists_agree():
     from uniperceiver.solver import build, lr_scheduler
 
     assert validate.LR_SCHEDULES == lr_scheduler.SCHEDULES and validate.OPTIMIZERS == build.OPTIMIZERS
-    with pytest.raises(ConfigError, match="SOLVER.OPTIMIZER"):
-        validate_cfg(setup_cfg(os.path.join(OURS, "quick_schedules", "instant.yaml"), ["SOLVER.OPTIMIZER", "SGD"]),
-                     check_task_types=False)
+    instant = os.path.join(OURS, "quick_schedules", "instant.yaml")
+    for key, value in (("SOLVER.OPTIMIZER", "SGD"), ("LR_SCHEDULER.NAME", "StepLR"), ("SOLVER.AMP.DTYPE", "fp8"),
+                       ("MODEL.BERT.HIDDEN_ACT", "relu"), ("MODEL.PROMPT.FC_WEIGHT", "1.5")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # refused before any model is built
+            validate_cfg(setup_cfg(instant, [key, value]), check_task_types=False)
 
 
 def test_lamb_optimizer():

@@ -78,6 +78,11 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
     _check(errors, s.OPTIMIZER in OPTIMIZERS, "SOLVER.OPTIMIZER", s.OPTIMIZER,
            f"must be one of {', '.join(OPTIMIZERS)}")
     _check(errors, sched.WARMUP >= 0, "LR_SCHEDULER.WARMUP", sched.WARMUP, "must be >= 0")
+    _check(errors, s.AMP.DTYPE in ("bf16", "fp16"), "SOLVER.AMP.DTYPE", s.AMP.DTYPE, "must be one of bf16, fp16")
+    _check(errors, cfg.MODEL.BERT.HIDDEN_ACT == "gelu", "MODEL.BERT.HIDDEN_ACT", cfg.MODEL.BERT.HIDDEN_ACT,
+           "must be 'gelu' (the only activation here)")
+    _check(errors, 0.0 <= cfg.MODEL.PROMPT.FC_WEIGHT <= 1.0, "MODEL.PROMPT.FC_WEIGHT", cfg.MODEL.PROMPT.FC_WEIGHT,
+           "must be in [0, 1]")
     if sched.NAME == "WarmupMultiStep" and any(int(x) <= sched.WARMUP for x in sched.STEPS):
         errors.append(f"LR_SCHEDULER.STEPS = {list(sched.STEPS)} must be after LR_SCHEDULER.WARMUP {sched.WARMUP}")
     if not errors and sched.WARMUP >= s.MAX_ITER > 0:
