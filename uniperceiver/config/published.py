@@ -137,8 +137,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "MODEL.ENCODER_DIM": Drop("equals MODEL.BERT.HIDDEN_SIZE (checked)"),
     "MODEL.DECODER": Need(_is(""), "no separate decoder exists here"),
     "MODEL.DECODER_DIM": Drop("no decoder (MODEL.DECODER '')"),
-    "MODEL.PREDICTOR": Need(_is("EmbedClsAsRetrievalPredictor", "MLPClassifer", ""),
-                            "the similarity predictor is the only one here"),
+    "MODEL.PREDICTOR": "predictor",
     "MODEL.FEATURE_GATHER": Drop("retrieval features of all ranks: DATALOADER.STRATEGY synced does the same"),
     "MODEL.LEARN_TEMP": Pending("MODEL.LEARN_TEMP", "p17 (logit scales); here every logit scale learns", True),
     "MODEL.PRED_TEMPERATURE": Map("MODEL.LOGIT_SCALE_INIT", _inverse),
@@ -623,6 +622,17 @@ class _Converter:
             self.put(dst, "MODEL.PROMPT.FC_WEIGHT", 0.5)
             self.report.warn(f"{prefix}MODEL.FC_PROMPT: the published linear class head (zero-init, blended by a "
                              "learned weight) is approximated by our prompt head with MODEL.PROMPT.FC_WEIGHT 0.5")
+
+    def _convert_predictor(self, flat, dst, prefix, is_task):
+        name = flat["MODEL.PREDICTOR"]
+        key = prefix + "MODEL.PREDICTOR"
+        if name in ("EmbedClsAsRetrievalPredictor", ""):
+            self.report.add(key, "dropped", f"(= {name!r}) the similarity predictor is the one here")
+        elif name == "MLPClassifer":  # one published debug config (VQA with an MLP answer head)
+            self.report.add(key, "dropped", "the published MLP classifier head is not implemented here")
+            self.report.warn(f"{key} = 'MLPClassifer' ignored: this task scores by similarity to its targets")
+        else:
+            self.fail(key, name, "unknown published predictor; the similarity predictor is the only one here")
 
     def _convert_views(self, flat, dst, prefix, is_task):
         """Test-time views of a video: the published DATALOADER.MULTI_VEIW_NUM (layouts v1 / v2: that many clips
