@@ -807,7 +807,9 @@ def convert_published(filename: str, our_defaults=None) -> Tuple[Dict[str, Any],
     # 1. the global tree: every published effective value of a mapped key (published defaults included)
     for key, default in PUBLISHED_DEFAULTS.items():
         rule = PUBLISHED_KEY_MAP.get(key)
-        if isinstance(rule, Map) and key.split(".")[0] not in TASK_KEYS and key not in _flatten(glob):
+        per_task = key.split(".")[0] in TASK_KEYS and (not key.startswith("MODEL.") or key in TASK_DEFAULT_KEYS
+                                                           or key in ("MODEL.LABELS_NUM", "MODEL.TEMP_NAME"))
+        if isinstance(rule, Map) and not per_task and key not in _flatten(glob):
             conv.write(out, rule.key, rule.fn(default) if rule.fn else default)
     conv.write(out, "LR_SCHEDULER.WARMUP_FACTOR", 0.0)  # published warm-up rises linearly from 0
     for a, b in (("MODEL.ENCODER_DIM", "MODEL.BERT.HIDDEN_SIZE"), ("MODEL.TOKEN_EMBED.DIM", "MODEL.BERT.HIDDEN_SIZE"),
