@@ -337,6 +337,7 @@ LR_SCHEDULER: {NAME: WarmupCosine, WARMUP: 5000, MIN_LR: 0.000001}
 """
 PUBLISHED_TINY_BASE = """\
 MODEL:
+  VOCAB_SIZE: 49411
   META_ARCHITECTURE: 'MultiTaskTransformerEncoder'
   ENCODER: 'UnifiedBertEncoder_v3'
   ENCODER_DIM: 192
