@@ -13,6 +13,7 @@ Resume from OUTPUT_DIR/last_checkpoint: add --resume.  Evaluate only: add --eval
 Overrides: KEY VALUE pairs after the flags, incl. one task's keys: TASKS.<NAME>.DATALOADER.TRAIN_BATCH_SIZE 32.
 """
 import logging
+import os
 import sys
 
 from uniperceiver.config import ConfigError, setup_cfg
@@ -20,6 +21,7 @@ from uniperceiver.config.validate import validate_cfg
 from uniperceiver.data.datasets import TooManyBadSamples
 from uniperceiver.engine import NonFiniteLossError, default_argument_parser, default_setup, launch, train
 from uniperceiver.engine.defaults import run_is_finished
+from uniperceiver.utils.paths import demo_data_root
 
 
 def setup(args):
@@ -29,6 +31,12 @@ def setup(args):
         print(f"{cfg.OUTPUT_DIR}: training already reached SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}; nothing to do")
         return None
     default_setup(cfg, args)
+    log = logging.getLogger("uniperceiver")
+    if cfg.published_report() is not None:
+        log.info("%s", cfg.published_report().summary())
+    if not cfg.DATA_PATH and not os.environ.get("DATA_PATH"):
+        log.info("DATA_PATH is not set: using the built-in demo data in %s (generated on first use)",
+                 demo_data_root(cfg))
     return cfg
 
 

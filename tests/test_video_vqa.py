@@ -223,8 +223,9 @@ TINY = ["MODEL.BERT.NUM_HIDDEN_LAYERS", "2", "MODEL.BERT.HIDDEN_SIZE", "192", "M
 @pytest.mark.slow
 def test_two_stage_16task_recipe_runs_on_demo_data(tmp_path):
     demo = str(tmp_path / "demo")
-    subprocess.run([PY, os.path.join(REPO, "tools", "make_demo_data.py"), "--out", demo], check=True,
-                   capture_output=True, env=clean_env())
+    # configs/BERT_L12_H768_experiments/16tasks_* are the published recipes (published data layout)
+    subprocess.run([PY, os.path.join(REPO, "tools", "make_demo_data.py"), "--layout", "published", "--out", demo],
+                   check=True, capture_output=True, env=clean_env())
     env = clean_env({"DATA_PATH": demo})
     d = os.path.join(REPO, "configs", "BERT_L12_H768_experiments")
     s1, s2 = str(tmp_path / "s1"), str(tmp_path / "s2")
@@ -233,9 +234,10 @@ def test_two_stage_16task_recipe_runs_on_demo_data(tmp_path):
                        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     weights = os.path.join(s1, "model_final.pth")
+    # the seed guide's stage-2 command names the published checkpoint file: ours of that step is read
     r = subprocess.run([PY, os.path.join(REPO, "main.py"), "--config-file",
                         os.path.join(d, "16tasks_training_basedense_stage2_64gpu.yaml"), *TINY,
-                        "MODEL.WEIGHTS", weights, "OUTPUT_DIR", s2],
+                        "MODEL.WEIGHTS", os.path.join(s1, "model_Epoch_4_Iter_0000003.pth"), "OUTPUT_DIR", s2],
                        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"from {weights}" in r.stdout + r.stderr

@@ -11,7 +11,7 @@ add ``ratio``), so results can be grepped, diffed and plotted.  Modes (README, "
     python tools/benchmark.py --mode train_step --config-file CFG --batch-size 32 --img-size 224 \
         --activation-checkpointing off,on --amp bf16 --compile off
     # P2: framework overhead of main.py's training loop on the 7-task config (NUM_WORKERS 0, decoded images in memory)
-    python tools/benchmark.py --mode loop --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
+    python tools/benchmark.py --mode loop --config-file configs/quick_schedules/7tasks_demo.yaml
     # P4: zero-shot retrieval: encode + rank throughput and peak memory vs the number of candidates
     python tools/benchmark.py --mode eval_retrieval --candidates 1000,25000
     # memory of annotation records (bytes per record, a forked worker's USS growth over one pass)
@@ -47,7 +47,7 @@ sys.path.insert(0, REPO)
 
 H100_BF16_DENSE_TFLOPS = 989.0
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "BERT_L12_H192_experiments", "base_model_bert_l12_h192.yaml")
-SEVEN_TASKS = os.path.join(REPO, "configs", "BERT_L12_H192_experiments", "7tasks_berttiny_training.yaml")
+SEVEN_TASKS = os.path.join(REPO, "configs", "quick_schedules", "7tasks_demo.yaml")
 
 
 # ----------------------------------------------------------------------------------------------- output

@@ -8,7 +8,7 @@ label sets.
     # every token of the CLIP BPE vocabulary (+ <|endoftext|>)
     python tools/build_target_set.py --full-vocabulary --out targets/vocabulary.tokens
     # tokenise and cache (in CACHE_DIR/target_sets) every SHARED_TARGETS entry of a config
-    python tools/build_target_set.py --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
+    python tools/build_target_set.py --config-file configs/quick_schedules/7tasks_demo.yaml
 
 A ``.tokens`` file lists one token id per line (a tab and the token text follow for reading); point
 ``SHARED_TARGETS_CFG.FILE_PATH`` at it.  A class-name file needs no building: one name per line.

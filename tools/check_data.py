@@ -2,7 +2,7 @@
 """Validate a config's data before a long launch: every annotation file, label set and evaluation file exists
 and parses, and a sample of every dataset's images (videos: first and last frame, with PyAV) decodes.
 
-    python tools/check_data.py --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
+    python tools/check_data.py --config-file configs/quick_schedules/7tasks_demo.yaml
     python tools/check_data.py --config-file CFG --samples 200 DATA_PATH /data
 
 Prints one line per task split and label set; exit code 0 when everything is readable, 1 when something is

@@ -18,6 +18,71 @@ from yacs.config import CfgNode as _YacsCfgNode
 
 BASE_KEY = "_BASE_"
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+# A decimal number as text: "1e-3", "-2.5E+4", ".5" (YAML 1.1 reads "1e-3" as a string; yacs as a float).
+_FLOAT_TEXT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+# The one non-plain tag of the published configs: ``!!python/object/apply:eval ["160/224"]``.
+EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
+_ARITH_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+              ast.Div: lambda a, b: a / b}
+
+
+def arithmetic(text: str) -> float:
+    """The value of ``text``, an arithmetic expression of numbers only (``+ - * /`` and parentheses), computed
+    over its syntax tree; nothing is evaluated.  ValueError for anything else (names, calls, other operators)."""
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+            v = value(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH_OPS:
+            return _ARITH_OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"only numbers, + - * / and parentheses are allowed, not {ast.unparse(node)!r}")
+
+    if not isinstance(text, str) or len(text) > 200:
+        raise ValueError(f"expected a short arithmetic string, got {text!r}")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"{text!r} is not an arithmetic expression") from None
+    try:
+        return float(value(tree.body))
+    except ZeroDivisionError:
+        raise ValueError(f"{text!r} divides by zero") from None
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` plus the published fraction tag, read as :func:`arithmetic` (never eval'ed).  Any
+    other non-plain tag is refused by SafeLoader with its line."""
+
+
+def _construct_eval(loader: ConfigLoader, node) -> float:
+    args = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else [loader.construct_scalar(node)]
+    if len(args) != 1:
+        raise yaml.constructor.ConstructorError(None, None, f"{node.tag} takes one string, got {args!r}",
+                                                node.start_mark)
+    try:
+        return arithmetic(args[0])
+    except ValueError as e:
+        raise yaml.constructor.ConstructorError(None, None, f"{node.tag}: {e}", node.start_mark) from None
+
+
+ConfigLoader.add_constructor(EVAL_TAG, _construct_eval)
+
+
+def load_yaml_file(filename: str) -> Any:
+    """One YAML file, safely (:class:`ConfigLoader`); a malformed file or a refused tag is a ConfigError with
+    the file and line."""
+    try:
+        with open(filename) as f:
+            return yaml.load(f, Loader=ConfigLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)  # one line: where and what (str(e) spans several)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = getattr(e, "problem", None) or " ".join(str(e).split())
+        if isinstance(e, yaml.constructor.ConstructorError) and "could not determine a constructor" in what:
+            what = f"{what}; refused: a YAML tag other than the published {EVAL_TAG.split(':', 2)[2]} fraction"
+        raise ConfigError(f"{filename}: invalid YAML: {where}{what}") from None
 
 
 class ConfigError(ValueError):
@@ -54,6 +119,8 @@ def _coerce(value: Any, default: Any, full_key: str) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.match(value):
+            return float(value)
         if isinstance(value, str):
             match = _FRACTION.match(value)
             if match:
@@ -68,6 +135,8 @@ def _coerce(value: Any, default: Any, full_key: str) -> Any:
             return int(value)
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):
+            if default and all(isinstance(d, float) for d in default):  # e.g. BETAS [0.9, 1e-3]
+                value = [_coerce(v, default[0], full_key) for v in value]
             return type(default)(value)
         if isinstance(value, str) and isinstance(default, list) and all(isinstance(d, str) for d in default):
             return [value]  # a single string where a list of strings is expected
@@ -100,17 +169,7 @@ class CfgNode(_YacsCfgNode):
         if not os.path.isfile(filename):
             where = f" (included from {stack[-1]})" if stack else ""
             raise ConfigError(f"config file not found: {filename}{where}")
-        try:
-            with open(filename) as f:
-                data = yaml.safe_load(f)
-        except yaml.constructor.ConstructorError as e:
-            raise ConfigError(f"{filename}: refused a non-plain YAML tag (only safe YAML is read): {e.problem}")
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)  # one line: where and what (str(e) spans several)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-            what = getattr(e, "problem", None) or " ".join(str(e).split())
-            raise ConfigError(f"{filename}: invalid YAML: {where}{what}")
-        data = data or {}
+        data = load_yaml_file(filename) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{filename}: the top level must be a mapping of config keys")
         bases = data.pop(BASE_KEY, None)
@@ -135,6 +194,9 @@ class CfgNode(_YacsCfgNode):
     def merge_from_dict(self, data: Dict[str, Any], source: str = "<dict>") -> None:
         """Merge a plain (already ``_BASE_``-resolved) dict, type-checked against this tree."""
         data = dict(data)
+        if "VERSION" in data and data["VERSION"] != self.get("VERSION", data["VERSION"]):
+            raise ConfigError(f"{source}: VERSION {data['VERSION']!r}: this code reads config files of VERSION "
+                              f"{self.VERSION}")
         for list_key in ("TASKS", "SHARED_TARGETS"):
             if list_key in data:
                 entries = data.pop(list_key) or []
@@ -228,6 +290,10 @@ class CfgNode(_YacsCfgNode):
         self.__dict__["_cli_global"] = {}
         self.__dict__["_cli_task"] = {}
         return self
+
+    def published_report(self):
+        """The :class:`~uniperceiver.config.published.ConversionReport` of a converted published config, or None."""
+        return self.__dict__.get("_published_report")
 
     def task(self, name: str) -> "CfgNode":
         for node in self.TASKS:

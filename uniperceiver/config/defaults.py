@@ -16,6 +16,7 @@ from .config import CfgNode as CN
 TASK_SUBTREES = ("DATASETS", "DATALOADER", "MODEL", "LOSSES", "INFERENCE", "DECODE_STRATEGY")
 
 _C = CN()
+# Format version of config files; a file with another VERSION is refused (CfgNode.merge_from_dict).
 _C.VERSION = 1
 
 # Directory where checkpoints, logs, metrics.json, TensorBoard events and config.yaml are written.
@@ -111,6 +112,8 @@ _C.MODEL.BERT.HIDDEN_DROPOUT_PROB = 0.0
 _C.MODEL.BERT.ATTENTION_PROBS_DROPOUT_PROB = 0.0
 # Stochastic depth rate of the last block (linearly increasing from 0).
 _C.MODEL.BERT.DROP_PATH_PROB = 0.0
+# Every block drops paths at DROP_PATH_PROB (the published DROP_PATH_PROB_FIXED) instead of the linear rise.
+_C.MODEL.BERT.DROP_PATH_PROB_FIXED = False
 _C.MODEL.BERT.LAYER_NORM_EPS = 1e-6
 # Std of the truncated-normal weight init.
 _C.MODEL.BERT.INITIALIZER_RANGE = 0.02
@@ -239,7 +242,6 @@ _C.DATALOADER.MLM_PROBABILITY = 0.15
 # Losses (per task)
 # ---------------------------------------------------------------------------------------------------------
 _C.LOSSES = CN()
-_C.LOSSES.NAMES = ["CrossEntropy"]
 # Multiplies this task's loss.
 _C.LOSSES.LOSS_WEIGHT = 1.0
 _C.LOSSES.LABELSMOOTHING = 0.0
@@ -256,8 +258,6 @@ _C.INFERENCE.TEST_ANNFILE = ""
 _C.INFERENCE.GENERATION_MODE = "greedy"
 # Video: number of temporal views averaged at test time.
 _C.INFERENCE.NUM_VIEWS = 1
-# Classification prompt templates; "{}" is replaced by the class name.
-_C.INFERENCE.PROMPT_TEMPLATES = ["a photo of a {}."]
 
 _C.DECODE_STRATEGY = CN()
 _C.DECODE_STRATEGY.NAME = "greedy"
@@ -270,6 +270,7 @@ _C.DECODE_STRATEGY.LEN_PENALTY = 0.0
 _C.SOLVER = CN()
 # Optimizer steps of the whole run (micro-batches are not counted).
 _C.SOLVER.MAX_ITER = 1000
+# "AdamW" (torch.optim.AdamW) or "Lamb" (timm.optim.Lamb, the published SOLVER.NAME LAMB).
 _C.SOLVER.OPTIMIZER = "AdamW"
 _C.SOLVER.BASE_LR = 1e-3
 _C.SOLVER.BETAS = (0.9, 0.95)
@@ -277,6 +278,9 @@ _C.SOLVER.EPS = 1e-6
 _C.SOLVER.WEIGHT_DECAY = 0.05
 # Weight decay of the no-decay groups (norms, biases, 1-D params, embeddings, logit scales, gammas).
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# Weight decay of nn.Embedding weights (the published SOLVER.WEIGHT_DECAY_EMBEDDING); < 0: the no-decay rule
+# (WEIGHT_DECAY_NORM, via NO_DECAY_PATTERNS).
+_C.SOLVER.WEIGHT_DECAY_EMBEDDING = -1.0
 # Parameter-name regexes that get WEIGHT_DECAY_NORM besides every 1-D parameter.
 _C.SOLVER.NO_DECAY_PATTERNS = [r"embedding", r"pos_embed", r"logit_scale", r"gamma", r"\.bias$", r"norm"]
 # Layer-wise LR decay: the LR of layer l is BASE_LR * LAYER_LR_DECAY ** (num_layers + 1 - l); 1.0 = off.

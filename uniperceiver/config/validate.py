@@ -23,8 +23,14 @@ def same_task_every_step(cfg) -> bool:
     return len(cfg.TASKS) <= 1 or cfg.DATALOADER.STRATEGY == "synced"
 
 
+# Names the solver builds (uniperceiver/solver; config may not import it, tests/test_published_configs.py checks).
+LR_SCHEDULES = ("WarmupCosine", "WarmupLinear", "WarmupConstant", "WarmupMultiStep")
+OPTIMIZERS = ("AdamW", "Lamb")
+
+
 def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
-    """Raise :class:`ConfigError` naming every invalid value of ``cfg`` (a finalized config)."""
+    """Raise :class:`ConfigError` naming every invalid value of ``cfg`` (a finalized config); warn once when the
+    warm-up is at least the run (it then warms up for the whole run).  Runs before any model or data."""
     if not len(cfg.TASKS):
         raise ConfigError("no TASKS configured: --config-file must name a config with a TASKS list "
                           "(e.g. configs/quick_schedules/instant.yaml), not a model-only one")
@@ -66,6 +72,23 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
                       f"so each step they must run the same task")
     if weights and all(w >= 0 for w in weights) and sum(weights) <= 0:
         errors.append(f"DATALOADER.SAMPLING_WEIGHT of the tasks {weights} must have a positive sum")
+    sched = cfg.LR_SCHEDULER
+    _check(errors, sched.NAME in LR_SCHEDULES, "LR_SCHEDULER.NAME", sched.NAME,
+           f"must be one of {', '.join(LR_SCHEDULES)}")
+    _check(errors, s.OPTIMIZER in OPTIMIZERS, "SOLVER.OPTIMIZER", s.OPTIMIZER,
+           f"must be one of {', '.join(OPTIMIZERS)}")
+    _check(errors, sched.WARMUP >= 0, "LR_SCHEDULER.WARMUP", sched.WARMUP, "must be >= 0")
+    _check(errors, s.AMP.DTYPE in ("bf16", "fp16"), "SOLVER.AMP.DTYPE", s.AMP.DTYPE, "must be one of bf16, fp16")
+    _check(errors, cfg.MODEL.BERT.HIDDEN_ACT == "gelu", "MODEL.BERT.HIDDEN_ACT", cfg.MODEL.BERT.HIDDEN_ACT,
+           "must be 'gelu' (the only activation here)")
+    _check(errors, 0.0 <= cfg.MODEL.PROMPT.FC_WEIGHT <= 1.0, "MODEL.PROMPT.FC_WEIGHT", cfg.MODEL.PROMPT.FC_WEIGHT,
+           "must be in [0, 1]")
+    if sched.NAME == "WarmupMultiStep" and any(int(x) <= sched.WARMUP for x in sched.STEPS):
+        errors.append(f"LR_SCHEDULER.STEPS = {list(sched.STEPS)} must be after LR_SCHEDULER.WARMUP {sched.WARMUP}")
+    if not errors and sched.WARMUP >= s.MAX_ITER > 0:
+        from . import _warn_once
+
+        _warn_once(f"LR_SCHEDULER.WARMUP {sched.WARMUP} >= SOLVER.MAX_ITER {s.MAX_ITER}: warming up for the whole run")
     if errors:
         shown = "; ".join(errors[:10]) + (f"; ... ({len(errors) - 10} more)" if len(errors) > 10 else "")
         raise ConfigError(f"invalid config: {shown}")

@@ -115,7 +115,8 @@ def layer_factories(cfg, layer_index: int) -> Tuple[Callable[..., nn.Module], Ca
 
 @ENCODER_REGISTRY.register()
 class UnifiedBertEncoder(nn.Module):
-    """The shared transformer: ``depth`` pre-LN blocks, DropPath rising linearly to ``drop_path_rate``."""
+    """The shared transformer: ``depth`` pre-LN blocks, DropPath rising linearly to ``drop_path_rate``
+    (every block ``drop_path_rate`` with ``drop_path_fixed``)."""
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class UnifiedBertEncoder(nn.Module):
         num_heads: int,
         mlp_hidden_dim: int,
         drop_path_rate: float = 0.0,
+        drop_path_fixed: bool = False,
         layer_scale_init: Optional[float] = 1e-3,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
@@ -134,7 +136,7 @@ class UnifiedBertEncoder(nn.Module):
         num_prompt_tokens: int = 0,
     ):
         super().__init__()
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        rates = [drop_path_rate if drop_path_fixed else drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         blocks = []
         for i in range(depth):
             attn_layer, mlp_layer = block_layers(i) if block_layers else (Attention, Mlp)
@@ -176,6 +178,7 @@ class UnifiedBertEncoder(nn.Module):
             num_heads=bert.NUM_ATTENTION_HEADS,
             mlp_hidden_dim=bert.INTERMEDIATE_SIZE,
             drop_path_rate=bert.DROP_PATH_PROB,
+            drop_path_fixed=bert.DROP_PATH_PROB_FIXED,
             layer_scale_init=cfg.MODEL.LAYER_SCALE_INIT if cfg.MODEL.LAYER_SCALE else None,
             attn_drop=bert.ATTENTION_PROBS_DROPOUT_PROB,
             proj_drop=bert.HIDDEN_DROPOUT_PROB,

@@ -1,4 +1,4 @@
-"""``build_optimizer(cfg, model)`` (AdamW with decay / no-decay and layer-wise LR groups) and
+"""``build_optimizer(cfg, model)`` (AdamW or LAMB with decay / no-decay and layer-wise LR groups) and
 ``build_lr_scheduler(cfg, optimizer)``."""
 from __future__ import annotations
 
@@ -18,19 +18,26 @@ logger = logging.getLogger(__name__)
 
 def get_param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float = 0.0,
                      no_decay_patterns: Sequence[str] = (), layer_decay: float = 1.0,
-                     layer_id: Optional[Callable[[str], int]] = None) -> List[Dict[str, Any]]:
+                     layer_id: Optional[Callable[[str], int]] = None,
+                     weight_decay_embedding: Optional[float] = None) -> List[Dict[str, Any]]:
     """Parameter groups keyed by (weight decay, lr_scale).  Frozen parameters are left out.
 
     No decay: every parameter with ndim <= 1, names matching ``no_decay_patterns`` (regex search), and the
     names in ``model.no_weight_decay()`` when the model has it.  Layer-wise LR decay (``layer_decay < 1``):
     ``lr_scale = layer_decay ** (max_layer_id - layer_id(name))``, so the head keeps scale 1.
     MoE expert parameters (native ``moe_expert`` / DeepSpeed ``allreduce=False``) get groups of their own,
-    flagged ``"moe_expert": True``; every group has a ``"name"``.
+    flagged ``"moe_expert": True``; every group has a ``"name"``.  ``weight_decay_embedding`` (None: the
+    no-decay rule above) is the decay of ``nn.Embedding`` weights, as the published
+    ``SOLVER.WEIGHT_DECAY_EMBEDDING`` (``model.no_weight_decay()`` names still win).
     """
     model = getattr(model, "module", model)
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     patterns = [re.compile(p) for p in no_decay_patterns]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    embeddings = set()
+    if weight_decay_embedding is not None:
+        embeddings = {f"{m}.{n}" if m else n for m, mod in model.named_modules() if isinstance(mod, nn.Embedding)
+                      for n, _ in mod.named_parameters(recurse=False)}
     if not named:
         raise ConfigError("the model has no trainable parameters (check MODEL.TRAINABLE)")
     if layer_decay < 1.0:
@@ -45,6 +52,8 @@ def get_param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: f
     for name, param in named:
         no_decay = param.ndim <= 1 or name in skip or any(p.search(name) for p in patterns)
         wd = weight_decay_norm if no_decay else weight_decay
+        if name in embeddings and name not in skip:
+            wd = weight_decay_embedding
         scale = layer_decay ** (top - ids[name]) if layer_decay < 1.0 else 1.0
         expert = is_expert_param(param)
         key = (wd, scale, expert)
@@ -77,20 +86,32 @@ def split_deepspeed_expert_groups(groups: List[Dict[str, Any]]) -> List[Dict[str
     return [g for g in split_params_into_different_moe_groups_for_optimizer(groups) if g["params"]]
 
 
+OPTIMIZERS = ("AdamW", "Lamb")
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.SOLVER.OPTIMIZER != "AdamW":
-        raise ConfigError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r} is unknown; only AdamW is supported")
+    if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
+        raise ConfigError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r} is unknown; "
+                          f"choose one of {', '.join(OPTIMIZERS)}")
     groups = get_param_groups(
         model,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         no_decay_patterns=cfg.SOLVER.NO_DECAY_PATTERNS,
         layer_decay=cfg.SOLVER.LAYER_LR_DECAY,
+        weight_decay_embedding=cfg.SOLVER.WEIGHT_DECAY_EMBEDDING if cfg.SOLVER.WEIGHT_DECAY_EMBEDDING >= 0 else None,
     )
     groups = split_deepspeed_expert_groups(groups)
     for g in groups:
         logger.debug("param group wd=%g lr_scale=%g: %d tensors", g["weight_decay"], g["lr_scale"], len(g["params"]))
     # param_names are kept for logging only; torch.optim accepts extra group keys.
+    if cfg.SOLVER.OPTIMIZER == "Lamb":
+        # The published LAMB (apex FusedLAMB semantics): weight decay added to the Adam update before the trust
+        # ratio, which applies only to groups with weight decay; gradients scaled to a global norm <= 1.
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS,
+                    max_grad_norm=1.0)
     return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS,
                              **adamw_implementation(p for g in groups for p in g["params"]))
 

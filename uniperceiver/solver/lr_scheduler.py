@@ -26,7 +26,8 @@ SCHEDULES = ("WarmupCosine", "WarmupLinear", "WarmupConstant", "WarmupMultiStep"
 def build_lr_multiplier(name: str, max_iter: int, base_lr: float, min_lr: float = 0.0, warmup: int = 0,
                         warmup_factor: float = 0.001, steps=(), gamma: float = 0.1) -> ParamScheduler:
     """A multiplier of ``base_lr`` over progress in [0, 1): linear warm-up from ``warmup_factor`` to 1 over
-    ``warmup`` iterations, then the named schedule over the remaining iterations."""
+    ``warmup`` iterations, then the named schedule over the remaining iterations.  A warm-up of at least
+    ``max_iter`` iterations warms up over the whole run (shortened runs, e.g. ``SOLVER.MAX_ITER 2``)."""
     if max_iter <= 0:
         raise ConfigError(f"SOLVER.MAX_ITER must be > 0, got {max_iter}")
     end = (min_lr / base_lr) if base_lr > 0 else 0.0
@@ -48,8 +49,8 @@ def build_lr_multiplier(name: str, max_iter: int, base_lr: float, min_lr: float 
         raise ConfigError(f"LR_SCHEDULER.NAME {name!r} is unknown; choose one of {', '.join(SCHEDULES)}")
     if warmup <= 0:
         return main
-    if warmup >= max_iter:
-        raise ConfigError(f"LR_SCHEDULER.WARMUP {warmup} must be < SOLVER.MAX_ITER {max_iter}")
+    if warmup >= max_iter:  # a shortened run (validate_cfg warns once): warm up for the whole run
+        return LinearParamScheduler(warmup_factor, 1.0)
     frac = warmup / max_iter
     return CompositeParamScheduler(
         [LinearParamScheduler(warmup_factor, 1.0), main],
