@@ -217,7 +217,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     # prompt tuning: MODEL.PROMPT and MODEL.PROMPT_EMBED.* are converted together (_convert_prompt)
     "MODEL.PROMPT": "prompt", "MODEL.PROMPT_PARAM": "prompt",
     "MODEL.FC_PROMPT": "prompt", "MODEL.FC_PROMPT_OUT": "prompt",
-    # ---- MoE (moe17 owns the MoE keys; the gate keys below are theirs to map)
+    # ---- MoE: the published gate (TAG_Transform) is our MOE.ATTRIBUTE_GATE segment_row (modeling/moe/)
     "MOE.MOE": Map("MOE.MOE"),
     "MOE.NUM_EXPERTS": Map("MOE.NUM_EXPERTS"),
     "MOE.TOP_K": Map("MOE.TOP_K"),
@@ -227,13 +227,14 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "MOE.MOE_TYPE": Map("MOE.MOE_TYPE"),
     "MOE.MOE_EXPERT_LOCATION": "moe_location",
     "MOE.EP_WORLD_SIZE": Map("MOE.EP_SIZE"),
-    "MOE.NOISY_GATE_POLICY": Pending("MOE.NOISY_GATE_POLICY", "moe17 (published 'vmoe' gate noise)"),
-    "MOE.ATTRIBUTE_LENGTH": Pending("MOE.ATTRIBUTE_LENGTH", "moe17 (attribute gate input)"),
-    "MOE.BATCH_PRIO": Pending("MOE.BATCH_PRIO", "moe17 (batch-priority routing)"),
-    "MOE.FFN_SHARE_GATE_DECISION": Pending("MOE.FFN_SHARE_GATE_DECISION", "moe17 (FFN reuses the SA gate)"),
-    "MOE.MOE_EXPERT_TYPE": Pending("MOE.MOE_EXPERT_TYPE", "moe17 (experts in FFN and self-attention)"),
-    "MOE.SA_LINEAR_OUT_MOE": Pending("MOE.SA_LINEAR_OUT_MOE", "moe17 (attention output projection experts)"),
-    "MOE.TAG_Transform": Pending("MOE.TAG_Transform", "moe17 (attribute transform before the gate)"),
+    "MOE.NOISY_GATE_POLICY": Map("MOE.NOISY_GATE_POLICY", lambda v: {"vmoe": "Normal"}.get(v, v)),
+    "MOE.TAG_Transform": "moe_gate",
+    "MOE.ATTRIBUTE_LENGTH": Need(_is(8), "the published attribute rows have 8 entries"),
+    "MOE.BATCH_PRIO": Need(_is(True, False), "batch-priority routing orders tokens when an expert overflows its "
+                                            "capacity; the native attribute gate has no capacity limit"),
+    "MOE.FFN_SHARE_GATE_DECISION": Need(_is(True), "the FFN's second layer follows the first layer's routing here"),
+    "MOE.MOE_EXPERT_TYPE": Need(_is("FFN,SA"), "experts sit in the attention and the FFN here"),
+    "MOE.SA_LINEAR_OUT_MOE": Need(_is(True), "the attention output projection has experts here"),
     "MOE.MOE_PARAM_GROUP": Drop("expert parameters always get their own optimizer groups here"),
     "MOE.USE_TUTEL": Drop("kernel backend (tutel); MOE.BACKEND picks ours"),
     # ---- datasets (per task)
@@ -647,6 +648,15 @@ class _Converter:
         for key in ("DATALOADER.MULTI_VEIW_NUM", "DATALOADER.MULTI_VEIW", "INFERENCE.NUM_VIEWS"):
             if key in flat:
                 self.report.add(prefix + key, "mapped", f"-> INFERENCE.NUM_VIEWS = {views}")
+
+    def _convert_moe_gate(self, flat, dst, prefix, is_task):
+        key = prefix + "MOE.TAG_Transform"
+        if not flat["MOE.TAG_Transform"]:
+            self.fail(key, False, "the published gate without its attribute transform is not implemented here; "
+                                  "MOE.TAG_Transform True (every published MoE config) maps to "
+                                  "MOE.ATTRIBUTE_GATE segment_row")
+        self.write(dst, "MOE.ATTRIBUTE_GATE", "segment_row", is_task=is_task)
+        self.report.add(key, "mapped", "-> MOE.ATTRIBUTE_GATE = 'segment_row' (the published gate)")
 
     def _convert_moe_location(self, flat, dst, prefix, is_task):
         loc = flat["MOE.MOE_EXPERT_LOCATION"]
