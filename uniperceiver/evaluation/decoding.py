@@ -1,8 +1,8 @@
 """Caption decoding: the decode strategies (greedy, beam search as the published ``CaptionBeamSearcherV3``).
 
-``beam_search`` is model-agnostic: it drives a ``step_fn(tokens [N, t], origin [N]) -> log-probs [N, V]``
-(``origin`` = the batch item each row belongs to), called only for beams that have not ended.  It follows the
-published ``CaptionBeamSearcherV3`` (github fundamentalvision/Uni-Perceiver @ a8c9e37,
+``search_beams`` / ``beam_search`` are model-agnostic: they drive a ``step_fn(tokens [N, t], origin [N]) ->
+log-probs [N, V]`` (``origin`` = the batch item each row belongs to), called only for beams that have not
+ended.  They follow the published ``CaptionBeamSearcherV3`` (github fundamentalvision/Uni-Perceiver @ a8c9e37,
 ``uniperceiver/modeling/decode_strategy/caption_beam_searcher_v3.py``) step for step:
 
 - step 0 expands the single start beam into the ``beam_size`` best words; each later step ranks every
@@ -14,11 +14,12 @@ published ``CaptionBeamSearcherV3`` (github fundamentalvision/Uni-Perceiver @ a8
 - after the last step (``max_len`` tokens, the end token included) each item's beams are ranked by
   ``score / (words + 1) ** len_penalty`` when ``len_penalty > 0`` (``words`` = the beam's tokens that are not
   the end token, so an ended beam counts its end token and a beam cut at ``max_len`` counts ``max_len + 1``),
-  else by the plain sum; the best beam is returned, cut before its first end token.
+  else by the plain sum (a stable descending sort); ``beam_search`` returns the best beam, cut before its
+  first end token (``search_beams`` returns them all, ranked, as the published ``G_SENTS_IDS``).
 
-The published code always runs ``max_len`` steps; we stop once every beam has ended, which changes nothing while
-beam scores stay above the -999 filler (later steps would only append end tokens).  ``beam_size=1`` is greedy
-decoding.  Inside ``evaluation.lockstep.lockstep()`` decoding goes on until every rank is done.
+The published code always runs ``max_len`` steps; we stop once every beam has ended with a score above the
+filler, when later steps could only append end tokens.  ``beam_size=1`` is greedy decoding.  Inside
+``evaluation.lockstep.lockstep()`` decoding goes on until every rank is done.
 
 Decode strategies by name (``DECODE_STRATEGY.NAME``): ``greedy`` (one beam) and ``beam`` (``BEAM_SIZE`` beams);
 the published name ``CaptionBeamSearcherV3`` is ``beam`` and the published default ``none`` is ``greedy``.
@@ -48,33 +49,37 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ENDED_FILLER = -999.0
 
 
-def beam_search(step_fn: StepFn, batch_size: int, max_len: int, eos_id: int, beam_size: int = 1,
-                len_penalty: float = 0.0, device: Any = "cpu") -> Tuple[List[List[int]], torch.Tensor]:
-    """Decode ``batch_size`` sequences of at most ``max_len`` tokens (incl. the end token); see the module
-    docstring for the rules.  Returns the best token lists (end token and everything after it removed) and
-    their ranking scores [B] (length-normalised when ``len_penalty > 0``)."""
+def search_beams(step_fn: StepFn, batch_size: int, max_len: int, eos_id: int, beam_size: int = 1,
+                 len_penalty: float = 0.0, device: Any = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every final beam, as the published searcher returns them (see the module docstring for the rules):
+    tokens ``[B, beams, max_len]`` (uncut; an ended beam goes on with end tokens) and ranking scores
+    ``[B, beams]`` (length-normalised when ``len_penalty > 0``), best first."""
     device = torch.device(device)
     B, K = batch_size, max(1, int(beam_size))
     tokens = torch.zeros(B, 0, dtype=torch.long, device=device)  # [B * beams, t]
     scores = torch.zeros(B, 1, device=device)  # [B, beams]
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # [B * beams]
-    words = torch.zeros(B, dtype=torch.long, device=device)  # non-end tokens of each beam
-    beams = 1
+    words = torch.zeros(B, dtype=torch.long, device=device)  # tokens other than the end token, per beam
+    beams, V = 1, None
     for _ in range(max_len):
         flat = scores.reshape(-1)
-        # a beam at -inf (only reachable when fewer than beam_size words are allowed) can never win: no step
+        # a beam at -inf (only when fewer than beam_size words are allowed) can never win: it is not stepped
         live = ~ended & (flat > float("-inf"))
-        done = not bool(live.any())
-        if lockstep.all_done(done):
+        # every beam has ended above the filler: later steps would only append end tokens
+        settled = bool(ended.all()) and bool((flat > ENDED_FILLER).all())
+        if lockstep.all_done(settled):
             break
-        if done:  # other ranks of a lockstep evaluation are still decoding: step along, drop the result
+        if bool(live.any()):
+            origin = torch.arange(B, device=device).repeat_interleave(beams)
+            logp_live = step_fn(tokens[live], origin[live]).float()
+            V = logp_live.shape[1]
+        elif lockstep.active():  # other ranks are still decoding: step along, drop the result
             step_fn(tokens[:1], torch.zeros(1, dtype=torch.long, device=device))
+        if settled:
             continue
-        origin = torch.arange(B, device=device).repeat_interleave(beams)
-        logp_live = step_fn(tokens[live], origin[live]).float()
-        V = logp_live.shape[1]
         cand = torch.full((B * beams, V), float("-inf"), device=device)
-        cand[live] = flat[live, None] + logp_live
+        if bool(live.any()):
+            cand[live] = flat[live, None] + logp_live
         cand[ended] = ENDED_FILLER
         cand[ended, eos_id] = flat[ended]
         new_beams = min(K, beams * V)
@@ -90,12 +95,21 @@ def beam_search(step_fn: StepFn, batch_size: int, max_len: int, eos_id: int, bea
     final = scores
     if len_penalty > 0:
         final = scores / (words.reshape(B, beams) + 1).float() ** len_penalty
-    ranked, order = final.sort(dim=1, descending=True, stable=True)
-    best_rows = torch.arange(B, device=device) * beams + order[:, 0]
+    final, order = final.sort(dim=1, descending=True, stable=True)
+    tokens = tokens.reshape(B, beams, tokens.shape[1]).gather(1, order[:, :, None].expand(B, beams, tokens.shape[1]))
+    pad = tokens.new_full((B, beams, max_len - tokens.shape[2]), eos_id)  # stopped early: end tokens follow
+    return torch.cat([tokens, pad], dim=2), final
+
+
+def beam_search(step_fn: StepFn, batch_size: int, max_len: int, eos_id: int, beam_size: int = 1,
+                len_penalty: float = 0.0, device: Any = "cpu") -> Tuple[List[List[int]], torch.Tensor]:
+    """Decode ``batch_size`` sequences of at most ``max_len`` tokens (incl. the end token): the best beam of
+    :func:`search_beams` of each item, cut before its first end token, and its ranking score [B]."""
+    tokens, scores = search_beams(step_fn, batch_size, max_len, eos_id, beam_size, len_penalty, device)
     out = []
-    for row in tokens[best_rows].tolist():
+    for row in tokens[:, 0].tolist():
         out.append(row[: row.index(eos_id)] if eos_id in row else row)
-    return out, ranked[:, 0]
+    return out, scores[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------------------
