@@ -138,7 +138,9 @@ class DecodeStrategy:
 def decode_strategy_from_config(task_cfg, where: str = "") -> DecodeStrategy:
     """The decode strategy of a task node; ``where`` prefixes the keys named in errors (``TASKS.<NAME>.``)."""
     d = task_cfg.DECODE_STRATEGY
-    name = PUBLISHED_DECODE_NAMES.get(d.NAME, d.NAME)
+    # the published code reads any spelling of "none" (and a YAML null) as no beam searcher
+    raw = "none" if d.NAME is None or (isinstance(d.NAME, str) and d.NAME.lower() == "none") else d.NAME
+    name = PUBLISHED_DECODE_NAMES.get(raw, raw)
     if name not in DECODE_STRATEGIES:
         known = ", ".join(sorted(DECODE_STRATEGIES))
         published = ", ".join(f"{k} = {v}" for k, v in PUBLISHED_DECODE_NAMES.items())
