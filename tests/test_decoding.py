@@ -144,7 +144,7 @@ def _cfg(*opts):
 def test_published_decode_strategy_is_honoured():
     # issue 18: {NAME: CaptionBeamSearcherV3, BEAM_SIZE: 2} used to decode greedily
     cfg = _cfg("DECODE_STRATEGY.NAME", "CaptionBeamSearcherV3", "DECODE_STRATEGY.BEAM_SIZE", "2",
-               "DECODE_STRATEGY.LEN_PENALTY", "2.0", "MODEL.EVAL_MAX_SEQ_LEN", "21")
+               "DECODE_STRATEGY.LEN_PENALTY", "2.0", "MODEL.EVAL_MAX_SEQ_LEN", "21", "INFERENCE.VOCAB", "CLIP_CAPTION")
     task_cfg = cfg.task("mscoco_caption")
     s = decode_strategy_from_config(task_cfg)
     assert (s.name, s.beam_size, s.len_penalty, s.max_len) == ("beam", 2, 2.0, 21)
@@ -174,6 +174,7 @@ def test_published_decode_strategy_is_honoured():
     (("DECODE_STRATEGY.LEN_PENALTY", "-1.0"), "LEN_PENALTY -1.0 must be >= 0"),
     (("INFERENCE.GENERATION_MODE", "sample"), "INFERENCE.GENERATION_MODE 'sample' must be one of greedy, beam"),
     (("MODEL.EVAL_MAX_SEQ_LEN", "-1"), "MODEL.EVAL_MAX_SEQ_LEN -1 must be >= 0"),
+    (("INFERENCE.VOCAB", "BERT"), "INFERENCE.VOCAB 'BERT' must be one of CLIP, CLIP_CAPTION"),
 ])
 def test_bad_decode_strategy_is_one_config_error_before_anything_is_built(opts, message):
     cfg = _cfg(*opts)

@@ -250,6 +250,9 @@ _C.DECODE_STRATEGY.BEAM_SIZE = 1
 _C.DECODE_STRATEGY.LEN_PENALTY = 0.0
 # Most tokens generated per caption at evaluation, the end token included; 0 = MODEL.MAX_SEQ_LEN.
 _C.MODEL.EVAL_MAX_SEQ_LEN = 0
+# Vocabulary captions are decoded in (published key): "CLIP" or "CLIP_CAPTION", both the CLIP BPE vocabulary
+# ending a caption at <|endoftext|>; any other value is a config error.
+_C.INFERENCE.VOCAB = "CLIP"
 
 # ---------------------------------------------------------------------------------------------------------
 # Solver

@@ -24,7 +24,8 @@ filler, when later steps could only append end tokens.  ``beam_size=1`` is greed
 Decode strategies by name (``DECODE_STRATEGY.NAME``): ``greedy`` (one beam) and ``beam`` (``BEAM_SIZE`` beams);
 the published name ``CaptionBeamSearcherV3`` is ``beam`` and the published default ``none`` is ``greedy``.
 :func:`decode_strategy_from_config` reads the task node (``DECODE_STRATEGY.*``, ``INFERENCE.GENERATION_MODE``,
-``MODEL.EVAL_MAX_SEQ_LEN``) and refuses a bad value with one :class:`ConfigError` naming key and value.
+``INFERENCE.VOCAB``, ``MODEL.EVAL_MAX_SEQ_LEN``) and refuses a bad value with one :class:`ConfigError` naming
+the key and the value.
 
 ``CaptionGenerator`` is the Uni-Perceiver step: the sequence ``[<spe>, image, prefix + generated tokens +
 placeholder, queries]`` with causal text; query ``i`` predicts text token ``i`` and sees only text tokens
@@ -123,6 +124,8 @@ DECODE_STRATEGIES: Dict[str, str] = {
 # Names of the published configs and the strategy of ours each one is.
 PUBLISHED_DECODE_NAMES: Dict[str, str] = {"CaptionBeamSearcherV3": "beam", "none": "greedy"}
 GENERATION_MODES = ("greedy", "beam")
+# INFERENCE.VOCAB values of the published configs; both decode CLIP BPE tokens until <|endoftext|>.
+DECODE_VOCABS = ("CLIP", "CLIP_CAPTION")
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,9 @@ def decode_strategy_from_config(task_cfg, where: str = "") -> DecodeStrategy:
     if len_penalty < 0:
         raise ConfigError(f"{where}DECODE_STRATEGY.LEN_PENALTY {len_penalty!r} must be >= 0 (0: rank beams by "
                           f"the plain sum of log-probabilities)")
+    if task_cfg.INFERENCE.VOCAB not in DECODE_VOCABS:
+        raise ConfigError(f"{where}INFERENCE.VOCAB {task_cfg.INFERENCE.VOCAB!r} must be one of "
+                          f"{', '.join(DECODE_VOCABS)} (captions are decoded in the CLIP BPE vocabulary)")
     max_len = int(task_cfg.MODEL.EVAL_MAX_SEQ_LEN)
     if max_len < 0:
         raise ConfigError(f"{where}MODEL.EVAL_MAX_SEQ_LEN {max_len} must be >= 0 (0: MODEL.MAX_SEQ_LEN)")
