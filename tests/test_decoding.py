@@ -207,3 +207,19 @@ def test_caption_task_decodes_with_its_decode_strategy(monkeypatch):
     with torch.no_grad():
         out = task.predict(model, batch)
     assert seen == [(2, 3, 2, 1.0)] and len(out["captions"]) == 2
+
+
+def test_stable_topk_equals_a_stable_sort():
+    from uniperceiver.evaluation.decoding import stable_topk
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (6, 40), generator=g).float()  # many ties
+    x[0, :5] = float("-inf")
+    x[1] = float("-inf")
+    distinct = torch.randn(4, 30, generator=g)  # no ties at the k-th value: the topk set is taken as it is
+    distinct[:, :3] = 5.0  # ties above it still go lower index first
+    for t in (x, distinct):
+        for k in (1, 2, 3, 7, 30):
+            values, index = stable_topk(t, k)
+            ref_values, ref_index = t.sort(dim=1, descending=True, stable=True)
+            assert torch.equal(values, ref_values[:, :k]) and torch.equal(index, ref_index[:, :k])
