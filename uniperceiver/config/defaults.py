@@ -254,15 +254,26 @@ _C.INFERENCE = CN()
 _C.INFERENCE.NAME = ""
 _C.INFERENCE.VAL_ANNFILE = ""
 _C.INFERENCE.TEST_ANNFILE = ""
-# Captioning at test time: "greedy" or "beam".
+# Captioning at test time: "beam" is the older spelling of DECODE_STRATEGY.NAME beam; "greedy" leaves the choice
+# to DECODE_STRATEGY.NAME.
 _C.INFERENCE.GENERATION_MODE = "greedy"
 # Video: number of temporal views averaged at test time.
 _C.INFERENCE.NUM_VIEWS = 1
 
+# Caption decoding at evaluation (evaluation/decoding.py, docs/decoding.md).
 _C.DECODE_STRATEGY = CN()
+# Registered decode strategy: "greedy" (one beam) or "beam" (beam search as the published CaptionBeamSearcherV3,
+# a name also accepted; the published default "none" means greedy).  Any other name is a config error.
 _C.DECODE_STRATEGY.NAME = "greedy"
+# Beams kept per caption with NAME beam (1 = greedy); NAME greedy needs 1.
 _C.DECODE_STRATEGY.BEAM_SIZE = 1
+# > 0: beams are finally ranked by log-probability / (non-end tokens + 1) ** LEN_PENALTY; 0: by log-probability.
 _C.DECODE_STRATEGY.LEN_PENALTY = 0.0
+# Most tokens generated per caption at evaluation, the end token included; 0 = MODEL.MAX_SEQ_LEN.
+_C.MODEL.EVAL_MAX_SEQ_LEN = 0
+# Vocabulary captions are decoded in (published key): "CLIP" or "CLIP_CAPTION", both the CLIP BPE vocabulary
+# ending a caption at <|endoftext|>; any other value is a config error.
+_C.INFERENCE.VOCAB = "CLIP"
 
 # ---------------------------------------------------------------------------------------------------------
 # Solver

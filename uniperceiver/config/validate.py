@@ -56,6 +56,8 @@ def validate_cfg(cfg, *, check_task_types: bool = True) -> None:
         if check_task_types and task.DATASETS.TASK_TYPE not in known:
             errors.append(f"{p}DATASETS.TASK_TYPE = {task.DATASETS.TASK_TYPE!r} is not a registered task family "
                           f"(registered: {', '.join(known)})")
+        elif check_task_types:  # the family's own checks (e.g. captioning: DECODE_STRATEGY)
+            errors.extend(TASK_REGISTRY.get(task.DATASETS.TASK_TYPE).config_errors(task))
         _check(errors, d.TRAIN_BATCH_SIZE > 0, p + "DATALOADER.TRAIN_BATCH_SIZE", d.TRAIN_BATCH_SIZE, "must be > 0")
         _check(errors, d.TEST_BATCH_SIZE > 0, p + "DATALOADER.TEST_BATCH_SIZE", d.TEST_BATCH_SIZE, "must be > 0")
         _check(errors, d.NUM_WORKERS >= 0, p + "DATALOADER.NUM_WORKERS", d.NUM_WORKERS, "must be >= 0")

@@ -1,58 +1,60 @@
-"""VQAv2 accuracy: an answer scores min(#humans who gave it / 3, 1), averaged over questions.
+"""VQAv2 accuracy as the official VQA evaluation computes it (github GT-Vision-Lab/VQA, master a013f00,
+``PythonEvaluationTools/vqaEvaluation/vqaEval.py``), averaged over questions.
 
-Answers are normalised as in the VQA evaluation script (lower case, punctuation, number words, articles,
-common contractions) before matching.
+For one question (:func:`vqa_score`): new lines and tabs become spaces and the ends are stripped, in the
+prediction and in each human answer.  Only when the human answers (so stripped) are not all the same are they
+and the prediction normalised (``utils.vqa_text.normalize_answer``: punctuation, number words, articles,
+contractions); when all humans agree, the prediction must equal their answer as it is.  The score is the mean,
+over the human answers left out one at a time, of ``min(#other humans who gave the prediction / 3, 1)``: with
+10 answers, a prediction given by 2 humans scores (2 * 1/3 + 8 * 2/3) / 10 = 0.6, by 3 humans 0.9, by 4 or
+more 1.0.  (The official code compares answer records, which carry distinct ``answer_id`` s, so exactly one
+answer is left out each time: here, by position.)
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, List, Sequence
 
-from .evaluator import EVALUATOR_REGISTRY, DatasetEvaluator, gather_list
 from uniperceiver.utils import comm
+from uniperceiver.utils.vqa_text import normalize_answer
 
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-            "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
-                 "wont": "won't", "im": "i'm", "ive": "i've", "youre": "you're", "thats": "that's",
-                 "whats": "what's", "wasnt": "wasn't", "werent": "weren't", "didnt": "didn't"}
-_PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$]")
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_NUM = re.compile(r"(\d)(,)(\d)")
+from .evaluator import EVALUATOR_REGISTRY, DatasetEvaluator, gather_list
+
+__all__ = ["vqa_score", "normalize_answer", "VQAEvaluator"]
 
 
-def normalize_answer(answer: str) -> str:
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    text = _COMMA_NUM.sub(r"\1\3", text)
-    text = _PUNCT.sub("", text)
-    text = _PERIOD.sub("", text)
-    words = []
-    for w in text.split():
-        w = _NUMBERS.get(w, w)
-        if w in _ARTICLES:
-            continue
-        words.append(_CONTRACTIONS.get(w, w))
-    return " ".join(words)
+def _strip(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def vqa_score(prediction: str, human_answers: Sequence[str]) -> float:
-    pred = normalize_answer(prediction)
-    matches = sum(normalize_answer(a) == pred for a in human_answers)
-    return min(matches / 3.0, 1.0)
+    """The official VQA accuracy of ``prediction`` for one question with these human answers (in [0, 1])."""
+    humans = [_strip(a) for a in human_answers]
+    if not humans:
+        raise ValueError("vqa_score needs at least one human answer")
+    pred = _strip(prediction)
+    if len(set(humans)) > 1:
+        humans = [normalize_answer(a) for a in humans]
+        pred = normalize_answer(pred)
+    total = 0.0
+    for left_out in range(len(humans)):
+        matches = sum(1 for i, a in enumerate(humans) if i != left_out and a == pred)
+        total += min(1.0, matches / 3.0)
+    return total / len(humans)
 
 
 @EVALUATOR_REGISTRY.register()
 class VQAEvaluator(DatasetEvaluator):
-    """``outputs``: ``predictions`` List[str] (the chosen answers) and ``answers`` List[List[str]] (the ten
-    human answers of each question).  Reports ``vqa_acc`` in percent."""
+    """``outputs``: ``predictions`` List[str] (the chosen answers) and ``answers`` List[List[str]] (the human
+    answers of each question).  Reports ``vqa_acc`` in percent over the questions that have human answers
+    (none on test-dev: then nothing is reported)."""
 
     def reset(self) -> None:
         self._scores: List[float] = []
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
         for pred, answers in zip(outputs["predictions"], outputs["answers"]):
-            self._scores.append(vqa_score(pred, answers))
+            if answers:
+                self._scores.append(vqa_score(pred, answers))
 
     def evaluate(self) -> Dict[str, float]:
         scores = gather_list(self._scores)

@@ -34,6 +34,12 @@ class Task:
         # Longest text this task packs (captions, questions, MLM sentences), special tokens included.
         self.max_len: int = int(task_cfg.MODEL.MAX_SEQ_LEN)
 
+    @classmethod
+    def config_errors(cls, task_cfg) -> List[str]:
+        """Problems of ``task_cfg`` this family can tell before anything is built, one line each naming the
+        key (``config.validate.validate_cfg`` reports them)."""
+        return []
+
     @property
     def evaluator_name(self) -> str:
         return self.cfg.INFERENCE.NAME or self.default_evaluator

@@ -4,7 +4,7 @@ i predicts caption token i (the last one ``<|endoftext|>``) against the vocabula
 Training scores each query against the batch's own tokens plus ``MODEL.VOCAB_NEGATIVES`` sampled other
 words of ``DATASETS.TARGET_SET`` (all words when 0), so a step stays cheap with a 49k vocabulary; tokens
 outside a vocabulary *subset* are ignored.  Evaluation generates greedily or with beam search
-(``INFERENCE.GENERATION_MODE``, ``DECODE_STRATEGY``) over the whole label set, encoded once per weights
+(``DECODE_STRATEGY``, see ``evaluation/decoding.py``) over the whole label set, encoded once per weights
 version, and ``CaptionEvaluator`` scores the captions against ``INFERENCE.VAL_ANNFILE / TEST_ANNFILE`` (or the
 references carried in the batch when no file is set).
 """
@@ -14,8 +14,9 @@ from typing import Any, Dict, List
 
 import torch
 
+from uniperceiver.config import ConfigError
 from uniperceiver.data.target_sets import TargetEncoder, remap, sample_entries, task_target_encoder
-from uniperceiver.evaluation.decoding import CaptionGenerator
+from uniperceiver.evaluation.decoding import CaptionGenerator, decode_strategy_from_config
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.modeling.tokenization import get_tokenizer
 
@@ -44,8 +45,17 @@ class ImageCaptionTask(Task):
     default_evaluator = "CaptionEvaluator"
     attributes = {"modality": "image", "task": "caption"}
 
+    @classmethod
+    def config_errors(cls, task_cfg) -> List[str]:
+        try:
+            decode_strategy_from_config(task_cfg, f"TASKS.{task_cfg.NAME}.")
+        except ConfigError as e:
+            return [str(e)]
+        return []
+
     def __init__(self, task_cfg, root_cfg):
         super().__init__(task_cfg, root_cfg)
+        decode_strategy_from_config(task_cfg, f"TASKS.{self.name}.")  # a bad DECODE_STRATEGY fails here, not at eval
         self._targets: TargetEncoder = None
         self._table = None  # (feats, full-vocabulary table, banned ids) for generation
 

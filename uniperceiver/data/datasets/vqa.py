@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Hashable
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from uniperceiver.evaluation.vqa import normalize_answer
+from uniperceiver.utils.vqa_text import normalize_answer
 
 from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list, load_json
 
