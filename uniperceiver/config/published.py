@@ -63,7 +63,7 @@ class Pending:
 PUBLISHED_DEFAULTS: Dict[str, Any] = {
     "SEED": -1, "OUTPUT_DIR": "./output", "CUDNN_BENCHMARK": False,
     "MODEL.META_ARCHITECTURE": "", "MODEL.ENCODER": "", "MODEL.WEIGHTS": "", "MODEL.IMG_INPUT_SIZE": 224,
-    "MODEL.PATCH_SIZE": 16, "MODEL.VOCAB_SIZE": 1000, "MODEL.MAX_SEQ_LEN": 17, "MODEL.LABELS_NUM": 1000,
+    "MODEL.PATCH_SIZE": 16, "MODEL.VOCAB_SIZE": 1000, "MODEL.MAX_SEQ_LEN": 17, "MODEL.EVAL_MAX_SEQ_LEN": 17, "MODEL.LABELS_NUM": 1000,
     "MODEL.TEMP_NAME": "", "MODEL.POSEMBEDFIX": False, "MODEL.POSEMBED_SCALE": 1.0, "MODEL.LAYER_SCALE": False,
     "MODEL.LAYER_SCALE_INIT": 1e-5, "MODEL.MODEL_EMA": False, "MODEL.MODEL_EMA_DECAY": 0.9999,
     "MODEL.PRED_TEMPERATURE": 1.0, "MODEL.LEARN_TEMP": False, "MODEL.PROMPT": False, "MODEL.PROMPT_PARAM": [],
@@ -100,6 +100,7 @@ PUBLISHED_DEFAULTS: Dict[str, Any] = {
 TASK_DEFAULT_KEYS = ("DATALOADER.TRAIN_BATCH_SIZE", "DATALOADER.TEST_BATCH_SIZE", "DATALOADER.NUM_WORKERS",
                      "DATALOADER.SAMPLING_WEIGHT", "DATALOADER.DATA_PERCENTAGE", "DATALOADER.MIXUP",
                      "DATALOADER.CUTMIX", "DATALOADER.FRAMES_PER_CLIP", "DATALOADER.STRIDE", "MODEL.MAX_SEQ_LEN",
+                     "MODEL.EVAL_MAX_SEQ_LEN",
                      "LOSSES.LOSS_WEIGHT", "DECODE_STRATEGY.BEAM_SIZE",
                      "DECODE_STRATEGY.LEN_PENALTY")
 
@@ -162,8 +163,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "MODEL.MODEL_EMA_DECAY": Map("MODEL.MODEL_EMA_DECAY"),
     "MODEL.WEIGHTS": Map("MODEL.WEIGHTS"),
     "MODEL.MAX_SEQ_LEN": Map("MODEL.MAX_SEQ_LEN"),
-    "MODEL.EVAL_MAX_SEQ_LEN": Drop("generation length: captions are generated up to MODEL.MAX_SEQ_LEN here "
-                                   "(evaluation only)"),
+    "MODEL.EVAL_MAX_SEQ_LEN": Map("MODEL.EVAL_MAX_SEQ_LEN"),
     "MODEL.LABELS_NUM": Map("MODEL.LABELS_NUM"),
     "MODEL.TEMP_NAME": Map("MODEL.TEMP_NAME"),
     "MODEL.TOKEN_EMBED.NAME": Need(_is("TokenBaseEmbedding"), "the BPE token embedding is the only one here"),
@@ -296,7 +296,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "INFERENCE.GENERATION_MODE": Drop("published: whether the task's evaluation generates; here the task family "
                                       "decides, and DECODE_STRATEGY how"),
     "INFERENCE.ID_KEY": Drop("the reader names the id field"), "INFERENCE.VALUE": Drop("the task names its output"),
-    "INFERENCE.VOCAB": Need(_is("CLIP"), "the CLIP BPE vocabulary is the only one here"),
+    "INFERENCE.VOCAB": Map("INFERENCE.VOCAB"),
     "INFERENCE.ITER_BASED": Need(_is(True), "schedules are counted in iterations here"),
     "DECODE_STRATEGY.NAME": "decode",
     "DECODE_STRATEGY.BEAM_SIZE": Map("DECODE_STRATEGY.BEAM_SIZE"),
@@ -720,9 +720,9 @@ class _Converter:
                                                             f"{', '.join(k for k in PUBLISHED_DECODERS if k)}")
         mode = PUBLISHED_DECODERS[name]
         if mode:
-            self.put(dst, "INFERENCE.GENERATION_MODE", mode)
+            self.put(dst, "DECODE_STRATEGY.NAME", mode)
         self.report.add(prefix + "DECODE_STRATEGY.NAME", "mapped",
-                        f"-> INFERENCE.GENERATION_MODE = {mode!r}" if mode else "greedy (our default)")
+                        f"-> DECODE_STRATEGY.NAME = {mode!r}" if mode else "greedy (our default)")
 
     def _convert_no_decay(self, flat, dst, prefix, is_task):
         norm = _number(self.effective.get("SOLVER.WEIGHT_DECAY_NORM", 0.0))
