@@ -126,7 +126,7 @@ def test_16task_recipe_through_print_config(stage):
         if "MAX_SEQ_LEN" in task.get("MODEL", {}):
             assert mine["MODEL"]["MAX_SEQ_LEN"] == task["MODEL"]["MAX_SEQ_LEN"]
         if "DECODE_STRATEGY" in task:
-            assert mine["INFERENCE"]["GENERATION_MODE"] == "beam"
+            assert mine["DECODE_STRATEGY"]["NAME"] == "beam"
             assert mine["DECODE_STRATEGY"]["BEAM_SIZE"] == task["DECODE_STRATEGY"]["BEAM_SIZE"]
 
 
