@@ -238,6 +238,9 @@ class WandbWriter(EventWriter):
         if self._run is not None:
             self._run.finish()
             self._run = None
+            # Wait until W&B's service has written everything out (finish() may return before): W&B documents
+            # its own atexit teardown as unreliable in multiprocessing workers (main.py --num-gpus N).
+            self._wandb.teardown()
 
     def state_dict(self) -> Dict[str, object]:
         return {"run_id": self.run_id}
