@@ -35,10 +35,12 @@ setup(
         "submitit>=1.4",
         "av>=10",
         "matplotlib",  # tools/plot_metrics.py, tools/visualize_data.py
+        "safetensors",  # MODEL.WEIGHTS *.safetensors, tools/convert_checkpoint.py --to safetensors
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.14"],
         "demo": ["mlxtend", "scikit-image", "scikit-learn", "gensim", "scikit-video"],
+        "wandb": ["wandb"],  # LOGGER.WRITERS [..., "wandb"]
         "test": [
             "pytest>=7",
             "pytest-timeout",
@@ -48,6 +50,7 @@ setup(
             "scikit-learn",
             "gensim",
             "scikit-video",
+            "wandb",
         ],
     },
 )

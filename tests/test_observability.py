@@ -95,6 +95,22 @@ def test_wandb_offline_run_continues_on_resume(tmp_path):
     assert not list(out.glob("events.out.tfevents*"))  # tensorboard was not asked for
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_processes_one_wandb_run(tmp_path):
+    """--num-gpus 2 (gloo): one W&B run, written by rank 0; the throughput hook's gather runs on both ranks."""
+    pytest.importorskip("wandb")
+    out = tmp_path / "out"
+    run_main(["--config-file", ENGINE_SMOKE, "--num-gpus", "2", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "4",
+              "SOLVER.WRITE_PERIOD", "2", "LOGGER.WRITERS", '["json", "wandb"]'],
+             env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}, timeout=400)
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    _, history = wandb_run(run_dir)
+    assert sorted(history) == [1, 3] and all("samples_per_s_synthetic" in v for v in history.values())
+    rows = [r for r in _jsonl(out / "metrics.json") if "samples_per_s_synthetic" in r]
+    assert len(rows) == 2 and "max_rss_mb" in rows[0]
+
+
 def test_eval_metrics_and_lr_reach_every_writer(tmp_path, monkeypatch):
     """Whatever is put into the storage (an evaluation's "<task>/<metric>", the LR) goes to metrics.json,
     TensorBoard and W&B; W&B files go under $WANDB_DIR/wandb when it is set."""
@@ -147,6 +163,19 @@ def test_wandb_without_the_package_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "out" / "model_final.pth").exists()
 
 
+def test_wandb_that_cannot_start_is_one_line_exit_2(tmp_path):
+    """Online W&B without a login: one line naming the writer and what to do, before the first step."""
+    pytest.importorskip("wandb")
+    out = tmp_path / "out"
+    proc = run_main(["--config-file", ENGINE_SMOKE, "OUTPUT_DIR", out, "LOGGER.WRITERS", '["wandb"]'],
+                    env={"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path), "NETRC": str(tmp_path / "x")},
+                    check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: LOGGER.WRITERS: the WandbWriter could not start: ") and "wandb login" in line
+    assert "Traceback" in (out / "log.txt").read_text() and not (out / "model_0000004.pth").exists()
+
+
 def test_observability_config_errors_name_the_key():
     from uniperceiver.engine.hooks import check_observability_cfg
 
@@ -196,8 +225,10 @@ class _Trainer:
         self.start_iter, self.iter, self.max_iter = 0, 0, 100
 
 
-def test_throughput_monitor_counts_samples_per_task_over_step_time():
-    """samples_per_s_<task> = that task's samples since the last put / the summed step time of those steps."""
+def test_throughput_monitor_counts_samples_per_task_over_step_time(monkeypatch):
+    """samples_per_s_<task> = that task's samples since the last put (all ranks) / the summed step time of
+    those steps (slowest rank); memory: the largest rank."""
+    from uniperceiver.engine import hooks
     from uniperceiver.engine.hooks import ThroughputMonitor, loader_consumed_samples
 
     loader = type("Loader", (), {})()
@@ -221,6 +252,20 @@ def test_throughput_monitor_counts_samples_per_task_over_step_time():
         assert latest["samples_per_s_a"] == (0.0, 7)
         assert latest["samples_per_s_b"][0] == pytest.approx(4 * 2 / 1.0)
         assert latest["max_rss_mb"][0] > 0
+        # a second rank that drew 'a' twice in a slower period, with more memory
+        other = {"samples": {"a": 16, "b": 0}, "seconds": 4.0, "rss": 1e6, "cuda": None}
+        monkeypatch.setattr(hooks.comm, "get_world_size", lambda: 2)
+        monkeypatch.setattr(hooks.comm, "all_gather", lambda local: [local, other])
+        for it in range(8, 12):
+            trainer.iter = storage.iter = it
+            loader.streams["b"].consumed += 1
+            storage.put_scalar("time", 0.25)
+            hook.after_step()
+        latest = storage.latest()
+        assert latest["samples_per_s_a"] == (16 / 4.0, 11)
+        assert latest["samples_per_s_b"][0] == pytest.approx(4 * 2 / 4.0)
+        assert latest["max_rss_mb"][0] == 1e6
+        assert ("max_mem_mb" in latest) == (hooks.cuda_max_memory_mb() is not None)
 
 
 # ------------------------------------------------------------------------------------------ safetensors

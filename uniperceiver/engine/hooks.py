@@ -196,11 +196,13 @@ class ThroughputMonitor(HookBase):
         """Sum of the ``time`` scalar (IterationTimer) over the steps since the last put; the wall-clock time
         since then when there is none."""
         histories = self.trainer.storage.histories()
-        if "time" in histories:
-            times = [v for v, i in histories["time"].values() if self._last_iter < i <= it]
-            if times:
-                return float(sum(times))
-        return time.perf_counter() - self._last_time
+        total, found = 0.0, False
+        for value, i in reversed(histories["time"].values() if "time" in histories else []):
+            if i <= self._last_iter:
+                break  # older steps (iterations ascend)
+            if i <= it:
+                total, found = total + value, True
+        return total if found else time.perf_counter() - self._last_time
 
 
 def loader_consumed_samples(data_loader) -> Callable[[], Dict[str, int]]:
@@ -224,7 +226,13 @@ class PeriodicWriter(HookBase):
 
     def before_train(self) -> None:
         for w in self.writers:
-            w.start()
+            try:
+                w.start()
+            except Exception as e:  # e.g. W&B online without a login: one line, exit code 2 (traceback in log.txt)
+                hint = (" (W&B: 'wandb login' or WANDB_API_KEY for online runs; WANDB_MODE=offline runs without a "
+                        "network)") if isinstance(w, WandbWriter) else ""
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"LOGGER.WRITERS: the {type(w).__name__} could not start: {first}{hint}") from e
 
     def state_dict(self) -> Dict[str, Any]:
         states = {type(w).__name__: w.state_dict() for w in self.writers}

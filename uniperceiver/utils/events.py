@@ -150,7 +150,11 @@ class JSONWriter(EventWriter):
         self._last_write = -1
 
     def write(self) -> None:
-        by_iter = _new_values_by_iter(self._last_write, self._window_size)
+        storage = get_event_storage()
+        by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
+        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if itr > self._last_write:
+                by_iter[itr][name] = value
         if not by_iter:
             return
         for itr in sorted(by_iter):
