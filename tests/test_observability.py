@@ -173,7 +173,7 @@ def test_wandb_that_cannot_start_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: LOGGER.WRITERS: the WandbWriter could not start: ") and "wandb login" in line
-    assert "Traceback" in (out / "log.txt").read_text() and not (out / "model_0000004.pth").exists()
+    assert not (out / "model_0000004.pth").exists()  # nothing trained
 
 
 def test_observability_config_errors_name_the_key():
