@@ -3,7 +3,6 @@ the PROFILER hook, samples_per_s_<task> / max_rss_mb / max_mem_mb, and safetenso
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
