@@ -67,6 +67,7 @@ def wandb_run(run_dir):
     return run, history
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_continues_on_resume(tmp_path):
     """LOGGER.WRITERS with wandb (offline): files under OUTPUT_DIR/wandb, the full config, name and tags with
     the run; training scalars at their iterations; --resume continues the run with the id kept in the checkpoint."""
