@@ -36,10 +36,12 @@ setup(
         "av>=10",
         "webdataset>=0.2",  # DATASETS.FORMAT webdataset: tar shards (uniperceiver/data/shards.py)
         "matplotlib",  # tools/plot_metrics.py, tools/visualize_data.py
+        "safetensors",  # MODEL.WEIGHTS *.safetensors, tools/convert_checkpoint.py --to safetensors
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.14"],
         "demo": ["mlxtend", "scikit-image", "scikit-learn", "gensim", "scikit-video"],
+        "wandb": ["wandb"],  # LOGGER.WRITERS [..., "wandb"]
         "test": [
             "pytest>=7",
             "pytest-timeout",
@@ -49,6 +51,7 @@ setup(
             "scikit-learn",
             "gensim",
             "scikit-video",
+            "wandb",
         ],
     },
 )

@@ -69,11 +69,12 @@ def _tagged_iteration(out: Path) -> int:
 
 def _metric_rows(out: Path) -> dict:
     """iteration -> the LAST row written for it (a killed run's rows past its checkpoint are rewritten after the
-    resume), without the wall-clock keys."""
+    resume), without the wall-clock and memory keys."""
     rows = {}
     for line in (out / "metrics.json").read_text().splitlines():
         row = json.loads(line)
-        rows[row["iteration"]] = {k: v for k, v in row.items() if "time" not in k}
+        rows[row["iteration"]] = {k: v for k, v in row.items()
+                                  if "time" not in k and not k.startswith(("samples_per_s_", "max_rss", "max_mem"))}
     return rows
 
 

@@ -11,6 +11,12 @@ Runs on CPU; no GPUs or process group needed.
 Other sources (``--from``; uniperceiver/checkpoint/official.py, uniperceiver/modeling/lora.py):
     python tools/convert_checkpoint.py --from uniperceiver-official uni-perceiver-base-L12-H768.pth base.pth
     python tools/convert_checkpoint.py --from lora work_dirs/lora/model_final.pth merged.pth   # = tools/merge_lora.py
+
+safetensors (``--to safetensors``, with any ``--from``; a .pth input needs no ``--from``): the model weights only,
+shared tensors stored once; usable as MODEL.WEIGHTS (uniperceiver/checkpoint/safetensors_io.py):
+    python tools/convert_checkpoint.py --to safetensors work_dirs/exp/model_final.pth model.safetensors
+    python tools/convert_checkpoint.py --to safetensors --ema work_dirs/exp/model_final.pth model_ema.safetensors
+    python tools/convert_checkpoint.py --to safetensors --from lora work_dirs/lora/model_final.pth merged.safetensors
 """
 from __future__ import annotations
 
@@ -77,7 +83,14 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", help="OUTPUT_DIR of a DeepSpeed run, or its deepspeed/ folder; else the input .pth")
     parser.add_argument("output", help="the plain .pth file to write, e.g. model_final.pth")
     parser.add_argument("--tag", default=None, help="checkpoint tag (iter_XXXXXXX); default: the latest")
+    parser.add_argument("--to", default="pth", choices=["pth", "safetensors"],
+                        help="safetensors: write the model weights of the (converted) checkpoint as OUT.safetensors")
+    parser.add_argument("--ema", action="store_true", help="--to safetensors: export the EMA weights (model_ema)")
     args = parser.parse_args(argv)
+    if args.ema and args.to != "safetensors":
+        parser.error("--ema goes with --to safetensors")
+    if args.to == "safetensors":
+        return export_safetensors(args)
     if args.source != "deepspeed":
         return convert_other(args)
     ckpt_dir = find_checkpoint_dir(args.checkpoint)
@@ -116,6 +129,52 @@ def convert_other(args) -> int:
         print(f"dropped {len(keys)} tensors the published model never reads (e.g. {keys[0]}): {rule}")
     if report["unmapped"]:
         print(f"not mapped ({len(report['unmapped'])}): {', '.join(report['unmapped'][:30])}")
+    return 0
+
+
+def export_safetensors(args) -> int:
+    """``--to safetensors``: IN (a .pth; or what ``--from`` makes of IN, converted into a temporary .pth first)
+    -> the model weights (``--ema``: the EMA weights) in OUT.safetensors."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    from uniperceiver.checkpoint import load_checkpoint_file
+    from uniperceiver.checkpoint.safetensors_io import SUFFIX, export_weights
+
+    if not args.output.endswith(SUFFIX):
+        raise SystemExit(f"convert_checkpoint: --to safetensors writes a {SUFFIX} file, got {args.output}")
+    plain = args.source == "deepspeed" and os.path.isfile(args.checkpoint)  # DeepSpeed checkpoints are folders
+    tmpdir = None if plain else tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(args.output)))
+    try:
+        source = args.checkpoint
+        if tmpdir is not None:
+            inner = argparse.Namespace(**{**vars(args), "to": "pth", "output": os.path.join(tmpdir, "converted.pth")})
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                if args.source == "deepspeed":
+                    convert(find_checkpoint_dir(args.checkpoint), inner.output, args.tag)
+                else:
+                    convert_other(inner)
+            print(out.getvalue().replace(inner.output, "(converted)"), end="")
+            source = inner.output
+        try:
+            data = load_checkpoint_file(source)
+        except Exception as e:
+            from uniperceiver.checkpoint.checkpointer import describe_load_error
+
+            raise SystemExit(f"convert_checkpoint: cannot read {args.checkpoint}: {describe_load_error(e)}") from None
+        what = args.checkpoint if plain else f"{args.checkpoint} (--from {args.source})"
+        try:
+            report = export_weights(data, args.output, ema=args.ema, source=what)
+        except (ValueError, TypeError) as e:  # no model_ema; a non-tensor entry
+            raise SystemExit(f"convert_checkpoint: {e}") from None
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    shared = f", {len(report['aliases'])} shared names stored once" if report["aliases"] else ""
+    print(f"wrote {args.output}: {report['tensors']} tensors ({report['weights']} weights{shared})")
     return 0
 
 

@@ -9,6 +9,7 @@
   (MODEL.WEIGHTS) is loaded as weights only, strictly: missing / unexpected keys and shape mismatches are a
   :class:`CheckpointError` naming them, unless matched by ``ignore`` regexes (MODEL.WEIGHTS_IGNORE) or, for
   shape mismatches, by ``model.resize_rules()`` -> ``[(regex, fn(loaded, current) -> tensor), ...]``.
+  MODEL.WEIGHTS may also be a ``.safetensors`` weights file (checkpoint/safetensors_io.py), matched the same way.
 * A corrupt or truncated last checkpoint is logged and the newest readable older one is used instead.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch.nn as nn
 
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
+
+from .safetensors_io import is_safetensors, load_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ def describe_load_error(err: Exception) -> str:
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:
     """``torch.load(path, weights_only=True)`` on CPU; a non-dict is wrapped as ``{"model": obj}``."""
+    if is_safetensors(path):
+        raise CheckpointError(f"{path} is a safetensors weights file: use it as MODEL.WEIGHTS; resuming and "
+                              f"--eval-ema need a .pth checkpoint")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
@@ -207,6 +213,12 @@ class Checkpointer:
         """Load model weights only from ``path``, strictly (see module docstring)."""
         if not os.path.isfile(path):
             raise CheckpointError(f"MODEL.WEIGHTS file not found: {path}")
+        if is_safetensors(path):  # weights only (checkpoint/safetensors_io.py)
+            try:
+                state = load_safetensors(path)
+            except Exception as e:
+                raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {describe_load_error(e)}") from None
+            return self._load_model(state, ignore, source=path)
         try:
             data = load_checkpoint_file(path)
         except CheckpointError:

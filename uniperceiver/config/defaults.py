@@ -336,6 +336,27 @@ _C.LR_SCHEDULER.STEPS = []
 _C.LR_SCHEDULER.GAMMA = 0.1
 
 # ---------------------------------------------------------------------------------------------------------
+# Metric writers and the profiler (docs/observability.md)
+# ---------------------------------------------------------------------------------------------------------
+_C.LOGGER = CN()
+# Metric writers besides the console (which always writes), all on rank 0: "json" (OUTPUT_DIR/metrics.json),
+# "tensorboard" (event files in OUTPUT_DIR), "wandb" (Weights & Biases: pip install 'uniperceiver[wandb]').
+_C.LOGGER.WRITERS = ["json", "tensorboard"]
+_C.LOGGER.WANDB = CN()
+# W&B project, run name ("" = W&B makes one up) and tags.  The full config is logged with the run; files go to
+# $WANDB_DIR/wandb if WANDB_DIR is set, else OUTPUT_DIR/wandb; WANDB_MODE=offline runs without a network.
+_C.LOGGER.WANDB.PROJECT = "uniperceiver"
+_C.LOGGER.WANDB.NAME = ""
+_C.LOGGER.WANDB.TAGS = []
+
+_C.PROFILER = CN()
+# Run torch.profiler on rank 0 over steps START_ITER .. START_ITER + NUM_ITERS - 1 (counted from 0) and write
+# OUTPUT_DIR/profiler/trace_<first>-<last>.json (Chrome trace) and key_averages.txt.
+_C.PROFILER.ENABLED = False
+_C.PROFILER.START_ITER = 10
+_C.PROFILER.NUM_ITERS = 5
+
+# ---------------------------------------------------------------------------------------------------------
 # Tasks and label sets
 # ---------------------------------------------------------------------------------------------------------
 # List of task nodes; see the module docstring.

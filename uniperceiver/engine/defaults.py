@@ -129,9 +129,10 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     from uniperceiver.tasks import build_tasks
 
     from .ema import build_model_ema, insert_ema_hook
-    from .hooks import build_hooks
+    from .hooks import build_hooks, check_observability_cfg
     from .train_loop import Trainer
 
+    check_observability_cfg(cfg)  # LOGGER / PROFILER values, the wandb package: before anything is built
     device = get_device(cfg)
     model = build_model(cfg).to(device)
     apply_trainable(cfg, model)

@@ -3,7 +3,8 @@
 The trainer opens ``with EventStorage(start_iter) as storage:``; code running inside (hooks, tasks) reaches it
 through :func:`get_event_storage`.  Values are put already reduced over ranks (the trainer does that in one
 place).  Writers: :class:`CommonMetricPrinter` (console), :class:`JSONWriter` (``metrics.json``, one JSON object
-per line with key ``iteration``), :class:`TensorboardWriter` (event files).
+per line with key ``iteration``), :class:`TensorboardWriter` (event files), :class:`WandbWriter` (a Weights &
+Biases run; the ``wandb`` package is imported only when this writer is built).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import datetime
 import json
 import logging
 import os
+import secrets
+import string
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -111,11 +114,31 @@ class EventStorage:
 
 
 class EventWriter:
+    """Writes the storage's new values; ``start`` runs once before training, ``state_dict`` is checkpointed."""
+
+    def start(self) -> None:
+        pass
+
     def write(self) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         pass
+
+    def state_dict(self) -> Dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        pass
+
+
+def _new_values_by_iter(last_write: int, window_size: int) -> Dict[int, Dict[str, float]]:
+    """Values put after iteration ``last_write``, grouped by the iteration they were put at."""
+    by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
+    for name, (value, itr) in get_event_storage().latest_with_smoothing_hint(window_size).items():
+        if itr > last_write:
+            by_iter[itr][name] = value
+    return by_iter
 
 
 class JSONWriter(EventWriter):
@@ -171,8 +194,68 @@ class TensorboardWriter(EventWriter):
         self._writer.close()
 
 
+class WandbWriter(EventWriter):
+    """Scalars to a Weights & Biases run: ``run.log({name: value}, step=iteration)``.
+
+    The run starts in :meth:`start` with ``config`` (the full config, as plain dicts) and the id in
+    ``run_id``: a new one, or the one :meth:`load_state_dict` restored from a checkpoint, so a resumed
+    training continues the same W&B run.  W&B writes under ``$WANDB_DIR/wandb`` when WANDB_DIR is set, else
+    ``directory/wandb``; ``WANDB_MODE=offline`` keeps everything local (``wandb sync`` uploads it later).
+    Raises ImportError without the ``wandb`` package.
+    """
+
+    def __init__(self, *, project: str, name: str = "", tags=(), config: Optional[dict] = None,
+                 directory: str = ".", window_size: int = 20):
+        import wandb
+
+        self._wandb = wandb
+        self.project, self.name, self.tags = project, name, list(tags)
+        self.config = config or {}
+        self.directory = directory
+        self.run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        self.resumed = False
+        self._window_size = window_size
+        self._last_write = -1
+        self._run = None
+
+    def start(self) -> None:
+        if self._run is not None:
+            return
+        directory = None if os.environ.get("WANDB_DIR") else self.directory
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._run = self._wandb.init(project=self.project or None, name=self.name or None, tags=self.tags or None,
+                                     config=self.config, dir=directory, id=self.run_id, resume="allow")
+        logging.getLogger(__name__).info("W&B run %s (%s) in %s", self.run_id,
+                                         "resumed" if self.resumed else "new", self._run.dir)
+
+    def write(self) -> None:
+        by_iter = _new_values_by_iter(self._last_write, self._window_size)
+        if not by_iter:
+            return
+        self.start()
+        for itr in sorted(by_iter):  # W&B steps must increase
+            self._run.log(by_iter[itr], step=itr)
+        self._last_write = max(by_iter)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+            # Wait until W&B's service has written everything out (finish() may return before): W&B documents
+            # its own atexit teardown as unreliable in multiprocessing workers (main.py --num-gpus N).
+            self._wandb.teardown()
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        if state.get("run_id"):
+            self.run_id, self.resumed = str(state["run_id"]), True
+
+
 class CommonMetricPrinter(EventWriter):
-    """Console line: iteration, ETA, losses, time, data time, lr, max memory."""
+    """Console line: iteration, ETA, losses, time, data time, lr, samples/s per task, max memory."""
 
     def __init__(self, max_iter: int, window_size: int = 20):
         self.logger = logging.getLogger("uniperceiver.events")
@@ -207,18 +290,38 @@ class CommonMetricPrinter(EventWriter):
 
         losses = "  ".join(f"{k}: {storage.history(k).median(self._window_size):.4f}"
                            for k in sorted(latest) if "loss" in k and latest[k][1] == iteration)
-        if torch.cuda.is_available():
-            memory = f"max_mem: {torch.cuda.max_memory_allocated() / 1024 ** 2:.0f}M"
-        else:
-            import resource
-
-            memory = f"max_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}M"
+        speeds = ", ".join(f"{k[len(SAMPLES_PER_S):]} {latest[k][0]:.1f}" for k in sorted(latest)
+                           if k.startswith(SAMPLES_PER_S) and latest[k][1] == iteration)
+        speeds = f"samples/s: {speeds}  " if speeds else ""
+        memory = "  ".join(f"{label}: {latest[key][0]:.0f}M" for key, label in
+                           (("max_mem_mb", "max_mem"), ("max_rss_mb", "max_rss")) if key in latest)
+        if not memory:  # no ThroughputMonitor hook in this run
+            cuda_mb = cuda_max_memory_mb()
+            memory = f"max_mem: {cuda_mb:.0f}M" if cuda_mb is not None else f"max_rss: {max_rss_mb():.0f}M"
         eta = self._eta(storage)
         self.logger.info(
             f"{'eta: ' + eta + '  ' if eta else ''}iter: {iteration}/{self._max_iter}  {losses}  "
             f"{fmt('time', '.4f', self._window_size)}{fmt('data_time', '.4f', self._window_size)}"
-            f"{fmt('lr', '.3e')}{memory}".rstrip()
+            f"{fmt('lr', '.3e')}{speeds}{memory}".rstrip()
         )
+
+
+# Prefix of the per-task throughput scalars: samples_per_s_<task NAME>.
+SAMPLES_PER_S = "samples_per_s_"
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process (MiB) since it started."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cuda_max_memory_mb() -> Optional[float]:
+    """Peak CUDA memory allocated by tensors of this process (MiB) since it started; None without CUDA in use."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return torch.cuda.max_memory_allocated() / 1024 ** 2
 
 
 @contextmanager
