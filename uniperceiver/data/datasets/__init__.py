@@ -59,6 +59,17 @@ _PATTERNS = {
 }
 
 
+# Published file names of a split, tried when the reader's pattern names no file: MSCOCO's Karpathy split, the
+# BooksWiki ``.doc`` files (the published code reads bookswiki.doc in multi-GPU runs, the 1000-line file alone).
+_PUBLISHED_FILES = {
+    "coco_caption": {"train": ("captions_train113k.json",), "val": ("captions_val5k.json",),
+                     "test": ("captions_test5k.json",)},
+    "text_corpus": {"train": ("bookswiki.doc", "bookswiki_v2.txt", "bookswiki-1000.doc", "bookswiki_v2-1000.doc"),
+                    "val": ("bookswiki-1000.doc", "bookswiki_v2-1000.doc"),
+                    "test": ("bookswiki-1000.doc", "bookswiki_v2-1000.doc")},
+}
+
+
 def reader_name(task_cfg) -> str:
     """The reader of a task node (``DATASETS.DATASET_NAME``, aliases resolved)."""
     name = task_cfg.DATASETS.DATASET_NAME
@@ -83,13 +94,20 @@ def annotation_path(task_cfg, root_cfg, split: str) -> str:
     if not value:
         raise ConfigError(f"{split_key(task_cfg, split)} is empty: task {task_cfg.NAME!r} has no {split} split")
     reader = reader_name(task_cfg)
+    if value.endswith(("Dataset", "DataSet")) and not os.path.splitext(value)[1]:
+        value = split  # a published dataset class (DATASETS.TRAIN: 'ImageNetDataset'): this split's file
     if reader == "glue":
         anno = resolve_data_path(root_cfg, task_cfg.DATALOADER.ANNO_FOLDER) or resolve_data_path(root_cfg, ".")
         return glue_file(anno, task_cfg.DATASETS.DATASET_NAME, split, value)
     path = value if os.path.isabs(value) else os.path.join(task_cfg.DATALOADER.ANNO_FOLDER, value)
     path = resolve_data_path(root_cfg, path)
     if not os.path.splitext(value)[1] and not os.path.exists(path):
-        path = os.path.join(os.path.dirname(path), _PATTERNS[reader].format(os.path.basename(path)))
+        folder = os.path.dirname(path)
+        path = os.path.join(folder, _PATTERNS[reader].format(os.path.basename(path)))
+        if not os.path.exists(path):  # the published layout's file names (data/prepare_data.md)
+            for name in _PUBLISHED_FILES.get(reader, {}).get(value, ()):
+                if os.path.exists(os.path.join(folder, name)):
+                    return os.path.join(folder, name)
     return path
 
 
