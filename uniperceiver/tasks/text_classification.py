@@ -54,6 +54,13 @@ class TextClassificationTask(Task):
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         prepare_data_root(self.root_cfg)
         dataset = build_reader(self.cfg, self.root_cfg, split)
+        n = len(self.targets.label_set)
+        bad = [r for r in dataset.records if r["label"] >= n]
+        if bad:
+            raise ConfigError(
+                f"TASKS.{self.name}: {len(bad)} {self.glue_name} {split} labels are >= the {n} classes of label set "
+                f"{list(self.cfg.DATASETS.TARGET_SET)} (first: label {bad[0]['label']} at line {bad[0]['line']}); "
+                f"DATASETS.TARGET_SET must name this task's class names")
         dataset.tokenizer, dataset.max_seq_len = get_tokenizer(), self.max_len
         return dataset
 
