@@ -91,3 +91,7 @@ class GLUEEvaluator(DatasetEvaluator):
         if not comm.is_main_process():
             return {}
         return glue_metrics(preds, labels, self.metrics)
+
+
+# The published name (INFERENCE.NAME: 'GLUEEvaler' in the published GLUE configs) names the same evaluator.
+EVALUATOR_REGISTRY._do_register("GLUEEvaler", GLUEEvaluator)
