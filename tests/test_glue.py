@@ -29,18 +29,22 @@ MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
 MRPC_ROWS = [["1", "11", "12", "He said hello.", "He greeted them."], ["0", "13", "14", "A cat.", "A dog."]]
 MNLI_DEV_HEADER = ["index", "promptID", "pairID", "genre", "s1b", "s2b", "s1p", "s2p", "sentence1", "sentence2",
                    "label1", "label2", "label3", "label4", "label5", "gold_label"]
-MNLI_DEV_ROWS = [["0", "1", "1e", "g", "x", "x", "x", "x", "P one", "H one"] + ["neutral"] * 5 + ["neutral"],
-                 ["1", "2", "2e", "g", "x", "x", "x", "x", "P two", "H two"] + ["entailment"] * 5 + ["contradiction"]]
+MNLI_DEV_ROWS = [
+    ["0", "1", "1e", "g", "x", "x", "x", "x", "P one", "H one"] + ["neutral"] * 5 + ["neutral"],
+    ["1", "2", "2e", "g", "x", "x", "x", "x", "P two", "H two"] + ["entailment"] * 5 + ["contradiction"],
+]
 
 
 @pytest.mark.parametrize("name,split,stem,header,rows,expected", [
     ("MRPC", "train", "train", MRPC_HEADER, MRPC_ROWS,
      [(["He said hello.", "He greeted them."], 1), (["A cat.", "A dog."], 0)]),
-    ("MNLI_Match", "val", "dev_matched", MNLI_DEV_HEADER, MNLI_DEV_ROWS, [(["P one", "H one"], 1), (["P two", "H two"], 0)]),
+    ("MNLI_Match", "val", "dev_matched", MNLI_DEV_HEADER, MNLI_DEV_ROWS,
+     [(["P one", "H one"], 1), (["P two", "H two"], 0)]),
     ("SST-2", "val", "dev", ["sentence", "label"], [["a fine film", "1"], ["a dull film", "0"]],
      [(["a fine film"], 1), (["a dull film"], 0)]),
     ("RTE", "train", "train", ["index", "sentence1", "sentence2", "label"],
-     [["0", "A b.", "A.", "entailment"], ["1", "C d.", "E.", "not_entailment"]], [(["A b.", "A."], 1), (["C d.", "E."], 0)]),
+     [["0", "A b.", "A.", "entailment"], ["1", "C d.", "E.", "not_entailment"]],
+     [(["A b.", "A."], 1), (["C d.", "E."], 0)]),
 ])
 def test_processed_and_benchmark_tsvs_read_the_same(tmp_path, name, split, stem, header, rows, expected):
     folder = GLUE_TASKS[name].folder
@@ -56,14 +60,16 @@ def test_processed_and_benchmark_tsvs_read_the_same(tmp_path, name, split, stem,
 
 def test_cola_headerless_and_test_files_and_bad_lines(tmp_path):
     # CoLA ships without a header: columns by position (source, label, original mark, sentence)
-    _write(str(tmp_path / "CoLA" / "train.tsv"), [["gj04", "1", "", "The cat sat."], ["gj04", "0", "*", "Cat the sat."]])
+    _write(str(tmp_path / "CoLA" / "train.tsv"),
+           [["gj04", "1", "", "The cat sat."], ["gj04", "0", "*", "Cat the sat."]])
     records = read_glue_tsv(glue_file(str(tmp_path), "CoLA", "train"), "CoLA", "train")
     assert [(r["sentences"], r["label"]) for r in records] == [(["The cat sat."], 1), (["Cat the sat."], 0)]
     # a test file (with its header) has no labels: -1
     _write(str(tmp_path / "SST-2" / "test.tsv"), [["index", "sentence"], ["0", "good"]])
     assert read_glue_tsv(str(tmp_path / "SST-2" / "test.tsv"), "SST-2", "test")[0]["label"] == -1
     # malformed lines: an error naming file:line, or skipped when a bad fraction is allowed
-    _write(str(tmp_path / "QQP" / "dev.tsv"), [["1", "2", "3", "q1", "q2", "1"], ["broken"], ["4", "5", "6", "a", "b", "0"]])
+    _write(str(tmp_path / "QQP" / "dev.tsv"),
+           [["1", "2", "3", "q1", "q2", "1"], ["broken"], ["4", "5", "6", "a", "b", "0"]])
     with pytest.raises(ValueError, match=r"QQP/dev.tsv:2"):
         read_glue_tsv(str(tmp_path / "QQP" / "dev.tsv"), "QQP", "val")
     assert len(read_glue_tsv(str(tmp_path / "QQP" / "dev.tsv"), "QQP", "val", max_bad_fraction=0.5)) == 2

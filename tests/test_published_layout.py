@@ -96,7 +96,8 @@ def test_published_demo_layout_is_read_by_our_readers(tmp_path):
         "DATA_PATH", str(out), "TASKS.SST-2.DATASETS.TRAIN", "GLUEDataset", "TASKS.SST-2.DATASETS.VAL", "GLUEDataset",
         "TASKS.SST-2.DATALOADER.ANNO_FOLDER", f"{base}/bert_pretrain_data/glue_data/"])
     cfg.defrost()
-    cfg.SHARED_TARGETS[0].SHARED_TARGETS_CFG.FILE_PATH = f"{base}/GLUE_classnames/SST-2_class_name_CLIP_with_endoftext.pkl"
+    cfg.SHARED_TARGETS[0].SHARED_TARGETS_CFG.FILE_PATH = (
+        f"{base}/GLUE_classnames/SST-2_class_name_CLIP_with_endoftext.pkl")
     cfg.SHARED_TARGETS[0].SHARED_TARGETS_CFG.TEMPLATES = []
     cfg.freeze()
     from uniperceiver.tasks import build_tasks
