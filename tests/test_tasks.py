@@ -219,9 +219,30 @@ def test_synced_retrieval_uses_negatives_from_every_rank(tmp_path):
     assert r["max_err"] <= 1e-5 * max(1.0, r["scale"]), r
 
 
-def test_published_pickle_label_sets_are_refused(tmp_path):
+def test_published_pickle_label_sets_are_read_safely(tmp_path):
+    """Published tokenised target sets (.pkl) are read by the restricted unpickler: token ids as written,
+    a pickle naming any other global refused with the file named, a pickle of something else refused."""
+    import pickle
+
+    from uniperceiver.data.safe_pickle import UnsafePickleError
     from uniperceiver.data.target_sets import load_label_set
 
-    (tmp_path / "vocab.pkl").write_bytes(b"\x80\x04N.")
-    with pytest.raises(ConfigError, match="pickles are never loaded"):
-        load_label_set("Vocab_Word", str(tmp_path / "vocab.pkl"), get_tokenizer())
+    tok = get_tokenizer()
+    names = ["no", "maybe", "yes"]
+    with open(tmp_path / "MNLI.pkl", "wb") as f:
+        pickle.dump({"data": [torch.tensor(tok.encode(n + " <|endoftext|>")) for n in names], "modality": "text"}, f)
+    ls = load_label_set("MNLI", str(tmp_path / "MNLI.pkl"), tok)
+    assert len(ls) == 3 and not ls.is_vocabulary
+    assert ls.ids[:, :2].tolist() == [tok.encode(n + " <|endoftext|>") for n in names]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"data": [Evil()]}, f)
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl.*posix\.system|evil\.pkl.*system"):
+        load_label_set("Evil", str(tmp_path / "evil.pkl"), tok)
+    (tmp_path / "none.pkl").write_bytes(b"\x80\x04N.")
+    with pytest.raises(ValueError, match="none.pkl"):
+        load_label_set("None", str(tmp_path / "none.pkl"), tok)

@@ -18,6 +18,7 @@ Layout under the demo root (``DATA_PATH`` if set, else ``CACHE_DIR/demo``)::
     bookswiki/{train,val}.txt
     yfcc/, cc12m/, vg/ (as cc3m), imagenet22k -> imagenet (a relative link; the 16-task recipes)
     kinetics700/, momentsintime/, msvd/, msrvtt/, vqa/: videos and VQAv2 files, see ``demo_video.py``
+    glue/<TASK>/<split>.tsv (GLUE benchmark TSVs of composed sentences), glue/classnames/<TASK>.txt: demo_glue.py
     targets/vocab_demo.tokens (tokens of every demo caption and the corpus), targets/vocab_caption.tokens
     DEMO_VERSION (written last: its presence means the build is complete)
 
@@ -40,8 +41,9 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "7"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
-# caption per template, training captions name the style half of the time; 6: three times in four; 7: 30% plain
+DEMO_VERSION = "8"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
+# caption per template, training captions name the style half of the time; 6: three times in four; 7: 30% plain;
+# 8: glue/ (the other folders unchanged)
 MARKER = "DEMO_VERSION"
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -355,6 +357,10 @@ def build_demo_data(out: str, seed: int = 0) -> None:
     from uniperceiver.data.demo_video import build_video_demo
 
     video_caption_files = build_video_demo(out, mnist, mnist_y, seed)
+    # GLUE: composed sentences with learnable labels (its own random stream): uniperceiver/data/demo_glue.py.
+    from uniperceiver.data.demo_glue import build_glue_demo
+
+    build_glue_demo(os.path.join(out, "glue"), seed)
 
     # Vocabulary subsets for the MLM / captioning targets.
     from uniperceiver.data.target_sets import corpus_token_subset, write_token_list

@@ -6,7 +6,9 @@ A label set is one of (``SHARED_TARGETS_CFG.FILE_PATH``, relative to the data ro
   wrapped in each template ("a photo of a {}."); the encodings of a class's templates are averaged.
 * a token list (``.tokens``): one BPE token id per line (optionally followed by a tab and the token text),
   a subset of the vocabulary (e.g. the words occurring in a corpus, written by ``tools/build_target_set.py``).
-* ``vocabulary``: every token of the CLIP BPE vocabulary plus ``<|endoftext|>`` (49407 entries).
+* ``vocabulary``: every token of the CLIP BPE vocabulary plus ``<|endoftext|>`` (49407 entries);
+* a published tokenised set (``.pkl``, e.g. ``imagenet_class_name_CLIP_with_endoftext.pkl``): token ids of each
+  ``"<name> <|endoftext|>"``, read with the restricted unpickler of ``data/safe_pickle.py`` (TEMPLATES unused).
 
 A vocabulary-style set keeps ``token_ids`` (entry i stands for token ``token_ids[i]``), so MLM / captioning
 labels (token ids) map to entries with :meth:`LabelSet.entry_of`.  Tokenised sets are cached in
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 VOCABULARY = "vocabulary"
 TOKEN_LIST_SUFFIX = ".tokens"
+PICKLE_SUFFIXES = (".pkl", ".pickle")  # published tokenised target sets (restricted unpickler)
 _CACHE_FORMAT = 1
 # Rows encoded per forward pass when a whole label set is encoded.
 ENCODE_CHUNK = 4096
@@ -158,6 +161,8 @@ def tokenize_label_set(path: str, tokenizer, templates: Sequence[str] = (), cont
         t = torch.tensor(token_ids, dtype=torch.long)
         return {"ids": t[:, None].clone(), "mask": torch.ones(len(t), 1, dtype=torch.bool), "token_ids": t,
                 "num_templates": torch.tensor(1)}
+    if path.endswith(PICKLE_SUFFIXES):
+        return read_published_target_set(path, tokenizer, context_length)
     from uniperceiver.data.datasets import read_class_names
 
     names = read_class_names(path)
@@ -165,6 +170,44 @@ def tokenize_label_set(path: str, tokenizer, templates: Sequence[str] = (), cont
     seqs = [tokenizer.encode(tpl.replace("{}", name)) for name in names for tpl in templates]
     ids, mask = _pack(seqs, context_length)
     return {"ids": ids, "mask": mask, "num_templates": torch.tensor(len(templates))}
+
+
+def _id_list(value, path: str, where: str) -> List[int]:
+    if isinstance(value, torch.Tensor):
+        value = value.reshape(-1).tolist()
+    elif hasattr(value, "tolist"):  # numpy array
+        value = list(value.reshape(-1).tolist())
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(i, int) for i in value):
+        raise ValueError(f"{path}: {where} is not a non-empty sequence of token ids")
+    return [int(i) for i in value]
+
+
+def read_published_target_set(path: str, tokenizer, context_length: int = 77) -> dict:
+    """A published tokenised target set (``*_CLIP_with_endoftext.pkl``, tools/generate_target_sets.ipynb):
+    ``{"data": [ids of "<name> <|endoftext|>"], "modality": "text"}``, read with the restricted unpickler.
+    Entries may be lists of synonyms (ImageNet-22k): the first is used.  A set whose every entry is
+    ``[token, <|endoftext|>]`` and that is large (>= 1000) or named ``vocabulary*`` is a vocabulary set
+    (``token_ids`` = the first column), as the published ``vocabulary_CLIP_with_endoftext.pkl``."""
+    from .safe_pickle import load_pickle
+
+    data = load_pickle(path)
+    entries = data.get("data") if isinstance(data, dict) else data
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise ValueError(f"{path}: expected a dict with a non-empty 'data' list of token-id sequences")
+    seqs = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, (list, tuple)) and entry and not isinstance(entry[0], int):
+            entry = entry[0]  # synonyms of one class
+        seqs.append(_id_list(entry, path, f"entry {i}"))
+    bad = sorted({t for s in seqs for t in s if not 0 <= t < tokenizer.vocab_size})
+    if bad:
+        raise ValueError(f"{path}: token ids outside the vocabulary, e.g. {bad[:5]}")
+    ids, mask = _pack(seqs, context_length)
+    out = {"ids": ids, "mask": mask, "num_templates": torch.tensor(1)}
+    pairs = all(len(s) == 2 and s[1] == tokenizer.eot_id for s in seqs)
+    if pairs and (len(seqs) >= 1000 or os.path.basename(path).lower().startswith("vocab")):
+        out["token_ids"] = ids[:, 0].clone()
+    return out
 
 
 def _cache_key(path: str, templates: Sequence[str], context_length: int, tokenizer) -> str:
@@ -182,11 +225,6 @@ def load_label_set(
     name: str, path: str, tokenizer, *, templates: Sequence[str] = (), cache_dir: str = "", context_length: int = 77
 ) -> LabelSet:
     """Tokenise (or read from the cache) the label set in ``path``; ``path`` absolute or ``vocabulary``."""
-    if path.endswith((".pkl", ".pickle")):
-        raise ConfigError(
-            f"label set {name!r}: {path} is a pickle (the published format); pickles are never loaded. Use a "
-            f"class-name .txt, a .tokens list (tools/build_target_set.py) or 'vocabulary' (PREPARE_DATA.md)"
-        )
     if path != VOCABULARY and not os.path.isfile(path):
         raise ConfigError(f"label set {name!r}: file not found: {path} (SHARED_TARGETS.{name}.FILE_PATH)")
     data = None

@@ -22,9 +22,24 @@ def get_data_root(cfg=None) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+# First folder of the published configs' data paths ("open_source_dataset/imagenet/meta").
+PUBLISHED_PREFIX = "open_source_dataset"
+
+
 def resolve_data_path(cfg, path: str) -> str:
-    """An absolute path stays; a relative one is taken under the data root."""
+    """An absolute path stays; a relative one is taken under the data root, as written (published paths
+    ``open_source_dataset/...`` included).  Only when the data root is itself named ``open_source_dataset``
+    (the published data/prepare_data.md's ``export DATA_PATH=.../open_source_dataset``) and the path as
+    written does not exist is the repeated prefix dropped."""
     if not path:
         return path
     path = os.path.expanduser(path)
-    return path if os.path.isabs(path) else os.path.join(get_data_root(cfg), path)
+    if os.path.isabs(path):
+        return path
+    root = get_data_root(cfg)
+    full = os.path.join(root, path)
+    head, _, rest = path.replace(os.sep, "/").partition("/")
+    if (head == PUBLISHED_PREFIX and rest and os.path.basename(root.rstrip("/")) == PUBLISHED_PREFIX
+            and not os.path.exists(full)):
+        return os.path.join(root, rest)
+    return full

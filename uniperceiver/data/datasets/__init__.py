@@ -12,14 +12,17 @@ text_corpus     plain text, one paragraph a line                        BooksWik
 video_list      video files + ``<split>.txt`` "relative/path.mp4 label"   K400, K700, MiT (video.py)
 video_caption   videos + COCO-style caption JSON (``videos``)            MSVD, MSRVTT (video.py)
 vqa             VQAv2 questions + annotations JSON, COCO images          VQAv2 (vqa.py)
+glue            GLUE TSVs, published ``processed/`` or benchmark files   CoLA, SST-2, MRPC, QQP, QNLI, RTE,
+                (glue.py)                                               MNLI_Match, MNLI_Mismatch, STS-B
 =============== ======================================================= ==============================
 
 ``DATASETS.TRAIN / VAL / TEST`` name an annotation file under ``DATALOADER.ANNO_FOLDER`` (both relative to the
 data root unless absolute).  A bare split name without an extension gets the reader's file pattern:
 imagenet ``<split>.txt``, coco_caption ``captions_<split>.json``, jsonl_pairs ``<split>.jsonl``, text_corpus
 ``<split>.txt``, video_list ``<split>.txt``, video_caption ``captions_<split>.json``, vqa
-``v2_OpenEnded_mscoco_<split>_questions.json`` (+ its annotations file).  Images and videos are read under
-``DATALOADER.FEATS_FOLDER``.
+``v2_OpenEnded_mscoco_<split>_questions.json`` (+ its annotations file); glue: any value
+but a ``.tsv`` file name (e.g. the published ``GLUEDataset``) reads ``<TASK>/[processed/]<train|dev|test>.tsv``
+(glue.py).  Images and videos are read under ``DATALOADER.FEATS_FOLDER``.
 """
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ from .imagenet import ImageNetDataset, read_class_names, read_image_label_list  
 from .text_corpus import TextCorpusDataset  # noqa: F401
 from .video import VideoCaptionDataset, VideoClassificationDataset, read_video_captions  # noqa: F401
 from .vqa import VQADataset, read_vqa  # noqa: F401
+from .glue import DATASET_NAMES as GLUE_DATASET_NAMES, GLUEDataset, glue_file, read_glue_tsv  # noqa: F401
 
-READERS = ("imagenet", "coco_caption", "jsonl_pairs", "text_corpus", "video_list", "video_caption", "vqa")
+READERS = ("imagenet", "coco_caption", "jsonl_pairs", "text_corpus", "video_list", "video_caption", "vqa", "glue")
 _ALIASES = {
     "imagenet1k": "imagenet", "imagenet22k": "imagenet", "imagenet": "imagenet",
     "mscoco": "coco_caption", "coco": "coco_caption", "flickr30k": "coco_caption", "coco_caption": "coco_caption",
@@ -47,10 +51,22 @@ _ALIASES = {
     "mit": "video_list", "momentsintime": "video_list", "video_list": "video_list",
     "msvd": "video_caption", "msrvtt": "video_caption", "msr-vtt": "video_caption", "video_caption": "video_caption",
     "vqa": "vqa", "vqav2": "vqa",
+    **{name: "glue" for name in GLUE_DATASET_NAMES},
 }
 _PATTERNS = {
     "imagenet": "{}.txt", "coco_caption": "captions_{}.json", "jsonl_pairs": "{}.jsonl", "text_corpus": "{}.txt",
     "video_list": "{}.txt", "video_caption": "captions_{}.json", "vqa": "v2_OpenEnded_mscoco_{}_questions.json",
+}
+
+
+# Published file names of a split, tried when the reader's pattern names no file: MSCOCO's Karpathy split, the
+# BooksWiki ``.doc`` files (the published code reads bookswiki.doc in multi-GPU runs, the 1000-line file alone).
+_PUBLISHED_FILES = {
+    "coco_caption": {"train": ("captions_train113k.json",), "val": ("captions_val5k.json",),
+                     "test": ("captions_test5k.json",)},
+    "text_corpus": {"train": ("bookswiki.doc", "bookswiki_v2.txt", "bookswiki-1000.doc", "bookswiki_v2-1000.doc"),
+                    "val": ("bookswiki-1000.doc", "bookswiki_v2-1000.doc"),
+                    "test": ("bookswiki-1000.doc", "bookswiki_v2-1000.doc")},
 }
 
 
@@ -78,10 +94,20 @@ def annotation_path(task_cfg, root_cfg, split: str) -> str:
     if not value:
         raise ConfigError(f"{split_key(task_cfg, split)} is empty: task {task_cfg.NAME!r} has no {split} split")
     reader = reader_name(task_cfg)
+    if value.endswith(("Dataset", "DataSet")) and not os.path.splitext(value)[1]:
+        value = split  # a published dataset class (DATASETS.TRAIN: 'ImageNetDataset'): this split's file
+    if reader == "glue":
+        anno = resolve_data_path(root_cfg, task_cfg.DATALOADER.ANNO_FOLDER) or resolve_data_path(root_cfg, ".")
+        return glue_file(anno, task_cfg.DATASETS.DATASET_NAME, split, value)
     path = value if os.path.isabs(value) else os.path.join(task_cfg.DATALOADER.ANNO_FOLDER, value)
     path = resolve_data_path(root_cfg, path)
     if not os.path.splitext(value)[1] and not os.path.exists(path):
-        path = os.path.join(os.path.dirname(path), _PATTERNS[reader].format(os.path.basename(path)))
+        folder = os.path.dirname(path)
+        path = os.path.join(folder, _PATTERNS[reader].format(os.path.basename(path)))
+        if not os.path.exists(path):  # the published layout's file names (data/prepare_data.md)
+            for name in _PUBLISHED_FILES.get(reader, {}).get(value, ()):
+                if os.path.exists(os.path.join(folder, name)):
+                    return os.path.join(folder, name)
     return path
 
 
@@ -130,6 +156,9 @@ def build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable
             read(path, key, max_bad_fraction=bad, name=label), image_root, mode=mode, transform=transform,
             max_bad_fraction=bad, name=label
         )
+    if reader == "glue":
+        records = read_glue_tsv(path, task_cfg.DATASETS.DATASET_NAME, split, config_key=key, max_bad_fraction=bad)
+        return GLUEDataset(records, task_cfg.DATASETS.DATASET_NAME, label=label)
     if reader == "vqa":
         return VQADataset(path, image_root, transform=transform, max_bad_fraction=bad, config_key=key, name=label)
     if reader in ("video_list", "video_caption"):

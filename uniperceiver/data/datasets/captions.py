@@ -46,7 +46,10 @@ def group_captions(items: list, annotations: list, problems: AnnotationProblems,
         if not _item_ok(item):
             problems.add(f"{kind} {i}", f"malformed {kind} entry", repr(item))
             continue
-        by_id[item["id"]] = {"image": item["file_name"], "image_id": item["id"], "captions": []}
+        image = item["file_name"]
+        if isinstance(item.get("file_path"), str) and item["file_path"]:  # published Karpathy split files
+            image = f"{item['file_path']}/{image}"
+        by_id[item["id"]] = {"image": image, "image_id": item["id"], "captions": []}
     good = 0
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict):

@@ -11,6 +11,7 @@ ImageNet-22k uses the same format with 21841 classes.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator, List, Optional, Sequence
 
 from ..records import SerializedRecords
@@ -56,6 +57,18 @@ def read_class_names(path: str, config_key: str = "SHARED_TARGETS.FILE_PATH") ->
     return [n.split(",")[0].strip() for n in names]
 
 
+def published_split_root(records: List[dict], image_root: str, split: str) -> str:
+    """``image_root/<split>`` when the list's paths are relative to it (the published ImageNet meta lists:
+    ``n01440764/n01440764_10026.JPEG 0`` under ``imagenet/train/``), else ``image_root``: decided by where
+    the first record's image exists."""
+    if not records or os.path.isabs(records[0]["image"]):
+        return image_root
+    first = records[0]["image"]
+    if not os.path.exists(os.path.join(image_root, first)) and os.path.exists(os.path.join(image_root, split, first)):
+        return os.path.join(image_root, split)
+    return image_root
+
+
 class ImageNetDataset(ImageRecordsDataset):
     """Samples ``{"image": tensor, "label": int, "image_id": relative path, "index": int}``."""
 
@@ -71,6 +84,7 @@ class ImageNetDataset(ImageRecordsDataset):
     ):
         self.meta_file = meta_file
         records = read_image_label_list(meta_file, config_key, max_bad_fraction=max_bad_fraction, name=name)
+        image_root = published_split_root(records, image_root, os.path.splitext(os.path.basename(meta_file))[0])
         super().__init__(
             records, image_root=image_root, transform=transform, max_bad_fraction=max_bad_fraction,
             name=name or f"imagenet:{meta_file}",

@@ -73,6 +73,18 @@ def attention_mask(
 POOLINGS = ("spe", "mean")
 
 
+def gather_text_positions(x: torch.Tensor, text_start: int, num_text: int, text_index: torch.Tensor) -> torch.Tensor:
+    """Rows of encoder states ``x [B, S, D]`` at text position ``text_index[b]`` (0 = the first text token,
+    sequence position ``text_start + text_index[b]``) -> ``[B, D]``; an index outside the text is an error."""
+    index = text_index.to(device=x.device, dtype=torch.long).reshape(-1)
+    if index.numel() != x.shape[0]:
+        raise ValueError(f"text_index has {index.numel()} entries for a batch of {x.shape[0]}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_text):
+        raise ValueError(f"text_index outside the {num_text} text positions: {index.tolist()}")
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x[rows, text_start + index]
+
+
 @MODEL_REGISTRY.register()
 class UniPerceiver(nn.Module):
     """The dense Uni-Perceiver; see the module docstring and ARCHITECTURE.md ("Model")."""
@@ -200,16 +212,30 @@ class UniPerceiver(nn.Module):
         num_queries: int = 0,
         causal_text: bool = False,
         attributes: Optional[Dict[str, Any]] = None,
+        text_index: Optional[torch.Tensor] = None,
     ) -> Dict[str, Optional[torch.Tensor]]:
-        """``{"spe": [B, D], "text": [B, L, D] or None, "queries": [B, Q, D] or None}``, L2-normalised."""
+        """``{"spe": [B, D], "text": [B, L, D] or None, "queries": [B, Q, D] or None}``, L2-normalised.
+        With ``text_index`` (long ``[B]``, a position inside the text of each row), also ``"at_index"``
+        ``[B, D]``: the output at that text token (e.g. a ``<|spe|>`` placed inside the text, GLUE)."""
         x, layout = self.encode(images, text, text_mask, num_queries, causal_text, attributes)
         num_visual, num_text, num_queries = layout
         t0 = 1 + num_visual
-        return {
+        out = {
             "spe": self.predictor(self.pool(x, layout, text_mask)),
             "text": self.predictor(x[:, t0 : t0 + num_text]) if num_text else None,
             "queries": self.predictor(x[:, t0 + num_text :]) if num_queries else None,
         }
+        if text_index is not None:
+            out["at_index"] = self.predictor(gather_text_positions(x, t0, num_text, text_index))
+        return out
+
+    def features_at(self, text: torch.Tensor, text_mask: Optional[torch.Tensor], text_index: torch.Tensor,
+                    images: Optional[torch.Tensor] = None, attributes: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        """``[B, D]`` L2-normalised predictor output at text position ``text_index[b]`` of each row: the
+        published reading of a ``<|spe|>`` placed inside the text.  Same as ``model(..., text_index=...)
+        ["at_index"]``; call the model (not this) under DistributedDataParallel."""
+        return self(images=images, text=text, text_mask=text_mask, attributes=attributes,
+                    text_index=text_index)["at_index"]
 
     def encode_targets(
         self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None, attributes: Optional[Dict[str, Any]] = None
