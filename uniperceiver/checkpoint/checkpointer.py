@@ -9,6 +9,8 @@
   (MODEL.WEIGHTS) is loaded as weights only, strictly: missing / unexpected keys and shape mismatches are a
   :class:`CheckpointError` naming them, unless matched by ``ignore`` regexes (MODEL.WEIGHTS_IGNORE) or, for
   shape mismatches, by ``model.resize_rules()`` -> ``[(regex, fn(loaded, current) -> tensor), ...]``.
+  The adapters a config adds on top of pre-trained weights (:data:`ADAPTER_PATTERNS`: ``*prompt*``,
+  ``*lora_*``) may be missing from ``MODEL.WEIGHTS``; they keep their init and are listed in one log line.
 * A corrupt or truncated last checkpoint is logged and the newest readable older one is used instead.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ from uniperceiver.utils import comm
 logger = logging.getLogger(__name__)
 
 TAG_FILE = "last_checkpoint"
+# Parameters a config adds on top of pre-trained weights (prompt tuning, LoRA): MODEL.WEIGHTS may lack them.
+ADAPTER_PATTERNS = (r"prompt", r"lora_")
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 
 
@@ -213,10 +217,17 @@ class Checkpointer:
             raise
         except Exception as e:
             raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {describe_load_error(e)}") from None
-        return self._load_model(data["model"], ignore, source=path)
+        state = _strip_prefix(data["model"])
+        current = self.model.state_dict()
+        adapters = [k for k in current if k not in state and any(re.search(p, k) for p in ADAPTER_PATTERNS)]
+        if adapters:
+            logger.info("adapters not in %s, kept at their init (%d): %s", path, len(adapters), ", ".join(adapters))
+        return self._load_model(state, ignore, source=path, allow_missing=adapters)
 
-    def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str) -> Dict[str, List[str]]:
+    def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str,
+                    allow_missing: Sequence[str] = ()) -> Dict[str, List[str]]:
         rules = self.model.resize_rules() if hasattr(self.model, "resize_rules") else []
+        ignore = list(ignore) + [f"^{re.escape(k)}$" for k in allow_missing]
         state, report = match_state_dict(self.model, _strip_prefix(state), ignore=ignore, resize_rules=rules)
         self.model.load_state_dict(state, strict=False)
         logger.info("Loaded %d tensors from %s", len(report["loaded"]), source)
