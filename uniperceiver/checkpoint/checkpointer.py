@@ -107,7 +107,11 @@ def match_state_dict(model: nn.Module, loaded: Dict[str, torch.Tensor], ignore: 
         if tuple(value.shape) != tuple(target.shape):
             rule = next((fn for r, fn in rules if r.search(key)), None)
             if rule is not None:
-                value = rule(value, target)
+                try:
+                    value = rule(value, target)
+                except ValueError as e:  # e.g. a table of another width: a checkpoint of another size
+                    errors.append(f"shape mismatch for {key}: {e}")
+                    continue
                 if tuple(value.shape) != tuple(target.shape):
                     errors.append(f"resize rule for {key} returned shape {tuple(value.shape)}, "
                                   f"model has {tuple(target.shape)}")
@@ -222,7 +226,10 @@ class Checkpointer:
         adapters = [k for k in current if k not in state and any(re.search(p, k) for p in ADAPTER_PATTERNS)]
         if adapters:
             logger.info("adapters not in %s, kept at their init (%d): %s", path, len(adapters), ", ".join(adapters))
-        return self._load_model(state, ignore, source=path, allow_missing=adapters)
+        try:
+            return self._load_model(state, ignore, source=path, allow_missing=adapters)
+        except CheckpointError as e:
+            raise CheckpointError(f"MODEL.WEIGHTS {path}: {e}") from None
 
     def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str,
                     allow_missing: Sequence[str] = ()) -> Dict[str, List[str]]:

@@ -152,14 +152,15 @@ def _moe_part(state: Dict[str, torch.Tensor], cfg) -> Tuple[Dict[str, torch.Tens
     return dict(mapped), [(k, r) for k, r in dropped], set(unmapped)
 
 
-def convert_official_state_dict(state: Dict[str, torch.Tensor], cfg=None, learned_spatial: bool = False
-                                ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def convert_official_state_dict(state: Dict[str, torch.Tensor], cfg=None, learned_spatial: bool = False,
+                                copy: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Published parameter names -> ours; returns ``(state, report)`` with report keys ``mapped`` (number of
     published tensors mapped), ``derived`` (our names), ``dropped`` (``[(published name, rule)]``) and
     ``notes``.  Raises :class:`OfficialCheckpointError` on any tensor it cannot account for.
 
     ``learned_spatial``: keep the published spatial table as ``embed.spatial_pos_embed`` (``MODEL.POSEMBEDFIX
-    False``) even when it is a sin-cos table; a table that is not sin-cos is always kept."""
+    False``) even when it is a sin-cos table; a table that is not sin-cos is always kept.  ``copy`` False
+    returns views of the inputs where it can (a check of names and shapes only)."""
     for key in ("token_embed.embeddings.weight", "token_embed.embeddings_pos.position_embeddings.weight",
                 "token_embed.embeddings_token_type.weight"):
         if key not in state:
@@ -243,7 +244,8 @@ def convert_official_state_dict(state: Dict[str, torch.Tensor], cfg=None, learne
                                       f"({len(missing)} of the 11 published scales missing)")
     out["predictor.logit_scale.default"] = out["predictor.logit_scale.logit_scale_downstream"].clone()
     derived.append("predictor.logit_scale.default (= logit_scale_downstream)")
-    out = {k: v.detach().clone().contiguous() for k, v in out.items()}
+    if copy:
+        out = {k: v.detach().clone().contiguous() for k, v in out.items()}
     mapped = len(state) - len([d for d in dropped if d[0] in state])
     return out, {"mapped": mapped, "moe_mapped": moe_mapped, "derived": derived, "dropped": dropped, "notes": notes}
 
@@ -252,26 +254,25 @@ ADAPTER_PATTERNS = (r"prompt", r"lora_")  # our adapters: the only keys a publis
 
 
 def check_against_config(state: Dict[str, torch.Tensor], cfg, config_name: str, checkpoint_name: str) -> List[str]:
-    """Build ``cfg``'s model and match ``state`` strictly (adapters ``*prompt*`` / ``*lora_*`` may be missing);
-    returns the missing adapter keys.  Raises :class:`OfficialCheckpointError` naming the config, the
-    checkpoint and the first mismatching tensor."""
+    """Build ``cfg``'s model (on the meta device: names and shapes only) and match ``state`` strictly (adapters
+    ``*prompt*`` / ``*lora_*`` may be missing); returns the missing adapter keys.  Raises
+    :class:`OfficialCheckpointError` naming the config, the checkpoint and the first mismatching tensor."""
     from uniperceiver.modeling import build_model
 
-    model = build_model(cfg)
+    with torch.device("meta"):
+        model = build_model(cfg)
     current = model.state_dict()
     errors: List[str] = []
-    for key, value in state.items():
-        if key not in current:
-            errors.append(f"{key} is not in the model")
-        elif tuple(value.shape) != tuple(current[key].shape):
-            errors.append(f"{key} has shape {tuple(value.shape)} in the checkpoint, {tuple(current[key].shape)} in the model")
     adapters = []
-    for key in current:
+    for key, target in current.items():  # in the model's order
         if key not in state:
             if any(re.search(p, key) for p in ADAPTER_PATTERNS):
                 adapters.append(key)
             else:
                 errors.append(f"{key} is missing from the checkpoint")
+        elif tuple(state[key].shape) != tuple(target.shape):
+            errors.append(f"{key} has shape {tuple(state[key].shape)} in the checkpoint, {tuple(target.shape)} in the model")
+    errors += [f"{key} is not in the model" for key in state if key not in current]
     if errors:
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise OfficialCheckpointError(f"config {config_name} does not fit checkpoint {checkpoint_name}: first "
@@ -292,12 +293,12 @@ def convert_official_checkpoint(src: str, dst: str, cfg=None, config_name: str =
     state, report = convert_official_state_dict(published, cfg=cfg, learned_spatial=learned_spatial)
     report["adapters_missing"] = []
     if cfg is not None:
+        report["adapters_missing"] = check_against_config(state, cfg, config_name, src)
         spatial = published.get("video_embed.embeddings_st_pos.spatial_pos_embed.weight")
         scale = sincos_scale(spatial) if spatial is not None and "embed.spatial_pos_embed" not in state else None
         if scale is not None and abs(scale - float(cfg.MODEL.POSEMBED_SCALE)) > 1e-4:
             raise OfficialCheckpointError(f"config {config_name} does not fit checkpoint {src}: its frozen sin-cos table "
                                           f"has POSEMBED_SCALE {scale:.6g}, the config {float(cfg.MODEL.POSEMBED_SCALE):.6g}")
-        report["adapters_missing"] = check_against_config(state, cfg, config_name, src)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = dst + ".tmp"
     try:
