@@ -191,14 +191,19 @@ class UnifiedEmbedding(nn.Module):
         if self.spe_token_id is None:
             q = self.spe_embedding + self.type_embedding.weight[TYPE_QUERY] + self.text_pos_embed[:num]
         else:  # published: the <|spe|> word at position i with the text type
-            q = self.token_embedding.weight[self.spe_token_id] + self.text_pos_embed[:num] + self.type_embedding.weight[TYPE_TEXT]
+            q = self._spe_token() + self.text_pos_embed[:num] + self.type_embedding.weight[TYPE_TEXT]
         return q.expand(batch, num, self.dim)
 
     def spe_vector(self) -> torch.Tensor:
         """[D] the leading ``<spe>`` token before the LayerNorm."""
         if self.spe_token_id is None:
             return self.spe_embedding + self.type_embedding.weight[TYPE_SPE]
-        return self.token_embedding.weight[self.spe_token_id]  # published: no type, no position
+        return self._spe_token()  # published: no type, no position
+
+    def _spe_token(self) -> torch.Tensor:
+        """[D] row ``spe_token_id`` of the token table, looked up through the module (so ZeRO-3 gathers it)."""
+        ids = torch.full((1,), self.spe_token_id, dtype=torch.long, device=self.text_pos_embed.device)
+        return self.token_embedding(ids)[0]
 
     def forward(
         self,
