@@ -92,7 +92,8 @@ _C.MODEL.SPE_INIT_STD = 0.0
 _C.MODEL.COMPILE = False
 # Training samples this many vocabulary negatives per step for vocabulary targets (0 = all words).
 _C.MODEL.VOCAB_NEGATIVES = 0
-# Initial logit scale exp(s) = 1 / 0.07, and its clamp.
+# Initial logit scale exp(s) = 1 / 0.07, and the cap of the temperature exp(s) (the published clamp: a
+# temperature above it is replaced by it).
 _C.MODEL.LOGIT_SCALE_INIT = 14.285714285714286
 _C.MODEL.LOGIT_SCALE_MAX = 100.0
 # --- Published-model conventions (docs/published_checkpoints.md; the published-size base_model_*.yaml set them).
