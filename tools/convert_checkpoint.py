@@ -9,7 +9,11 @@ The output is ``{"model": fp32 state dict}`` (the fp32 master weights, not the b
 Runs on CPU; no GPUs or process group needed.
 
 Other sources (``--from``; uniperceiver/checkpoint/official.py, uniperceiver/modeling/lora.py):
-    python tools/convert_checkpoint.py --from uniperceiver-official uni-perceiver-base-L12-H768.pth base.pth
+    python tools/convert_checkpoint.py --from uniperceiver-official uni-perceiver-base-L12-H768.pth base.pth \
+        --config configs/BERT_L12_H768_experiments/base_model_bert_l12_h768.yaml
+  (docs/published_checkpoints.md).  Every published tensor is mapped, or dropped by a named rule listed in
+  the output; anything else, or a checkpoint that does not fit --config, is refused in one line with exit
+  status 2 and nothing is written.
     python tools/convert_checkpoint.py --from lora work_dirs/lora/model_final.pth merged.pth   # = tools/merge_lora.py
 
 safetensors (``--to safetensors``, with any ``--from``; a .pth input needs no ``--from``): the model weights only,
@@ -74,12 +78,11 @@ def main(argv=None) -> int:
     parser.add_argument("--from", dest="source", default="deepspeed", choices=["deepspeed", "uniperceiver-official", "lora"],
                         help="deepspeed: consolidate ZeRO shards; uniperceiver-official: map a published .pth onto "
                              "our model; lora: fold LoRA adapters into a plain checkpoint")
-    parser.add_argument("--spe-id", type=int, default=None,
-                        help="uniperceiver-official: token id of <spe> (default: the BPE word 'spe'; 49410 for old checkpoints)")
+    parser.add_argument("--config", "--config-file", dest="config", default="",
+                        help="uniperceiver-official: a config the result must load into strictly (checked before "
+                             "anything is written), e.g. configs/BERT_L12_H768_experiments/base_model_bert_l12_h768.yaml")
     parser.add_argument("--learned-spatial", action="store_true",
                         help="uniperceiver-official: keep the spatial position table (for MODEL.POSEMBEDFIX False)")
-    parser.add_argument("--config-file", default="", help="uniperceiver-official: the config the checkpoint goes "
-                        "into (needed for MoE checkpoints: which blocks have experts, MOE.NUM_EXPERTS)")
     parser.add_argument("checkpoint", help="OUTPUT_DIR of a DeepSpeed run, or its deepspeed/ folder; else the input .pth")
     parser.add_argument("output", help="the plain .pth file to write, e.g. model_final.pth")
     parser.add_argument("--tag", default=None, help="checkpoint tag (iter_XXXXXXX); default: the latest")
@@ -108,27 +111,35 @@ def convert_other(args) -> int:
         state = merge_lora_checkpoint(args.checkpoint, args.output)
         print(f"wrote {args.output}: {len(state)} tensors with the LoRA adapters merged")
         return 0
-    from uniperceiver.checkpoint.official import convert_official_checkpoint
+    return convert_official(args)
 
-    cfg = None
-    try:  # ---- MoE: the config (official_moe.py); a mismatch is refused in one line, nothing written ----
-        if args.config_file:
-            from uniperceiver.config import setup_cfg
 
-            cfg = setup_cfg(args.config_file)
-        report = convert_official_checkpoint(args.checkpoint, args.output, spe_id=args.spe_id,
-                                             fixed_spatial=not args.learned_spatial, cfg=cfg)
-    except ValueError as e:
-        print(f"convert_checkpoint: {args.checkpoint}: {e}", file=sys.stderr)
+def convert_official(args) -> int:
+    """``--from uniperceiver-official``: exit 2 with one line on stderr for anything refused."""
+    from uniperceiver.checkpoint.official import OfficialCheckpointError, convert_official_checkpoint
+    from uniperceiver.config import ConfigError, setup_cfg
+
+    if not os.path.isfile(args.checkpoint):
+        print(f"convert_checkpoint: {args.checkpoint}: no such file", file=sys.stderr)
         return 2
-    print(f"wrote {args.output}: {len(report['written'])} tensors; derived: {', '.join(report['derived'])}")
-    rules = {}
-    for key, rule in report.get("dropped", []):
-        rules.setdefault(rule, []).append(key)
-    for rule, keys in rules.items():
-        print(f"dropped {len(keys)} tensors the published model never reads (e.g. {keys[0]}): {rule}")
-    if report["unmapped"]:
-        print(f"not mapped ({len(report['unmapped'])}): {', '.join(report['unmapped'][:30])}")
+    try:
+        cfg = setup_cfg(args.config) if args.config else None
+        report = convert_official_checkpoint(args.checkpoint, args.output, cfg=cfg, config_name=args.config,
+                                             learned_spatial=args.learned_spatial)
+    except (OfficialCheckpointError, ConfigError) as e:
+        print(f"convert_checkpoint: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {len(report['written'])} tensors from {report['mapped']} published tensors "
+          f"({report['moe_mapped']} by the MoE converter)")
+    print(f"derived: {'; '.join(report['derived'])}")
+    for key, rule in report["dropped"]:
+        print(f"dropped {key}: {rule}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    if args.config:
+        adapters = report["adapters_missing"]
+        print(f"loads strictly into {args.config}" + (f"; adapters left at their init ({len(adapters)}): "
+                                                      f"{', '.join(adapters)}" if adapters else ""))
     return 0
 
 

@@ -10,6 +10,8 @@
   :class:`CheckpointError` naming them, unless matched by ``ignore`` regexes (MODEL.WEIGHTS_IGNORE) or, for
   shape mismatches, by ``model.resize_rules()`` -> ``[(regex, fn(loaded, current) -> tensor), ...]``.
   MODEL.WEIGHTS may also be a ``.safetensors`` weights file (checkpoint/safetensors_io.py), matched the same way.
+  The adapters a config adds on top of pre-trained weights (:data:`ADAPTER_PATTERNS`: ``*prompt*``,
+  ``*lora_*``) may be missing from ``MODEL.WEIGHTS``; they keep their init and are listed in one log line.
 * A corrupt or truncated last checkpoint is logged and the newest readable older one is used instead.
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .safetensors_io import is_safetensors, load_safetensors
 logger = logging.getLogger(__name__)
 
 TAG_FILE = "last_checkpoint"
+# Parameters a config adds on top of pre-trained weights (prompt tuning, LoRA): MODEL.WEIGHTS may lack them.
+ADAPTER_PATTERNS = (r"prompt", r"lora_")
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 
 
@@ -109,7 +113,11 @@ def match_state_dict(model: nn.Module, loaded: Dict[str, torch.Tensor], ignore: 
         if tuple(value.shape) != tuple(target.shape):
             rule = next((fn for r, fn in rules if r.search(key)), None)
             if rule is not None:
-                value = rule(value, target)
+                try:
+                    value = rule(value, target)
+                except ValueError as e:  # e.g. a table of another width: a checkpoint of another size
+                    errors.append(f"shape mismatch for {key}: {e}")
+                    continue
                 if tuple(value.shape) != tuple(target.shape):
                     errors.append(f"resize rule for {key} returned shape {tuple(value.shape)}, "
                                   f"model has {tuple(target.shape)}")
@@ -225,10 +233,20 @@ class Checkpointer:
             raise
         except Exception as e:
             raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {describe_load_error(e)}") from None
-        return self._load_model(data["model"], ignore, source=path)
+        state = _strip_prefix(data["model"])
+        current = self.model.state_dict()
+        adapters = [k for k in current if k not in state and any(re.search(p, k) for p in ADAPTER_PATTERNS)]
+        if adapters:
+            logger.info("adapters not in %s, kept at their init (%d): %s", path, len(adapters), ", ".join(adapters))
+        try:
+            return self._load_model(state, ignore, source=path, allow_missing=adapters)
+        except CheckpointError as e:
+            raise CheckpointError(f"MODEL.WEIGHTS {path}: {e}") from None
 
-    def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str) -> Dict[str, List[str]]:
+    def _load_model(self, state: Dict[str, torch.Tensor], ignore: Sequence[str], source: str,
+                    allow_missing: Sequence[str] = ()) -> Dict[str, List[str]]:
         rules = self.model.resize_rules() if hasattr(self.model, "resize_rules") else []
+        ignore = list(ignore) + [f"^{re.escape(k)}$" for k in allow_missing]
         state, report = match_state_dict(self.model, _strip_prefix(state), ignore=ignore, resize_rules=rules)
         self.model.load_state_dict(state, strict=False)
         logger.info("Loaded %d tensors from %s", len(report["loaded"]), source)

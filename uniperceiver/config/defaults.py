@@ -93,9 +93,24 @@ _C.MODEL.SPE_INIT_STD = 0.0
 _C.MODEL.COMPILE = False
 # Training samples this many vocabulary negatives per step for vocabulary targets (0 = all words).
 _C.MODEL.VOCAB_NEGATIVES = 0
-# Initial logit scale exp(s) = 1 / 0.07, and its clamp.
+# Initial logit scale exp(s) = 1 / 0.07, and the cap of the temperature exp(s) (the published clamp: a
+# temperature above it is replaced by it).
 _C.MODEL.LOGIT_SCALE_INIT = 14.285714285714286
 _C.MODEL.LOGIT_SCALE_MAX = 100.0
+# --- Published-model conventions (docs/published_checkpoints.md; the published-size base_model_*.yaml set them).
+# True (the published MODEL.OLD_CHECKPONT True): the leading <spe> is the token table's <|spe|> row (id 49410)
+# with no type and no position embedding, and captioning query i is that row + text position i + the text
+# type; no separate ``embed.spe_embedding`` exists.  False: a dedicated learned <spe> vector with its own
+# type rows (ours; an image-only step then does not touch the 49411-row token table).
+_C.MODEL.SPE_FROM_TOKEN_TABLE = False
+# Add the visual type embedding to image / video tokens (the published MODEL.VIDEO_EMBED.ADD_TYPE_EMBED,
+# False in every published config).  True = ours.
+_C.MODEL.VISUAL_TYPE_EMBED = True
+# The fixed set of logit-scale names the predictor creates, whatever tasks a config names (plus "default");
+# every task's TEMP_NAME must then be one of them.  Empty: one scale per distinct task TEMP_NAME (ours).  The
+# published model has 11 (uniperceiver/checkpoint/official.py PUBLISHED_LOGIT_SCALES).
+_C.MODEL.LOGIT_SCALE_NAMES = []
+
 # Keep an exponential moving average of the weights (engine/ema.py), saved as "model_ema" in checkpoints and
 # evaluated with main.py --eval-only --eval-ema.
 _C.MODEL.MODEL_EMA = False
@@ -114,6 +129,7 @@ _C.MODEL.BERT.ATTENTION_PROBS_DROPOUT_PROB = 0.0
 _C.MODEL.BERT.DROP_PATH_PROB = 0.0
 # Every block drops paths at DROP_PATH_PROB (the published DROP_PATH_PROB_FIXED) instead of the linear rise.
 _C.MODEL.BERT.DROP_PATH_PROB_FIXED = False
+# Epsilon of every LayerNorm (embedding, blocks, predictor); the published model uses 1e-5.
 _C.MODEL.BERT.LAYER_NORM_EPS = 1e-6
 # Std of the truncated-normal weight init.
 _C.MODEL.BERT.INITIALIZER_RANGE = 0.02

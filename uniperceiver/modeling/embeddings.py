@@ -8,6 +8,9 @@
 * ``<|spe|>``: the leading token of every sequence and the captioning query tokens use a dedicated learned
   vector ``spe_embedding`` (not a row of the 49411-row token table, so an image-only step does not produce a
   dense 49411 x D gradient); queries also get the position of the text token they predict.
+  ``spe_token_id`` set (``MODEL.SPE_FROM_TOKEN_TABLE``, the published convention): ``<spe>`` is the token
+  table's row ``spe_token_id`` with no type and no position, and query i = that row + position i + text type.
+* ``visual_type`` False (``MODEL.VISUAL_TYPE_EMBED``, published): visual tokens get no type embedding.
 One LayerNorm (``norm``) is applied to the assembled sequence, shared by all modalities.
 
 The frozen sin-cos table is a non-persistent buffer built from the current grid and ``POSEMBED_SCALE``, so
@@ -117,6 +120,8 @@ class UnifiedEmbedding(nn.Module):
         fixed_spatial: bool = True,
         posembed_scale: float = 1.0,
         norm_eps: float = 1e-6,
+        spe_token_id: Optional[int] = None,
+        visual_type: bool = True,
     ):
         super().__init__()
         if type_vocab_size < 4:
@@ -127,7 +132,12 @@ class UnifiedEmbedding(nn.Module):
         self.fixed_spatial = fixed_spatial
         self.patch_embed = PatchEmbed(patch_size, 3, dim, patch_stem)
         self.token_embedding = nn.Embedding(vocab_size, dim)
-        self.spe_embedding = nn.Parameter(torch.zeros(dim))
+        self.spe_token_id = None if spe_token_id is None else int(spe_token_id)
+        if self.spe_token_id is not None and not 0 <= self.spe_token_id < vocab_size:
+            raise ValueError(f"spe_token_id {spe_token_id} is outside the token table of {vocab_size} rows")
+        if self.spe_token_id is None:
+            self.spe_embedding = nn.Parameter(torch.zeros(dim))
+        self.visual_type = bool(visual_type)
         self.type_embedding = nn.Embedding(type_vocab_size, dim)
         self.text_pos_embed = nn.Parameter(torch.zeros(max_positions, dim))
         self.temporal_pos_embed = nn.Parameter(torch.zeros(max_frames, dim))
@@ -160,8 +170,10 @@ class UnifiedEmbedding(nn.Module):
         p = self.patch_embed.patch_size
         gh, gw = images.shape[-2] // p, images.shape[-1] // p
         x = self.patch_embed(images.flatten(0, 1))  # [B*T, N, D]
-        # One additive table [T, N, D]: spatial + temporal + visual type.
-        pos = self.spatial_table(gh, gw)[None] + (self.temporal_pos_embed[:t, None] + self.type_embedding.weight[TYPE_VISUAL])
+        # One additive table [T, N, D]: spatial + temporal (+ visual type).
+        pos = self.spatial_table(gh, gw)[None] + self.temporal_pos_embed[:t, None]
+        if self.visual_type:
+            pos = pos + self.type_embedding.weight[TYPE_VISUAL]
         x = x.unflatten(0, (b, t)) + pos.to(x.dtype)
         return x.flatten(1, 2)
 
@@ -176,8 +188,22 @@ class UnifiedEmbedding(nn.Module):
         """[B, Q, D]: ``<|spe|>`` + the position of the text token each query predicts + query type."""
         if num > self.text_pos_embed.shape[0]:
             raise ValueError(f"{num} queries > MODEL.MAX_POSITION_EMBEDDINGS = {self.text_pos_embed.shape[0]}")
-        q = self.spe_embedding + self.type_embedding.weight[TYPE_QUERY] + self.text_pos_embed[:num]
+        if self.spe_token_id is None:
+            q = self.spe_embedding + self.type_embedding.weight[TYPE_QUERY] + self.text_pos_embed[:num]
+        else:  # published: the <|spe|> word at position i with the text type
+            q = self._spe_token() + self.text_pos_embed[:num] + self.type_embedding.weight[TYPE_TEXT]
         return q.expand(batch, num, self.dim)
+
+    def spe_vector(self) -> torch.Tensor:
+        """[D] the leading ``<spe>`` token before the LayerNorm."""
+        if self.spe_token_id is None:
+            return self.spe_embedding + self.type_embedding.weight[TYPE_SPE]
+        return self._spe_token()  # published: no type, no position
+
+    def _spe_token(self) -> torch.Tensor:
+        """[D] row ``spe_token_id`` of the token table, looked up through the module (so ZeRO-3 gathers it)."""
+        ids = torch.full((1,), self.spe_token_id, dtype=torch.long, device=self.text_pos_embed.device)
+        return self.token_embedding(ids)[0]
 
     def forward(
         self,
@@ -196,6 +222,5 @@ class UnifiedEmbedding(nn.Module):
         batch = parts[0].shape[0]
         if num_queries:
             parts.append(self.embed_queries(batch, num_queries))
-        spe = self.spe_embedding + self.type_embedding.weight[TYPE_SPE]
-        parts.insert(0, spe.to(parts[0].dtype).expand(batch, 1, self.dim))
+        parts.insert(0, self.spe_vector().to(parts[0].dtype).expand(batch, 1, self.dim))
         return self.norm(torch.cat(parts, dim=1))

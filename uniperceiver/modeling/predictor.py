@@ -2,8 +2,11 @@
 them against encoded candidates by cosine similarity times a learnable per-task-family temperature.
 
 The logit scales are created at build time (one per distinct ``MODEL.TEMP_NAME`` of ``cfg.TASKS`` plus
-``"default"``), so DDP and the optimizer see every parameter from the start; they are named
-``predictor.logit_scale.<name>`` so the optimizer's ``logit_scale`` no-decay pattern matches them.
+``"default"``; or, with ``MODEL.LOGIT_SCALE_NAMES``, exactly those names plus ``"default"`` whatever tasks a
+config names, so one checkpoint loads strictly into every config of its size), so DDP and the optimizer see
+every parameter from the start; they are named ``predictor.logit_scale.<name>`` so the optimizer's
+``logit_scale`` no-decay pattern matches them.  The temperature is ``exp(s)`` capped at ``logit_scale_max``
+(the published clamp: the cap replaces the value, ``s`` itself is never clipped).
 
 Prompt tuning (``prompt_fc_weight > 0``, MODEL.PROMPT.FC_WEIGHT) adds a linear head over the query whose class
 weights are the encoded candidates, ``(W q + b) . t``, initialised to the identity (so it starts equal to
@@ -23,15 +26,23 @@ DEFAULT_TEMP_NAME = "default"
 
 
 def temp_names_from_cfg(cfg) -> list:
-    """``"default"`` plus every task's ``MODEL.TEMP_NAME`` (sorted, unique)."""
+    """``"default"`` plus every task's ``MODEL.TEMP_NAME`` (sorted, unique); with ``MODEL.LOGIT_SCALE_NAMES``
+    ``"default"`` plus exactly those, and a task naming another one is a ConfigError."""
     from uniperceiver.config import ConfigError
 
-    names = {DEFAULT_TEMP_NAME}
+    fixed = list(cfg.MODEL.LOGIT_SCALE_NAMES) if "LOGIT_SCALE_NAMES" in cfg.MODEL else []
+    for name in fixed:
+        if not isinstance(name, str) or "." in name or not name.isidentifier():
+            raise ConfigError(f"MODEL.LOGIT_SCALE_NAMES: {name!r} must be an identifier (no dots)")
+    names = {DEFAULT_TEMP_NAME} | set(fixed)
     for task in cfg.TASKS:
         name = task.MODEL.TEMP_NAME if "MODEL" in task and "TEMP_NAME" in task.MODEL else ""
         if name:
             if "." in name or not name.isidentifier():
                 raise ConfigError(f"TASKS.{task.NAME}.MODEL.TEMP_NAME {name!r} must be an identifier (no dots)")
+            if fixed and name not in names:
+                raise ConfigError(f"TASKS.{task.NAME}.MODEL.TEMP_NAME {name!r} is not one of MODEL.LOGIT_SCALE_NAMES "
+                                  f"({', '.join(fixed)})")
             names.add(name)
     return sorted(names)
 
@@ -58,7 +69,7 @@ class Predictor(nn.Module):
             {n: nn.Parameter(torch.tensor(math.log(logit_scale_init))) for n in names}
         )
         self.logit_scale_init = logit_scale_init
-        self.log_scale_max = math.log(logit_scale_max)
+        self.logit_scale_max = float(logit_scale_max)
         self.prompt_fc_weight = float(prompt_fc_weight)
         if not 0.0 <= self.prompt_fc_weight <= 1.0:
             raise ValueError(f"prompt_fc_weight (MODEL.PROMPT.FC_WEIGHT) must be in [0, 1], got {prompt_fc_weight}")
@@ -83,7 +94,7 @@ class Predictor(nn.Module):
                 f"no logit scale named {name!r}; known: {', '.join(self.logit_scale.keys())} "
                 "(scales are created from the TEMP_NAMEs of cfg.TASKS when the model is built)"
             )
-        return self.logit_scale[name].clamp(max=self.log_scale_max).exp()
+        return self.logit_scale[name].exp().clamp(max=self.logit_scale_max)
 
     def logits(self, query: torch.Tensor, targets: torch.Tensor, temp_name: str = DEFAULT_TEMP_NAME) -> torch.Tensor:
         """[..., D] x [N, D] -> [..., N] scaled cosine similarities (blended with the prompt head if any)."""

@@ -29,7 +29,7 @@ from ..encoder import build_encoder
 from ..moe import merge_experts, pop_aux_loss, token_attribute_ids, with_token_attributes
 from ..predictor import Predictor, temp_names_from_cfg
 from ..registry import MODEL_REGISTRY
-from ..tokenization import VOCAB_SIZE, ClipTokenizer, get_tokenizer
+from ..tokenization import SPE_ID, VOCAB_SIZE, ClipTokenizer, get_tokenizer
 
 
 def attention_mask(
@@ -106,13 +106,13 @@ class UniPerceiver(nn.Module):
         self.apply(self._init_weights)
         self.embed.patch_embed.reset_stem()
         for name in ("spe_embedding", "text_pos_embed", "temporal_pos_embed", "spatial_pos_embed"):
-            table = getattr(self.embed, name)
+            table = getattr(self.embed, name, None)
             if isinstance(table, nn.Parameter):
                 nn.init.trunc_normal_(table, std=init_std)
         with torch.no_grad():  # MODEL.TOKEN_EMBED_INIT_STD / SPE_INIT_STD (0: keep the init above)
             if token_init_std > 0:
                 nn.init.normal_(self.embed.token_embedding.weight, std=token_init_std)
-            if spe_init_std > 0:
+            if spe_init_std > 0 and hasattr(self.embed, "spe_embedding"):
                 nn.init.normal_(self.embed.spe_embedding, std=spe_init_std)
                 nn.init.normal_(self.embed.type_embedding.weight[TYPE_SPE], std=spe_init_std)
         if lora:  # {"rank", "alpha", "target"}: adapters after the init, so they keep their own (B = 0)
@@ -144,6 +144,8 @@ class UniPerceiver(nn.Module):
             fixed_spatial=m.POSEMBEDFIX,
             posembed_scale=m.POSEMBED_SCALE,
             norm_eps=bert.LAYER_NORM_EPS,
+            spe_token_id=SPE_ID if m.SPE_FROM_TOKEN_TABLE else None,
+            visual_type=m.VISUAL_TYPE_EMBED,
         )
         predictor = Predictor(
             bert.HIDDEN_SIZE,
@@ -272,11 +274,12 @@ class UniPerceiver(nn.Module):
         """Embedding tables, logit scales and LayerScale gammas (norms and biases: the optimizer's 1-D rule)."""
         skip = {
             "embed.token_embedding.weight",
-            "embed.spe_embedding",
             "embed.type_embedding.weight",
             "embed.text_pos_embed",
             "embed.temporal_pos_embed",
         }
+        if hasattr(self.embed, "spe_embedding"):
+            skip.add("embed.spe_embedding")
         if isinstance(self.embed.spatial_pos_embed, nn.Parameter):
             skip.add("embed.spatial_pos_embed")
         for name, param in self.named_parameters():
