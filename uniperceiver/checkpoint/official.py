@@ -45,13 +45,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from uniperceiver.config.published import PUBLISHED_LOGIT_SCALE_NAMES
+
 from .official_moe import convert_moe_state_dict, is_moe_key
 
-PUBLISHED_LOGIT_SCALES = (
-    "logit_scale_img_cls", "logit_scale_video_cls", "logit_scale_text_mlm", "logit_scale_text_caption",
-    "logit_scale_caption", "logit_scale_mlm", "logit_scale_retrieve", "logit_scale_tqa_mlm",
-    "logit_scale_tqa_caption", "logit_scale_tqa_retrieve", "logit_scale_downstream",
-)
+PUBLISHED_LOGIT_SCALES = PUBLISHED_LOGIT_SCALE_NAMES  # the 11 published names
 TYPE_TEXT, TYPE_VISUAL, TYPE_SPE, TYPE_QUERY = 0, 1, 2, 3  # rows of embed.type_embedding (embeddings.py)
 
 _LAYER = re.compile(r"^fused_encoder\.layers\.(\d+)\.(.+)$")

@@ -66,7 +66,8 @@ PUBLISHED_DEFAULTS: Dict[str, Any] = {
     "MODEL.PATCH_SIZE": 16, "MODEL.VOCAB_SIZE": 1000, "MODEL.MAX_SEQ_LEN": 17, "MODEL.EVAL_MAX_SEQ_LEN": 17, "MODEL.LABELS_NUM": 1000,
     "MODEL.TEMP_NAME": "", "MODEL.POSEMBEDFIX": False, "MODEL.POSEMBED_SCALE": 1.0, "MODEL.LAYER_SCALE": False,
     "MODEL.LAYER_SCALE_INIT": 1e-5, "MODEL.MODEL_EMA": False, "MODEL.MODEL_EMA_DECAY": 0.9999,
-    "MODEL.PRED_TEMPERATURE": 1.0, "MODEL.LEARN_TEMP": False, "MODEL.PROMPT": False, "MODEL.PROMPT_PARAM": [],
+    "MODEL.PRED_TEMPERATURE": 1.0, "MODEL.LEARN_TEMP": False,
+    "MODEL.OLD_CHECKPONT": True, "MODEL.VIDEO_EMBED.ADD_TYPE_EMBED": False, "MODEL.PROMPT": False, "MODEL.PROMPT_PARAM": [],
     "MODEL.TOKEN_EMBED.POSITION_MAX_LEN": 5000, "MODEL.VIDEO_EMBED.MAX_FRAMES": 8,
     "MODEL.PROMPT_EMBED.INPUT_DEEP_PROMPT_LENGTH": 10, "MODEL.PROMPT_EMBED.DEEP_PROMPT": False,
     "MODEL.BERT.HIDDEN_SIZE": 512, "MODEL.BERT.NUM_HIDDEN_LAYERS": 12, "MODEL.BERT.NUM_ATTENTION_HEADS": 8,
@@ -95,6 +96,13 @@ PUBLISHED_DEFAULTS: Dict[str, Any] = {
     "LR_SCHEDULER.NAME": "StepLR", "LR_SCHEDULER.WARMUP": 1000, "LR_SCHEDULER.MIN_LR": 0.000001,
     "LR_SCHEDULER.STEPS": [3], "LR_SCHEDULER.GAMMA": 0.1,
 }
+
+# The 11 logit scales of the published model (its loss_prepare.logit_scale_<name>; checkpoint/official.py).
+PUBLISHED_LOGIT_SCALE_NAMES = (
+    "logit_scale_img_cls", "logit_scale_video_cls", "logit_scale_text_mlm", "logit_scale_text_caption",
+    "logit_scale_caption", "logit_scale_mlm", "logit_scale_retrieve", "logit_scale_tqa_mlm",
+    "logit_scale_tqa_caption", "logit_scale_tqa_retrieve", "logit_scale_downstream",
+)
 
 # Per-task keys whose published default applies to a task node that does not set them.
 TASK_DEFAULT_KEYS = ("DATALOADER.TRAIN_BATCH_SIZE", "DATALOADER.TEST_BATCH_SIZE", "DATALOADER.NUM_WORKERS",
@@ -149,7 +157,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "MODEL.OUTPUT_PROJ": Need(_is(True), "the output projection is always built here"),
     "MODEL.IN_TUNING": Drop("ImageNet-1k label rows of a 22k checkpoint: label sets come from DATASETS.TARGET_SET"),
     "MODEL.SHARE_LAYERNORM": Need(_is(True), "one LayerNorm is shared by the modality embeddings here"),
-    "MODEL.OLD_CHECKPONT": Pending("MODEL.OLD_CHECKPONT", "p17 (published <|spe|> / type-embedding layout)"),
+    "MODEL.OLD_CHECKPONT": Map("MODEL.SPE_FROM_TOKEN_TABLE"),
     "MODEL.CHECKPOINT_FILETER": Drop(_PRETRAIN_ONLY),
     "MODEL.GATE_FP32": Drop(_PREC), "MODEL.LAYER_SCALE_FP32": Drop(_PREC), "MODEL.TAG_TRANSFORM_FP32": Drop(_PREC),
     "MODEL.IMG_INPUT_SIZE": Map("MODEL.IMG_INPUT_SIZE"),
@@ -198,7 +206,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "MODEL.VIDEO_EMBED.USE_VISUAL_TOKENIZER": Need(_is(True), "images and video share one patch embedding"),
     "MODEL.VIDEO_EMBED.USE_VISUAL_POS": Need(_is(True), "the visual position table is always used"),
     "MODEL.VIDEO_EMBED.MAX_FRAMES": Map("MODEL.MAX_FRAMES"),
-    "MODEL.VIDEO_EMBED.ADD_TYPE_EMBED": Pending("MODEL.VIDEO_EMBED.ADD_TYPE_EMBED", "p17 (video type embedding)"),
+    "MODEL.VIDEO_EMBED.ADD_TYPE_EMBED": Map("MODEL.VISUAL_TYPE_EMBED"),
     "MODEL.BERT.HIDDEN_SIZE": Map("MODEL.BERT.HIDDEN_SIZE"),
     "MODEL.BERT.NUM_HIDDEN_LAYERS": Map("MODEL.BERT.NUM_HIDDEN_LAYERS"),
     "MODEL.BERT.NUM_ATTENTION_HEADS": Map("MODEL.BERT.NUM_ATTENTION_HEADS"),
@@ -822,6 +830,9 @@ def convert_published(filename: str, our_defaults=None) -> Tuple[Dict[str, Any],
         if isinstance(rule, Map) and not per_task and key not in _flatten(glob):
             conv.write(out, rule.key, rule.fn(default) if rule.fn else default)
     conv.write(out, "LR_SCHEDULER.WARMUP_FACTOR", 0.0)  # published warm-up rises linearly from 0
+    # conventions of the published model that are no config keys there (checkpoint/official.py)
+    conv.write(out, "MODEL.BERT.LAYER_NORM_EPS", 1e-5)
+    conv.write(out, "MODEL.LOGIT_SCALE_NAMES", list(PUBLISHED_LOGIT_SCALE_NAMES))
     for a, b in (("MODEL.ENCODER_DIM", "MODEL.BERT.HIDDEN_SIZE"), ("MODEL.TOKEN_EMBED.DIM", "MODEL.BERT.HIDDEN_SIZE"),
                  ("MODEL.VIDEO_EMBED.PATCH_SIZE_S", "MODEL.PATCH_SIZE"),
                  ("MODEL.VISUAL_EMBED.PATCH_SIZE", "MODEL.PATCH_SIZE")):
