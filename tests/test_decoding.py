@@ -14,7 +14,7 @@ import torch
 
 from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.config.validate import validate_cfg
-from uniperceiver.evaluation.decoding import (ENDED_FILLER, CaptionGenerator, beam_search,
+from uniperceiver.modeling.decoding import (ENDED_FILLER, CaptionGenerator, beam_search,
                                               decode_strategy_from_config, search_beams)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +185,7 @@ def test_bad_decode_strategy_is_one_config_error_before_anything_is_built(opts, 
 
 def test_caption_task_decodes_with_its_decode_strategy(monkeypatch):
     """ImageCaptionTask.predict (and so video_caption's) searches with the task's DECODE_STRATEGY."""
-    from uniperceiver.evaluation import decoding
+    from uniperceiver.modeling import decoding
     from uniperceiver.modeling import build_model
     from uniperceiver.tasks import build_tasks
 
@@ -210,7 +210,7 @@ def test_caption_task_decodes_with_its_decode_strategy(monkeypatch):
 
 
 def test_stable_topk_equals_a_stable_sort():
-    from uniperceiver.evaluation.decoding import stable_topk
+    from uniperceiver.modeling.decoding import stable_topk
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 4, (6, 40), generator=g).float()  # many ties

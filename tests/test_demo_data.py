@@ -12,7 +12,7 @@ from uniperceiver.data.datasets import read_coco_captions, read_image_label_list
 from uniperceiver.data.demo import (DIGITS, MARKER, MNIST_TEMPLATES, _load_mnist, _mnist_tile, ensure_demo_data,
                                     mnist_splits, prepare_data_root)
 from uniperceiver.data.target_sets import read_token_list
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 
 pytest.importorskip("mlxtend")
 pytest.importorskip("skimage")

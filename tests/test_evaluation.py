@@ -15,7 +15,7 @@ from uniperceiver.evaluation import (
     VQAEvaluator,
 )
 from uniperceiver.evaluation.classification import label_ranks
-from uniperceiver.evaluation.decoding import beam_search
+from uniperceiver.modeling.decoding import beam_search
 from uniperceiver.evaluation.inference import InferenceSampler, results_table, shard_range
 from uniperceiver.evaluation.retrieval import retrieval_ranks
 from uniperceiver.evaluation.vqa import normalize_answer, vqa_score
@@ -580,7 +580,7 @@ def test_zeroshot_tool_ranks_classes_like_the_model(tmp_path, capsys):
 def test_caption_generator_matches_teacher_forced_queries(tmp_path):
     """Greedy decoding with the placeholder trick = argmax of the training-layout queries on its own output."""
     from uniperceiver.config import setup_cfg
-    from uniperceiver.evaluation.decoding import CaptionGenerator
+    from uniperceiver.modeling.decoding import CaptionGenerator
     from uniperceiver.modeling import build_model
 
     (tmp_path / "cfg.yaml").write_text(TINY_MODEL_YAML)

@@ -13,7 +13,7 @@ from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.data.datasets.glue import GLUE_TASKS, glue_file, glue_prompt, read_glue_tsv
 from uniperceiver.evaluation.glue import GLUEEvaluator, binary_f1, glue_metrics, matthews_corrcoef
 from uniperceiver.modeling import build_model
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT_GLUE = os.path.join(REPO, "configs", "quick_schedules", "instant_glue.yaml")

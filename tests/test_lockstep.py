@@ -1,4 +1,4 @@
-"""Lockstep evaluation (``uniperceiver/evaluation/lockstep.py``) on 2 real gloo processes: ranks with fewer
+"""Lockstep evaluation (``uniperceiver/utils/lockstep.py``) on 2 real gloo processes: ranks with fewer
 batches repeat a stand-in whose outputs are dropped, and caption decoding steps on until every rank is done,
 with the same captions as without lockstep."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from conftest import free_port
 from uniperceiver.evaluation import lockstep
-from uniperceiver.evaluation.decoding import beam_search
+from uniperceiver.modeling.decoding import beam_search
 
 EOS, VOCAB = 3, 5
 

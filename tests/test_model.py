@@ -14,7 +14,7 @@ from uniperceiver.modeling import MODEL_REGISTRY, build_model
 from uniperceiver.modeling.embeddings import resize_table_1d, resize_table_2d, sincos_2d_table
 from uniperceiver.modeling.losses import cross_entropy, one_hot_smoothed, soft_target_cross_entropy
 from uniperceiver.modeling.meta_arch.uniperceiver import UniPerceiver, apply_resize_rules, attention_mask
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE_FOLDERS = ["BERT_L12_H192_experiments", "BERT_L12_H384_experiments", "BERT_L12_H768_experiments", "BERT_L24_H1024_experiments"]

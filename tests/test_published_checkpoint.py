@@ -236,12 +236,16 @@ def zero_published(dim, depth, ffn):
 
 
 def shipped_configs(size):
-    """Every shipped dense config whose model is ``size`` (the size file and the task configs built on it)."""
+    """Every shipped dense config whose model is the published ``size`` model: the size file and the task configs
+    of its folder with the same width, depth and LayerScale (counterparts of published configs that train another
+    architecture, e.g. without LayerScale, are not meant for the published checkpoints)."""
     folder = REPO / Path(SIZES[size][1]).parent
+    base = setup_cfg(str(REPO / SIZES[size][1]))
     out = []
     for path in sorted(folder.rglob("*.yaml")):
         cfg = setup_cfg(str(path))
-        if cfg.MODEL.BERT.HIDDEN_SIZE == SIZES[size][0][0] and not cfg.MOE.MOE:
+        if (cfg.MODEL.BERT.HIDDEN_SIZE, cfg.MODEL.BERT.NUM_HIDDEN_LAYERS, cfg.MODEL.LAYER_SCALE, cfg.MOE.MOE) == (
+                base.MODEL.BERT.HIDDEN_SIZE, base.MODEL.BERT.NUM_HIDDEN_LAYERS, base.MODEL.LAYER_SCALE, False):
             out.append((path, cfg))
     return out
 

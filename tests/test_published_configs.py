@@ -253,7 +253,7 @@ UNSEEN_READS = {
     "DATASETS.TEST": "getattr(task_cfg.DATASETS, split.upper()) in data/datasets/__init__.py",
     "LR_SCHEDULER.NAME": "s.NAME with s = cfg.LR_SCHEDULER in solver/build.py",
     "SHARED_TARGETS.NAME": "node.NAME over cfg.SHARED_TARGETS in data/target_sets.py",
-    "DECODE_STRATEGY.NAME": "beam17 (issue 17/18) reads it in evaluation/decoding.py",
+    "DECODE_STRATEGY.NAME": "beam17 (issue 17/18) reads it in modeling/decoding.py",
 }
 
 

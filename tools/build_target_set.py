@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from uniperceiver.data.target_sets import (
         build_label_set, corpus_token_subset, full_vocabulary_ids, write_token_list,
     )
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     try:
         if args.config_file:

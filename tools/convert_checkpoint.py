@@ -46,7 +46,7 @@ def find_checkpoint_dir(path: str) -> str:
 
 
 def convert(checkpoint_dir: str, output: str, tag: str = None) -> dict:
-    from uniperceiver.engine.deepspeed_step import import_deepspeed
+    from uniperceiver.utils.deepspeed import import_deepspeed
 
     import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
 def convert_other(args) -> int:
     """``--from uniperceiver-official`` / ``--from lora``."""
     if args.source == "lora":
-        from uniperceiver.modeling.lora import merge_lora_checkpoint
+        from uniperceiver.checkpoint.lora import merge_lora_checkpoint
 
         state = merge_lora_checkpoint(args.checkpoint, args.output)
         print(f"wrote {args.output}: {len(state)} tensors with the LoRA adapters merged")

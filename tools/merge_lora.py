@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("input", help="a checkpoint trained with MODEL.LORA.ENABLED True")
     parser.add_argument("output", help="the merged plain checkpoint to write")
     args = parser.parse_args(argv)
-    from uniperceiver.modeling.lora import merge_lora_checkpoint
+    from uniperceiver.checkpoint.lora import merge_lora_checkpoint
 
     try:
         state = merge_lora_checkpoint(args.input, args.output)

@@ -25,7 +25,7 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def _decode(ids) -> str:
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     tok = get_tokenizer()
     ids = [int(i) for i in ids if int(i) not in (0, tok.sot_id, tok.eot_id)]
@@ -34,7 +34,7 @@ def _decode(ids) -> str:
 
 def sample_text(task, sample: Dict[str, Any]) -> str:
     """The text shown under a sample."""
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     parts: List[str] = []
     if "caption" in sample:

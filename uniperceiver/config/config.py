@@ -16,6 +16,11 @@ from typing import Any, Dict, Iterable, List, Optional
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 
+from uniperceiver.utils.errors import ConfigError
+
+# The sub-trees a task node holds (each task inherits every global key of these it does not set).
+TASK_SUBTREES = ("DATASETS", "DATALOADER", "MODEL", "LOSSES", "INFERENCE", "DECODE_STRATEGY")
+
 BASE_KEY = "_BASE_"
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
 # A decimal number as text: "1e-3", "-2.5E+4", ".5" (YAML 1.1 reads "1e-3" as a string; yacs as a float).
@@ -83,10 +88,6 @@ def load_yaml_file(filename: str) -> Any:
         if isinstance(e, yaml.constructor.ConstructorError) and "could not determine a constructor" in what:
             what = f"{what}; refused: a YAML tag other than the published {EVAL_TAG.split(':', 2)[2]} fraction"
         raise ConfigError(f"{filename}: invalid YAML: {where}{what}") from None
-
-
-class ConfigError(ValueError):
-    """A user error in a config file or a command-line override."""
 
 
 def _closest(key: str, candidates: Iterable[str]) -> str:
@@ -254,8 +255,7 @@ class CfgNode(_YacsCfgNode):
     def finalize(self) -> "CfgNode":
         """Expand every task node into a full node (global defaults it does not set, then its own YAML,
         then CLI global keys, then its CLI keys), expand label sets, check NAME uniqueness."""
-        from .defaults import TASK_SUBTREES, _SHARED_TARGET
-
+        shared_target = self.__dict__["_shared_target_template"]  # set on the default tree (defaults.py)
         cli_global = self.__dict__.get("_cli_global", {})
         cli_task = self.__dict__.get("_cli_task", {})
         tasks = []
@@ -281,7 +281,7 @@ class CfgNode(_YacsCfgNode):
         self.TASKS = tasks
         targets = []
         for raw in self.SHARED_TARGETS:
-            node = _SHARED_TARGET.clone()
+            node = shared_target.clone()
             _merge_into(node, _to_dict(raw), prefix="", source="SHARED_TARGETS")
             if not node.NAME:
                 raise ConfigError("every entry of SHARED_TARGETS needs a NAME")
@@ -386,8 +386,6 @@ def _merge_into(node: CfgNode, data: Dict[str, Any], prefix: str, source: str) -
 
 
 def _task_template(cfg: CfgNode) -> CfgNode:
-    from .defaults import TASK_SUBTREES
-
     return CfgNode({"NAME": "", **{sub: cfg[sub] for sub in TASK_SUBTREES}})
 
 

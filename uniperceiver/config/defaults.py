@@ -8,12 +8,10 @@ of the sub-trees listed in ``TASK_SUBTREES`` (``DATASETS``, ``DATALOADER``, ``MO
 ``INFERENCE``, ``DECODE_STRATEGY``); every key it does not set is inherited from the global tree.  After
 ``finalize`` each task node is fully expanded, so ``cfg.TASKS[i].DATALOADER.TRAIN_BATCH_SIZE`` always exists.
 """
-import os
+from uniperceiver.utils.paths import default_cache_dir  # noqa: F401  (re-exported by uniperceiver.config)
 
+from .config import TASK_SUBTREES  # noqa: F401  (re-exported)
 from .config import CfgNode as CN
-
-# Sub-trees a task node may override (and inherits when it does not).
-TASK_SUBTREES = ("DATASETS", "DATALOADER", "MODEL", "LOSSES", "INFERENCE", "DECODE_STRATEGY")
 
 _C = CN()
 # Format version of config files; a file with another VERSION is refused (CfgNode.merge_from_dict).
@@ -276,7 +274,7 @@ _C.INFERENCE.GENERATION_MODE = "greedy"
 # Video: number of temporal views averaged at test time.
 _C.INFERENCE.NUM_VIEWS = 1
 
-# Caption decoding at evaluation (evaluation/decoding.py, docs/decoding.md).
+# Caption decoding at evaluation (modeling/decoding.py, docs/decoding.md).
 _C.DECODE_STRATEGY = CN()
 # Registered decode strategy: "greedy" (one beam) or "beam" (beam search as the published CaptionBeamSearcherV3,
 # a name also accepted; the published default "none" means greedy).  Any other name is a config error.
@@ -391,6 +389,5 @@ _SHARED_TARGET.SHARED_TARGETS_CFG.DISTRIBUTED = False
 # Prompt templates wrapped around class names ("{}" = the name); empty = the raw name.
 _SHARED_TARGET.SHARED_TARGETS_CFG.TEMPLATES = []
 
-
-def default_cache_dir() -> str:
-    return os.environ.get("UNIPERCEIVER_CACHE") or os.path.expanduser("~/.cache/uniperceiver")
+# finalize() expands each SHARED_TARGETS entry from this template (config.py; kept on the tree, not imported)
+_C.__dict__["_shared_target_template"] = _SHARED_TARGET

@@ -364,7 +364,7 @@ def build_demo_data(out: str, seed: int = 0) -> None:
 
     # Vocabulary subsets for the MLM / captioning targets.
     from uniperceiver.data.target_sets import corpus_token_subset, write_token_list
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     tok = get_tokenizer()
     caption_files = [os.path.join(coco, "annotations", f"captions_{s}.json") for s in ("train113k", "val5k", "test5k")]

@@ -100,7 +100,7 @@ def _vocabulary(demo: str, base: str, tok) -> None:
 
 def write_published_layout(demo_root: str, out: str) -> str:
     """Write the published layout of the complete demo tree ``demo_root`` into ``out``; returns ``out``."""
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     tok = get_tokenizer()
     base = os.path.join(out, PREFIX)

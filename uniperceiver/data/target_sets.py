@@ -261,7 +261,7 @@ def shared_target_node(cfg, name: str, used_by: str = ""):
 
 def build_label_set(cfg, name: str, used_by: str = "") -> LabelSet:
     """The ``SHARED_TARGETS`` entry ``name`` of a config, tokenised and cached in ``CACHE_DIR``."""
-    from uniperceiver.modeling.tokenization import get_tokenizer
+    from uniperceiver.tokenization import get_tokenizer
 
     node = shared_target_node(cfg, name, used_by)
     file_path = node.SHARED_TARGETS_CFG.FILE_PATH

@@ -44,23 +44,13 @@ import torch.nn as nn
 
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
+from uniperceiver.utils.deepspeed import import_deepspeed  # noqa: F401  (also re-exported here)
 
 from .step import StepEngine
 
 logger = logging.getLogger(__name__)
 
 _TAG = re.compile(r"^iter_(\d+)$")
-
-
-def import_deepspeed():
-    """Import DeepSpeed, choosing its CPU accelerator where there is no CUDA (unless DS_ACCELERATOR is set)."""
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"
-    try:
-        import deepspeed
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConfigError(f"SOLVER.DEEPSPEED.ENABLED needs the deepspeed package ({e})") from None
-    return deepspeed
 
 
 def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .evaluator import build_evaluator
-from .lockstep import batches as lockstep_batches
-from .lockstep import lockstep
+from uniperceiver.utils.lockstep import batches as lockstep_batches
+from uniperceiver.utils.lockstep import lockstep
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
 

@@ -103,21 +103,3 @@ def merge_lora_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
                                  state[prefix + ".lora_scaling"])
         out[key] = value
     return out
-
-
-def merge_lora_checkpoint(src: str, dst: str) -> Dict[str, torch.Tensor]:
-    """Read checkpoint ``src`` (weights only), write ``{"model": merged state}`` to ``dst`` atomically (no
-    optimizer or trainer state).  Returns the merged state dict."""
-    import os
-
-    from uniperceiver.checkpoint import load_checkpoint_file
-
-    state = load_checkpoint_file(src)["model"]
-    if not any(k.endswith(".lora_A") for k in state):
-        raise ValueError(f"{src} holds no LoRA weights (no '*.lora_A' entries)")
-    merged = merge_lora_state_dict(state)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = dst + ".tmp"
-    torch.save({"model": merged}, tmp)
-    os.replace(tmp, dst)
-    return merged

@@ -76,7 +76,7 @@ def split_deepspeed_expert_groups(groups: List[Dict[str, Any]]) -> List[Dict[str
     ``deepspeed.moe.utils.split_params_into_different_moe_groups_for_optimizer``; empty groups dropped."""
     if not any(getattr(p, "allreduce", True) is False for g in groups for p in g["params"]):
         return groups
-    from uniperceiver.engine.deepspeed_step import import_deepspeed
+    from uniperceiver.utils.deepspeed import import_deepspeed
 
     import_deepspeed()
     from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer

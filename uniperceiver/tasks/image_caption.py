@@ -4,7 +4,7 @@ i predicts caption token i (the last one ``<|endoftext|>``) against the vocabula
 Training scores each query against the batch's own tokens plus ``MODEL.VOCAB_NEGATIVES`` sampled other
 words of ``DATASETS.TARGET_SET`` (all words when 0), so a step stays cheap with a 49k vocabulary; tokens
 outside a vocabulary *subset* are ignored.  Evaluation generates greedily or with beam search
-(``DECODE_STRATEGY``, see ``evaluation/decoding.py``) over the whole label set, encoded once per weights
+(``DECODE_STRATEGY``, see ``modeling/decoding.py``) over the whole label set, encoded once per weights
 version, and ``CaptionEvaluator`` scores the captions against ``INFERENCE.VAL_ANNFILE / TEST_ANNFILE`` (or the
 references carried in the batch when no file is set).
 """
@@ -16,9 +16,9 @@ import torch
 
 from uniperceiver.config import ConfigError
 from uniperceiver.data.target_sets import TargetEncoder, remap, sample_entries, task_target_encoder
-from uniperceiver.evaluation.decoding import CaptionGenerator, decode_strategy_from_config
+from uniperceiver.modeling.decoding import CaptionGenerator, decode_strategy_from_config
 from uniperceiver.modeling.losses import cross_entropy
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 
 from .base import TASK_REGISTRY, Task
 from .image_classification import unwrap

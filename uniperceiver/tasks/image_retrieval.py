@@ -16,7 +16,7 @@ from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import cross_entropy
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils import comm
 
 from .base import TASK_REGISTRY, Task

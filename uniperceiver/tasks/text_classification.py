@@ -23,7 +23,7 @@ from uniperceiver.data.datasets.glue import MIN_SEQ_LEN, glue_task
 from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.modeling.losses import cross_entropy
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 
 from .base import TASK_REGISTRY, Task
 from .image_classification import unwrap

@@ -17,7 +17,7 @@ import torch
 from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 
 from .base import TASK_REGISTRY, Task
 from .image_caption import vocab_loss

@@ -19,7 +19,7 @@ from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import VOCABULARY, TargetEncoder, shared_target_node, task_target_encoder
 from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import soft_target_cross_entropy
-from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils.paths import resolve_data_path
 
 from .base import TASK_REGISTRY, Task

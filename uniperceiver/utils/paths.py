@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 
-from uniperceiver.config import default_cache_dir
+
+def default_cache_dir() -> str:
+    """``$UNIPERCEIVER_CACHE``, else ``~/.cache/uniperceiver``."""
+    return os.environ.get("UNIPERCEIVER_CACHE") or os.path.expanduser("~/.cache/uniperceiver")
 
 
 def get_cache_dir(cfg=None) -> str:

@@ -1,7 +1,7 @@
 """Registries: one per kind of buildable thing (fvcore's Registry), and the one lookup they all share."""
 from fvcore.common.registry import Registry
 
-from uniperceiver.config import ConfigError
+from .errors import ConfigError
 
 __all__ = ["Registry", "lookup"]
 

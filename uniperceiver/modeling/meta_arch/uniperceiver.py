@@ -29,7 +29,7 @@ from ..encoder import build_encoder
 from ..moe import merge_experts, pop_aux_loss, token_attribute_ids, with_token_attributes
 from ..predictor import Predictor, temp_names_from_cfg
 from ..registry import MODEL_REGISTRY
-from ..tokenization import SPE_ID, VOCAB_SIZE, ClipTokenizer, get_tokenizer
+from uniperceiver.tokenization import SPE_ID, VOCAB_SIZE, ClipTokenizer, get_tokenizer
 
 
 def attention_mask(

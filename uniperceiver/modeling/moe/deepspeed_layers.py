@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from uniperceiver.engine.deepspeed_step import import_deepspeed
+from uniperceiver.utils.deepspeed import import_deepspeed
 
 from .layers import AuxLossRecorder, MoESpec, RoutedAttention, token_attributes
 from .routing import AttributeGate

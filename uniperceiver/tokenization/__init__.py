@@ -1,0 +1,14 @@
+"""Tokenizers that turn raw inputs into token ids.  Text: CLIP byte-level BPE (``ClipTokenizer``)."""
+from .clip_bpe import (  # noqa: F401
+    BPE_VOCAB_SIZE,
+    EOT_ID,
+    GEN_ID,
+    MASK_ID,
+    SOT_ID,
+    SPE_ID,
+    SPECIAL_TOKENS,
+    VOCAB_SIZE,
+    ClipTokenizer,
+    default_bpe_path,
+    get_tokenizer,
+)
