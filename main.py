@@ -21,6 +21,7 @@ from uniperceiver.config.validate import validate_cfg
 from uniperceiver.data.datasets import TooManyBadSamples
 from uniperceiver.engine import NonFiniteLossError, default_argument_parser, default_setup, launch, train
 from uniperceiver.engine.defaults import run_is_finished
+from uniperceiver.tasks import validate_tasks
 from uniperceiver.utils.paths import demo_data_root
 
 
@@ -48,7 +49,7 @@ def main(args):
         if cfg is None:
             return 0
         if args.eval_only:
-            from uniperceiver.evaluation.inference import run_eval_only
+            from uniperceiver.engine.evaluate import run_eval_only
 
             return run_eval_only(cfg, args)
         from uniperceiver.engine.eval_hook import build_eval_hook  # None when SOLVER.EVAL_PERIOD is 0
@@ -69,7 +70,9 @@ def run(argv=None) -> int:
     if args.deepspeed:  # before the user's KEY VALUE pairs, which may still override
         args.opts = ["SOLVER.DEEPSPEED.ENABLED", "True", "SOLVER.DEEPSPEED.CONFIG", args.deepspeed, *args.opts]
     try:
-        validate_cfg(setup_cfg(args.config_file, args.opts))  # fail fast, before any process is spawned
+        cfg = setup_cfg(args.config_file, args.opts)
+        validate_cfg(cfg)  # fail fast, before any process is spawned
+        validate_tasks(cfg)
     except Exception as e:
         code = _report_failure(e, args.debug)
         if code is None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from uniperceiver.config import ConfigError, setup_cfg
-from uniperceiver.config.validate import validate_cfg
+from uniperceiver.tasks import validate_tasks
 from uniperceiver.modeling.decoding import (ENDED_FILLER, CaptionGenerator, beam_search,
                                               decode_strategy_from_config, search_beams)
 
@@ -179,7 +179,7 @@ def test_published_decode_strategy_is_honoured():
 def test_bad_decode_strategy_is_one_config_error_before_anything_is_built(opts, message):
     cfg = _cfg(*opts)
     with pytest.raises(ConfigError) as e:
-        validate_cfg(cfg)  # what main.py runs before any process, model or data
+        validate_tasks(cfg)  # what main.py runs before any process, model or data
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

@@ -364,7 +364,7 @@ def test_convert_tool_ema_lora_and_refusals(tmp_path, capsys):
 
 def test_eval_only_results_identical_for_pth_and_safetensors(tmp_path):
     """--eval-only with MODEL.WEIGHTS .pth and its .safetensors export: byte-identical results.json."""
-    from uniperceiver.evaluation.inference import run_eval_only
+    from uniperceiver.engine.evaluate import run_eval_only
 
     pth, st = tmp_path / "w.pth", tmp_path / "w.safetensors"
     torch.save({"model": _perturbed_model(INSTANT_CLS, seed=3).state_dict()}, pth)

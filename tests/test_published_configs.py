@@ -80,7 +80,7 @@ def test_counterparts_load():
         assert not is_published_file(path), path
         cfg = setup_cfg(path)
         if len(cfg.TASKS):  # GLUE base.yaml holds only the shared settings
-            validate_cfg(cfg, check_task_types=False)
+            validate_cfg(cfg)
 
 
 def _published_task(path, name):
@@ -186,7 +186,7 @@ def test_warmup_longer_than_run_warms_up_whole_run(caplog):
     cfg = setup_cfg(os.path.join(OURS, "quick_schedules", "instant.yaml"),
                     ["SOLVER.MAX_ITER", "2", "LR_SCHEDULER.WARMUP", "20"])
     with caplog.at_level("WARNING"):
-        validate_cfg(cfg, check_task_types=False)
+        validate_cfg(cfg)
     assert sum("warming up for the whole run" in r.message for r in caplog.records) <= 1
     mult = build_lr_multiplier("WarmupCosine", 2, 1e-3, warmup=20, warmup_factor=0.0)
     assert mult(0.0) == pytest.approx(0.0) and mult(0.5) == pytest.approx(0.5)
@@ -201,7 +201,7 @@ def test_validate_names_and_solver_lists_agree():
     for key, value in (("SOLVER.OPTIMIZER", "SGD"), ("LR_SCHEDULER.NAME", "StepLR"), ("SOLVER.AMP.DTYPE", "fp8"),
                        ("MODEL.BERT.HIDDEN_ACT", "relu"), ("MODEL.PROMPT.FC_WEIGHT", "1.5")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # refused before any model is built
-            validate_cfg(setup_cfg(instant, [key, value]), check_task_types=False)
+            validate_cfg(setup_cfg(instant, [key, value]))
 
 
 def test_lamb_optimizer():

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uniperceiver.config import ConfigError, setup_cfg  # noqa: E402
 from uniperceiver.config.validate import validate_cfg  # noqa: E402
+from uniperceiver.tasks import validate_tasks  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     try:
         cfg = setup_cfg(args.config_file, args.opts)
         validate_cfg(cfg)
+        validate_tasks(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

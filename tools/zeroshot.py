@@ -117,7 +117,7 @@ def main(argv=None) -> List[Dict]:
     from uniperceiver.config import setup_cfg
     from uniperceiver.data.transforms import build_image_transform
     from uniperceiver.engine.defaults import get_device
-    from uniperceiver.evaluation.inference import load_eval_weights
+    from uniperceiver.engine.evaluate import load_eval_weights
     from uniperceiver.modeling import build_model
 
     cfg = setup_cfg(args.config_file, list(args.opts or []) + ["MODEL.WEIGHTS", args.weights])

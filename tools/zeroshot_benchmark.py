@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     from uniperceiver.config import setup_cfg
     from uniperceiver.engine import train
-    from uniperceiver.evaluation.inference import run_eval_only
+    from uniperceiver.engine.evaluate import run_eval_only
     from uniperceiver.utils.logger import setup_logger
 
     t0 = time.perf_counter()

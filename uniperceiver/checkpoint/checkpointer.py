@@ -29,7 +29,7 @@ import torch.nn as nn
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
 
-from .safetensors_io import is_safetensors, load_safetensors
+from .safetensors_io import is_safetensors, load_safetensors, strip_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,6 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
     if "model" not in data:
         data = {"model": data}
     return data
-
-
-def _strip_prefix(state: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
 
 
 def match_state_dict(model: nn.Module, loaded: Dict[str, torch.Tensor], ignore: Sequence[str] = (),
@@ -233,7 +227,7 @@ class Checkpointer:
             raise
         except Exception as e:
             raise CheckpointError(f"cannot read MODEL.WEIGHTS {path}: {describe_load_error(e)}") from None
-        state = _strip_prefix(data["model"])
+        state = strip_prefix(data["model"])
         current = self.model.state_dict()
         adapters = [k for k in current if k not in state and any(re.search(p, k) for p in ADAPTER_PATTERNS)]
         if adapters:
@@ -247,7 +241,7 @@ class Checkpointer:
                     allow_missing: Sequence[str] = ()) -> Dict[str, List[str]]:
         rules = self.model.resize_rules() if hasattr(self.model, "resize_rules") else []
         ignore = list(ignore) + [f"^{re.escape(k)}$" for k in allow_missing]
-        state, report = match_state_dict(self.model, _strip_prefix(state), ignore=ignore, resize_rules=rules)
+        state, report = match_state_dict(self.model, strip_prefix(state), ignore=ignore, resize_rules=rules)
         self.model.load_state_dict(state, strict=False)
         logger.info("Loaded %d tensors from %s", len(report["loaded"]), source)
         for kind in ("resized", "ignored", "missing_ignored", "unexpected_ignored"):

@@ -20,6 +20,13 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+
+def strip_prefix(state: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
+    """``state`` without a DDP ``module.`` prefix that every key carries."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
 SUFFIX = ".safetensors"
 ALIASES_KEY = "uniperceiver.aliases"
 
@@ -109,14 +116,12 @@ def export_weights(data: Mapping[str, object], output: str, *, ema: bool = False
     ``ema``: the ``model_ema`` average instead of ``model`` (the EMA keeps floating-point entries; integer
     buffers come from ``model``).  Returns ``{"tensors", "aliases", "weights"}``.  ValueError when ``ema`` is
     asked and the checkpoint has no average."""
-    from .checkpointer import _strip_prefix
-
-    model = _strip_prefix(dict(data["model"]))
+    model = strip_prefix(dict(data["model"]))
     if ema:
         if not isinstance(data.get("model_ema"), Mapping) or "model" not in data["model_ema"]:
             raise ValueError(f"{source or 'the checkpoint'} has no model_ema weights (train with MODEL.MODEL_EMA "
                              f"True), so there is nothing for --ema to export")
-        model = {**model, **_strip_prefix(dict(data["model_ema"]["model"]))}
+        model = {**model, **strip_prefix(dict(data["model_ema"]["model"]))}
     metadata = {"uniperceiver.weights": "model_ema" if ema else "model"}
     if source:
         metadata["uniperceiver.source"] = os.path.basename(source)

@@ -812,11 +812,11 @@ def _rule_for(key: str):
 
 def convert_published(filename: str, our_defaults=None) -> Tuple[Dict[str, Any], ConversionReport]:
     """``(our config dict, report)`` of a published config file; ConfigError naming file and key on failure."""
-    from . import get_cfg
+    from .defaults import _C
 
     source = os.path.abspath(filename)
     raw = load_published_chain(source)
-    ours = our_defaults if our_defaults is not None else get_cfg()
+    ours = our_defaults if our_defaults is not None else _C.clone()
     conv = _Converter(source, ours)
     glob = {k: v for k, v in raw.items() if k not in ("TASKS", "SHARED_TARGETS")}
     conv.effective = dict(PUBLISHED_DEFAULTS)

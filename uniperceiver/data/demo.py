@@ -39,6 +39,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
+from .demo_palette import BACKGROUNDS, DIGITS, INKS, colorize  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 DEMO_VERSION = "8"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
@@ -46,10 +48,6 @@ DEMO_VERSION = "8"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey
 # 8: glue/ (the other folders unchanged)
 MARKER = "DEMO_VERSION"
 
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-INKS = {"red": (220, 30, 30), "green": (30, 190, 60), "blue": (40, 80, 230), "yellow": (240, 220, 40),
-        "white": (245, 245, 245), "orange": (245, 140, 20)}
-BACKGROUNDS = {"black": (10, 10, 10), "gray": (120, 120, 120), "purple": (90, 30, 110), "brown": (100, 60, 25)}
 COCO_TEMPLATES = [
     "a {size} {ink} handwritten {digit} on a {bg} background",
     "the number {digit} written in {ink} ink over {bg}",
@@ -105,19 +103,6 @@ VIEWS = [("", "a photo of {}"), ("crop", "a close-up of {}"), ("flip", "a mirror
 
 
 # --------------------------------------------------------------------------------------------- images
-def _colorize(gray: np.ndarray, ink, bg, size: int, scale: float) -> Image.Image:
-    """A grayscale digit (0..1) painted in ``ink`` on ``bg``, scaled by ``scale`` inside a size x size tile."""
-    g = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8))
-    inner = max(4, int(round(size * scale)))
-    g = np.asarray(g.resize((inner, inner), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
-    tile = np.empty((size, size, 3), dtype=np.float32)
-    tile[:] = bg
-    off = (size - inner) // 2
-    region = tile[off : off + inner, off : off + inner]
-    tile[off : off + inner, off : off + inner] = region * (1 - g) + np.asarray(ink, np.float32) * g
-    return Image.fromarray(tile.astype(np.uint8))
-
-
 def _save(img: Image.Image, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img.save(path, quality=90)
@@ -136,7 +121,7 @@ def _caption_images(rng, digits: np.ndarray, labels: np.ndarray, templates, out_
         ink, bg = rng.choice(list(INKS)), rng.choice(list(BACKGROUNDS))
         scale = rng.choice([0.6, 1.0])
         rel = f"{rel_dir}/{n:05d}.jpg"
-        _save(_colorize(digits[k], INKS[ink], BACKGROUNDS[bg], size, scale), os.path.join(out_dir, rel))
+        _save(colorize(digits[k], INKS[ink], BACKGROUNDS[bg], size, scale), os.path.join(out_dir, rel))
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": rel, "height": size, "width": size})
         chosen = set()
@@ -301,7 +286,7 @@ def build_demo_data(out: str, seed: int = 0) -> None:
             continue
         rel = f"{split}/class_{label:02d}/{counts[(split, label)]:04d}.jpg"
         ink, bg = rng.choice(list(INKS)), rng.choice(list(BACKGROUNDS))
-        _save(_colorize(mnist[k], INKS[ink], BACKGROUNDS[bg], 32, rng.choice([0.6, 0.8, 1.0])),
+        _save(colorize(mnist[k], INKS[ink], BACKGROUNDS[bg], 32, rng.choice([0.6, 0.8, 1.0])),
               os.path.join(out, "imagenet", rel))
         meta[split].append(f"{rel} {label}")
         counts[(split, label)] += 1

@@ -113,7 +113,7 @@ def _write_lines(path: str, lines: List[str]) -> None:
 
 def build_video_demo(out: str, mnist: np.ndarray, labels: np.ndarray, seed: int = 0) -> List[str]:
     """Write the video and VQA demo sets into ``out``; returns the caption files (for the vocabulary)."""
-    from .demo import BACKGROUNDS, DIGITS, INKS
+    from .demo_palette import BACKGROUNDS, DIGITS, INKS
 
     rng = random.Random(seed + 1)
     pool = list(np.random.RandomState(seed + 1).permutation(len(mnist))[:400])
@@ -203,7 +203,7 @@ def _vqa_questions(digit: int, ink: str) -> List[Tuple[str, str]]:
 
 
 def _build_vqa(root: str, mnist: np.ndarray, labels: np.ndarray, pool: List[int], rng: random.Random) -> None:
-    from .demo import BACKGROUNDS, INKS, _colorize
+    from .demo_palette import BACKGROUNDS, INKS, colorize
     from .datasets.vqa import ANNOTATIONS_PATTERN, IMAGE_PATTERN, QUESTIONS_PATTERN, build_answer_vocab
 
     wrong = {"what digit is this?": [str(d) for d in range(10)], "is this an even number?": ["yes", "no"],
@@ -215,7 +215,7 @@ def _build_vqa(root: str, mnist: np.ndarray, labels: np.ndarray, pool: List[int]
             k = pool.pop()
             image_id = n + 1 if subtype == "train2014" else 100000 + n
             ink, bg = rng.choice(list(INKS)), rng.choice(list(BACKGROUNDS))
-            img = _colorize(mnist[k], INKS[ink], BACKGROUNDS[bg], 32, 1.0)
+            img = colorize(mnist[k], INKS[ink], BACKGROUNDS[bg], 32, 1.0)
             path = os.path.join(root, "images", IMAGE_PATTERN.format(subtype=subtype, image_id=image_id))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             img.save(path, quality=90)

@@ -376,14 +376,11 @@ class TargetEncoder:
 
 def task_target_encoder(task, attributes: Optional[Dict] = None) -> TargetEncoder:
     """The :class:`TargetEncoder` of a task's ``DATASETS.TARGET_SET`` (one label set per task)."""
-    from uniperceiver.data.demo import prepare_data_root
-
     names = task.cfg.DATASETS.TARGET_SET
     names = [names] if isinstance(names, str) else list(names)
     key = f"TASKS.{task.name}.DATASETS.TARGET_SET"
     if len(names) != 1 or not names[0]:
         raise ConfigError(f"{key} must name exactly one SHARED_TARGETS label set; got {names}")
-    prepare_data_root(task.root_cfg)
     label_set = build_label_set(task.root_cfg, names[0], used_by=key)
     node = shared_target_node(task.root_cfg, names[0], key)
     distributed = bool(node.SHARED_TARGETS_CFG.DISTRIBUTED) and task.cfg.DATALOADER.STRATEGY == "synced"

@@ -325,9 +325,8 @@ def build_writers(cfg) -> List[EventWriter]:
         elif name == "tensorboard":
             writers.append(TensorboardWriter(output_dir))
         elif name == "wandb":
-            w = cfg.LOGGER.WANDB
-            writers.append(WandbWriter(project=w.PROJECT, name=w.NAME, tags=w.TAGS, config=_plain(cfg),
-                                       directory=output_dir))
+            writers.append(WandbWriter(project=cfg.LOGGER.WANDB.PROJECT, name=cfg.LOGGER.WANDB.NAME,
+                                       tags=cfg.LOGGER.WANDB.TAGS, config=_plain(cfg), directory=output_dir))
     return writers
 
 

@@ -10,4 +10,4 @@ from .caption import CaptionEvaluator  # noqa: F401
 from .mlm import MLMEvaluator  # noqa: F401
 from .vqa import VQAEvaluator  # noqa: F401
 from .glue import GLUEEvaluator  # noqa: F401
-from .inference import inference_on_tasks, run_eval_only  # noqa: F401
+from .inference import inference_on_tasks  # noqa: F401

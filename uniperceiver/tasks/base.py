@@ -9,6 +9,8 @@ from typing import Any, Dict, List
 
 import torch
 
+from uniperceiver.data.demo import prepare_data_root
+from uniperceiver.utils.errors import ConfigError
 from uniperceiver.utils.registry import Registry, lookup
 
 TASK_REGISTRY = Registry("TASK")
@@ -64,10 +66,31 @@ class Task:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+def validate_tasks(cfg) -> None:
+    """ConfigError naming every task whose ``DATASETS.TASK_TYPE`` is not a registered family, and the families'
+    own config checks (``Task.config_errors``, e.g. captioning's DECODE_STRATEGY); run before anything is built."""
+    known = sorted(k for k, _ in TASK_REGISTRY)
+    errors: List[str] = []
+    for task in cfg.TASKS:
+        family = task.DATASETS.TASK_TYPE
+        if family not in known:
+            errors.append(f"TASKS.{task.NAME}.DATASETS.TASK_TYPE = {family!r} is not a registered task family "
+                          f"(registered: {', '.join(known)})")
+        else:
+            errors.extend(TASK_REGISTRY.get(family).config_errors(task))
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
 def build_task(task_cfg, root_cfg) -> Task:
     cls = lookup(TASK_REGISTRY, task_cfg.DATASETS.TASK_TYPE, f"TASKS.{task_cfg.NAME}.DATASETS.TASK_TYPE")
     return cls(task_cfg, root_cfg)
 
 
 def build_tasks(cfg) -> "OrderedDict[str, Task]":
+    """Every task of ``cfg``, in config order.  The one place data is prepared for them: when the data root is
+    the built-in demo root (``DATA_PATH`` unset), the demo data is written there first (tasks and readers never
+    build data)."""
+    if cfg.TASKS:
+        prepare_data_root(cfg)
     return OrderedDict((t.NAME, build_task(t, cfg)) for t in cfg.TASKS)

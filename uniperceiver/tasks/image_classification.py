@@ -15,7 +15,6 @@ import torch
 
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader
-from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.data.transforms import build_mixup, transform_from_config
 from uniperceiver.modeling.losses import cross_entropy, soft_target_cross_entropy
@@ -55,7 +54,6 @@ class ImageClassificationTask(Task):
         return int(self.cfg.MODEL.LABELS_NUM) or len(self.targets.label_set)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        prepare_data_root(self.root_cfg)
         transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "classification")
         dataset = build_reader(self.cfg, self.root_cfg, split, transform=transform)
         n = self.num_classes

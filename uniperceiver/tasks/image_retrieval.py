@@ -13,7 +13,6 @@ from typing import Any, Dict, List
 import torch
 
 from uniperceiver.data.datasets import build_reader
-from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
@@ -25,7 +24,6 @@ from .image_classification import unwrap
 
 def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
     """Image-caption pairs for training, one row per image for evaluation (shared by retrieval and captioning)."""
-    prepare_data_root(task.root_cfg)
     transform = transform_from_config(task.cfg, task.root_cfg, split == "train", "caption")
     return build_reader(task.cfg, task.root_cfg, split, transform=transform,
                         mode="pairs" if split == "train" else "images")

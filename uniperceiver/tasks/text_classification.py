@@ -20,7 +20,6 @@ import torch
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.datasets.glue import MIN_SEQ_LEN, glue_task
-from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
@@ -52,7 +51,6 @@ class TextClassificationTask(Task):
         return self._targets
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        prepare_data_root(self.root_cfg)
         dataset = build_reader(self.cfg, self.root_cfg, split)
         n = len(self.targets.label_set)
         bad = [r for r in dataset.records if r["label"] >= n]

@@ -15,7 +15,6 @@ from typing import Any, Dict, List
 import torch
 
 from uniperceiver.data.datasets import build_reader
-from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.tokenization import get_tokenizer
 
@@ -105,7 +104,6 @@ class TextMLMTask(Task):
         return self._targets
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        prepare_data_root(self.root_cfg)
         base = build_reader(self.cfg, self.root_cfg, split)
         ls = self.targets.label_set
         words = ls.token_ids[ls.token_ids != get_tokenizer().eot_id]

@@ -17,7 +17,6 @@ import torch
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.datasets.video import video_transform_from_config
-from uniperceiver.data.demo import prepare_data_root
 
 from .base import TASK_REGISTRY
 from .image_classification import ImageClassificationTask, unwrap
@@ -32,7 +31,6 @@ def check_frames(task) -> None:
 
 
 def build_video_dataset(task, split: str, family: str, mode: str = "pairs") -> torch.utils.data.Dataset:
-    prepare_data_root(task.root_cfg)
     check_frames(task)
     transform = video_transform_from_config(task.cfg, task.root_cfg, split == "train", family)
     return build_reader(task.cfg, task.root_cfg, split, transform=transform, mode=mode)

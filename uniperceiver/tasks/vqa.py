@@ -15,7 +15,6 @@ import torch
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader, read_class_names
 from uniperceiver.data.datasets.vqa import answer_scores
-from uniperceiver.data.demo import prepare_data_root
 from uniperceiver.data.target_sets import VOCABULARY, TargetEncoder, shared_target_node, task_target_encoder
 from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import soft_target_cross_entropy
@@ -52,13 +51,11 @@ class VQATask(Task):
             path = shared_target_node(self.root_cfg, name, key).SHARED_TARGETS_CFG.FILE_PATH
             if path == VOCABULARY or path.endswith(".tokens"):
                 raise ConfigError(f"{key}: the VQA label set must be an answer file (.txt), got {path}")
-            prepare_data_root(self.root_cfg)
             self._answers = read_class_names(resolve_data_path(self.root_cfg, path), key)
             self._answer_index = {a: i for i, a in enumerate(self._answers)}
         return self._answers
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        prepare_data_root(self.root_cfg)
         transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "caption")
         return build_reader(self.cfg, self.root_cfg, split, transform=transform)
 
