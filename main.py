@@ -55,7 +55,7 @@ def main(args):
 
         return train(cfg, resume=args.resume, eval_hook_factory=build_eval_hook)
     except KeyboardInterrupt:  # outside the training loop (whose SIGINT handler checkpoints and exits 130)
-        logging.getLogger("uniperceiver").debug("interrupted", exc_info=True)
+        _traceback_to_log("interrupted by SIGINT")
         print("error: interrupted by SIGINT outside the training steps (set-up or evaluation); checkpoints "
               "already written are intact, continue with --resume", file=sys.stderr)
         return INTERRUPT_EXIT_CODE
@@ -94,7 +94,7 @@ def _report_failure(err: Exception, debug: bool):
     training fault (non-finite loss, too many bad samples, a checkpoint or metrics write that failed: disk
     full).  None for anything else, and with ``--debug``: the caller re-raises."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and not debug:
-        logging.getLogger("uniperceiver").debug("write failed", exc_info=True)
+        _traceback_to_log("write failed")
         where = f" writing {err.filename}" if err.filename else ""
         print(f"error: {err.strerror}{where}; checkpoints already written are intact: free space, then continue "
               f"with --resume", file=sys.stderr)
@@ -102,9 +102,18 @@ def _report_failure(err: Exception, debug: bool):
     if debug or not isinstance(err, (ConfigError, NonFiniteLossError, TooManyBadSamples, CheckpointWriteError)):
         return None
     user_error = isinstance(err, ConfigError)
-    logging.getLogger("uniperceiver").debug("user error" if user_error else "training stopped", exc_info=True)
+    _traceback_to_log("user error" if user_error else "training stopped")
     print(f"error: {err if user_error else _fault_message(err)}", file=sys.stderr)
     return 2 if user_error else 1
+
+
+def _traceback_to_log(what: str) -> None:
+    """The exception being handled, with its traceback, into log.txt only (the console gets one line)."""
+    lg = logging.getLogger("uniperceiver")
+    record = lg.makeRecord(lg.name, logging.ERROR, __file__, 0, what, (), sys.exc_info())
+    for handler in lg.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _fault_message(err: Exception) -> str:
