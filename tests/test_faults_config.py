@@ -25,6 +25,14 @@ def _bad_cli_cases(tmp: Path):
                                          "base_model_bert_l12_h192.yaml\n")
     torch.save({"model": {"head.weight": torch.zeros(3, 3)}}, tmp / "other_arch.pth")
     evil_pickle(tmp / "evil.pth", tmp / "marker")
+    (tmp / "dup.yaml").write_text(f"_BASE_: {CLS}\nTASKS:\n  - NAME: imagenet\n    DATALOADER: {{TRAIN_BATCH_SIZE: 2}}\n"
+                                  "  - NAME: imagenet\n    DATALOADER: {TRAIN_BATCH_SIZE: 4}\n")
+    for name, train, classes in (("empty_list", "", "zero\none\n"), ("empty_classes", "a.png 0\n", "\n\n")):
+        meta = tmp / name / "imagenet" / "meta"
+        meta.mkdir(parents=True)
+        (meta / "train.txt").write_text(train)
+        (meta / "val.txt").write_text("a.png 0\n")
+        (tmp / name / "imagenet" / "classnames.txt").write_text(classes)
     c = ["--config-file", CLS]
     return [
         ("unknown_key", c + ["SOLVER.MAX_ITERS", "3"], "did you mean SOLVER.MAX_ITER"),
@@ -62,6 +70,10 @@ def _bad_cli_cases(tmp: Path):
         ("expert_parallel_eval_only", ["--config-file", INSTANT_MOE, "--eval-only", "MOE.BACKEND", "deepspeed",
                                        "SOLVER.DEEPSPEED.ENABLED", "True", "MOE.EP_SIZE", "2",
                                        "DATALOADER.STRATEGY", "synced"], "evaluate with MOE.EP_SIZE 1"),
+        ("duplicate_task_name", ["--config-file", str(tmp / "dup.yaml")], "dup.yaml: duplicate TASKS NAME 'imagenet'"),
+        ("eval_only_without_weights", c + ["--eval-only"], "--eval-only has no weights to evaluate"),
+        ("empty_annotation_file", c + ["DATA_PATH", str(tmp / "empty_list")], "train.txt: empty annotation file"),
+        ("empty_class_name_file", c + ["DATA_PATH", str(tmp / "empty_classes")], "classnames.txt: empty class-name"),
     ]
 
 
@@ -72,7 +84,8 @@ BAD_CLI_NAMES = [
     "python_yaml_tag", "missing_data_path", "unknown_task_type", "unknown_dataset", "accum_iter_negative",
     "batch_size_zero", "task_batch_size_zero", "max_iter_zero", "bad_fraction_above_1", "data_percentage_zero",
     "trainable_matches_nothing", "weights_missing", "weights_other_architecture", "weights_pickled_object",
-    "unknown_amp_dtype", "expert_parallel_independent_tasks", "moe_zero3", "expert_parallel_eval_only"]
+    "unknown_amp_dtype", "expert_parallel_independent_tasks", "moe_zero3", "expert_parallel_eval_only",
+    "duplicate_task_name", "eval_only_without_weights", "empty_annotation_file", "empty_class_name_file"]
 
 
 @pytest.mark.parametrize("case", BAD_CLI_NAMES)
@@ -120,3 +133,12 @@ def test_fraction_values_are_parsed_not_evaluated(tmp_path):
         setup_cfg(CLS, ["MODEL.POSEMBED_SCALE", f"__import__('os').system('touch {marker}')"])
     assert setup_cfg(CLS, ["MODEL.POSEMBED_SCALE", "160/224"]).MODEL.POSEMBED_SCALE == pytest.approx(160 / 224)
     assert not marker.exists()
+
+
+def test_eval_only_with_allow_random_weights_evaluates_the_initialisation(tmp_path, capsys):
+    import main
+
+    with restored_loggers():
+        results = main.run(["--config-file", CLS, "--eval-only", "--allow-random-weights", "OUTPUT_DIR",
+                            str(tmp_path / "out")])
+    assert results == 0 and "evaluating random weights" in (tmp_path / "out" / "log.txt").read_text()
