@@ -11,6 +11,9 @@ torchrun / torch.distributed.launch (single or multi node):
 Slurm (srun sets SLURM_PROCID / SLURM_NTASKS): sh run.sh CFG JOBNAME GPUS PARTITION
 Resume from OUTPUT_DIR/last_checkpoint: add --resume.  Evaluate only: add --eval-only.
 Overrides: KEY VALUE pairs after the flags, incl. one task's keys: TASKS.<NAME>.DATALOADER.TRAIN_BATCH_SIZE 32.
+Exit codes (docs/reliability.md): 0 finished, or SIGTERM / SIGUSR1 / SIGUSR2 after a checkpoint; 130 SIGINT after
+a checkpoint; 2 anything found before the first step (config, data, checkpoint, OUTPUT_DIR unusable or locked);
+1 a failure during the run.  Each failure is one line "error: ..." on stderr, its traceback in OUTPUT_DIR/log.txt.
 """
 import errno
 import logging

@@ -11,8 +11,8 @@ next job reads when the lock is taken.
 * One lock per job: main.py takes it on global rank 0 only (multi-node jobs lock once).
 * Forked children (data-loader workers) close their copy of the descriptor, so a worker that outlives its
   parent for a moment does not keep the lock.
-* flock on NFS: Linux emulates it with POSIX locks (fine since 2.6.12); on file systems without locks the
-  lock cannot be taken and the job says so (``--no-lock``-free: remove the reason, or use a local OUTPUT_DIR).
+* flock on NFS: Linux emulates it with POSIX locks (since 2.6.12); on a file system without locks the lock
+  cannot be taken and the job stops saying so (main.py: one line, exit 2): use an OUTPUT_DIR that supports them.
 """
 from __future__ import annotations
 
