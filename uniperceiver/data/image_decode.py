@@ -34,7 +34,7 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFEr
                  Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def _check_size(im: Image.Image, max_pixels: int, path: str) -> None:
+def _check_size(im: Image.Image, max_pixels: int) -> None:
     w, h = im.size
     if max_pixels > 0 and w * h > max_pixels:
         raise ImageTooLarge(f"{w}x{h} = {w * h} pixels, more than DATALOADER.MAX_IMAGE_PIXELS {max_pixels}")
@@ -80,7 +80,7 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image
         warnings.simplefilter("ignore" if looser else "error", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as im:
-                _check_size(im, max_pixels, path)  # header only: nothing decoded yet
+                _check_size(im, max_pixels)  # header only: nothing decoded yet
                 im.load()
                 im = ImageOps.exif_transpose(im) or im
                 return _to_rgb(im)
