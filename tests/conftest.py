@@ -1,9 +1,13 @@
 """Shared test helpers: CPU-only defaults, a session cache dir, and running main.py in a subprocess."""
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -16,6 +20,10 @@ PYTHON = sys.executable
 INSTANT = str(REPO / "configs" / "quick_schedules" / "instant.yaml")
 # The placeholder model on synthetic data: engine / launch / resume / scale-out mechanics in seconds.
 ENGINE_SMOKE = str(REPO / "configs" / "quick_schedules" / "instant_placeholder.yaml")
+QUICK = REPO / "configs" / "quick_schedules"
+# One task (image classification on the demo digits): the fault tests' usual run.
+CLS = str(QUICK / "instant_classification.yaml")
+INSTANT_MOE = str(QUICK / "instant_moe.yaml")
 
 # Tiny models on a shared 2-core machine: one intra-op thread each is much faster than contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -78,3 +86,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------- fault-test helpers (tests/test_faults_*)
+def checkpoint_weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def tagged_iteration(out: Path) -> int:
+    return int(torch.load(out / (out / "last_checkpoint").read_text().strip(), weights_only=True)["iteration"])
+
+
+def metric_rows(out: Path) -> dict:
+    """iteration -> the LAST row written for it (a killed run's rows past its checkpoint are rewritten after the
+    resume), without the wall-clock, throughput and memory keys."""
+    rows = {}
+    for line in (out / "metrics.json").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["iteration"]] = {k: v for k, v in row.items()
+                                  if "time" not in k and not k.startswith(("samples_per_s_", "max_rss", "max_mem"))}
+    return rows
+
+
+def start_main(args, out: Path) -> subprocess.Popen:
+    cmd = [PYTHON, str(REPO / "main.py"), *[str(a) for a in args], "OUTPUT_DIR", str(out)]
+    # own process group: SIGKILL reaches the data-loader workers too, like a node that dies
+    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for(pred, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def restored_loggers():
+    """main.run reconfigures the package loggers (handlers, propagate); put them back for later tests."""
+    saved = {name: (lg.handlers[:], lg.propagate, lg.level)
+             for name in ("uniperceiver", "fvcore") for lg in [logging.getLogger(name)]}
+    try:
+        yield
+    finally:
+        for name, (handlers, propagate, level) in saved.items():
+            lg = logging.getLogger(name)
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers, lg.propagate, lg.level = handlers, propagate, level
+
+
+def evil_pickle(path: Path, marker: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Evil(), "iteration": 3}, path)

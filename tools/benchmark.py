@@ -368,9 +368,9 @@ def cache_decoded_images() -> None:
     original = base.load_rgb
     cache: Dict[str, Any] = {}
 
-    def load_rgb(path: str):
+    def load_rgb(path: str, *args, **kwargs):
         if path not in cache:
-            cache[path] = original(path)
+            cache[path] = original(path, *args, **kwargs)
         return cache[path].copy()
 
     base.load_rgb = load_rgb

@@ -51,7 +51,7 @@ def check(cfg, samples: int) -> list:
                 for i in picked:
                     path = ds.image_path(ds.records[i])
                     try:
-                        decode_frames(path, lambda n: [0, n - 1]) if video else load_rgb(path)
+                        decode_frames(path, lambda n: [0, n - 1]) if video else load_rgb(path, ds.max_image_pixels)
                     except Exception as e:  # any decode failure is a finding
                         bad.append(f"{path} ({type(e).__name__}: {e})")
                 line += f", {len(picked) - len(bad)}/{len(picked)} sampled {'videos' if video else 'images'} readable"

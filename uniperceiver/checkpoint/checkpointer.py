@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +42,25 @@ _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 
 class CheckpointError(ConfigError):
     """A checkpoint that does not fit the model (a user error: main.py prints one line, exit code 2)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the previous one is intact (exit 1)."""
+
+
+def _write_failure(err: BaseException, directory: str) -> str:
+    """Why a write failed, in a few words: the OS error, or torch's writer message plus the free space."""
+    if isinstance(err, OSError) and err.strerror:
+        why = err.strerror
+    else:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        why = lines[0] if lines else type(err).__name__
+    try:
+        free = shutil.disk_usage(directory).free
+        why += f"; {free / 2**20:.1f} MiB free in {directory}"
+    except OSError:
+        pass
+    return why
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -109,8 +129,9 @@ def match_state_dict(model: nn.Module, loaded: Dict[str, torch.Tensor], ignore: 
             if rule is not None:
                 try:
                     value = rule(value, target)
-                except ValueError as e:  # e.g. a table of another width: a checkpoint of another size
-                    errors.append(f"shape mismatch for {key}: {e}")
+                except (ValueError, RuntimeError) as e:  # e.g. a checkpoint of another width
+                    errors.append(f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, model "
+                                  f"{tuple(target.shape)} (cannot be resized: {e})")
                     continue
                 if tuple(value.shape) != tuple(target.shape):
                     errors.append(f"resize rule for {key} returned shape {tuple(value.shape)}, "
@@ -159,8 +180,14 @@ class Checkpointer:
         os.makedirs(self.save_dir, exist_ok=True)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
-        _atomic_write(path, lambda tmp: torch.save(data, tmp))
-        self.tag_last_checkpoint(basename)
+        try:
+            _atomic_write(path, lambda tmp: torch.save(data, tmp))
+            self.tag_last_checkpoint(basename)
+        except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
+            previous = self.get_checkpoint_file()
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {_write_failure(e, self.save_dir)}; the previous checkpoint "
+                f"{previous or '(none)'} is intact: free space, then continue with --resume") from e
         logger.info("Saved checkpoint to %s", path)
         return path
 
@@ -176,11 +203,21 @@ class Checkpointer:
         return os.path.exists(os.path.join(self.save_dir, TAG_FILE))
 
     def get_checkpoint_file(self) -> str:
-        """The tagged checkpoint's path ("" without a tag)."""
+        """The tagged checkpoint's path ("" without a tag, or with a tag that cannot be read: not UTF-8, empty,
+        not a file name, unreadable; logged)."""
+        tag = os.path.join(self.save_dir, TAG_FILE)
         try:
-            with open(os.path.join(self.save_dir, TAG_FILE)) as f:
+            with open(tag, encoding="utf-8") as f:
                 name = f.read().strip()
-        except OSError:
+        except FileNotFoundError:
+            return ""
+        except (OSError, ValueError) as e:  # a directory, no permission, undecodable bytes
+            logger.warning("Checkpoint tag %s is unreadable (%s: %s); looking for checkpoints by name", tag,
+                           type(e).__name__, e)
+            return ""
+        if not name or "\n" in name or os.sep in name or "\x00" in name:
+            logger.warning("Checkpoint tag %s does not hold a checkpoint file name (%r); looking for checkpoints "
+                           "by name", tag, name[:80])
             return ""
         return os.path.join(self.save_dir, name)
 
@@ -195,6 +232,9 @@ class Checkpointer:
         """Load the tagged checkpoint; if it is unreadable, the newest readable older one (logged)."""
         tagged = self.get_checkpoint_file()
         candidates = [tagged] + [p for p in reversed(self.get_all_checkpoint_files()) if p != tagged]
+        final = os.path.join(self.save_dir, "model_final.pth")
+        if not tagged:  # an unreadable tag: the final checkpoint first, then the periodic ones, newest first
+            candidates = ([final] if os.path.isfile(final) else []) + candidates[1:]
         if tagged and os.path.basename(tagged) != "model_final.pth":
             # only periodic checkpoints older than the tagged one are fallbacks
             m = _PERIODIC.match(os.path.basename(tagged))

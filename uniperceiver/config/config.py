@@ -173,6 +173,7 @@ class CfgNode(_YacsCfgNode):
         data = load_yaml_file(filename) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{filename}: the top level must be a mapping of config keys")
+        _check_unique_names(data, filename)
         bases = data.pop(BASE_KEY, None)
         if bases is None:
             return data
@@ -312,6 +313,18 @@ def _to_dict(node: Any) -> Any:
     if isinstance(node, (list, tuple)):
         return [_to_dict(v) for v in node]
     return node
+
+
+def _check_unique_names(data: Dict[str, Any], filename: str) -> None:
+    """Within one file a NAME of TASKS / SHARED_TARGETS appears once (across files, entries of one NAME merge)."""
+    for key in ("TASKS", "SHARED_TARGETS"):
+        entries = data.get(key)
+        names = [e.get("NAME") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        dups = sorted({n for n in names if n and names.count(n) > 1})
+        if dups:
+            raise ConfigError(f"{filename}: duplicate {key} NAME {', '.join(map(repr, dups))}: each entry of one "
+                              f"file needs its own NAME (to change a task of a _BASE_ file, repeat its NAME in a "
+                              f"child file)")
 
 
 def merge_dicts(dst: Dict[str, Any], src: Dict[str, Any]) -> Dict[str, Any]:

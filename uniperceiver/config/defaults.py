@@ -249,6 +249,9 @@ _C.DATALOADER.FRAMES_PER_CLIP = 8
 _C.DATALOADER.STRIDE = 4
 # Stop training when more than this fraction of samples read so far were unreadable.
 _C.DATALOADER.MAX_BAD_FRACTION = 0.01
+# An image with more pixels than this (width x height, read from its header) is a bad sample, skipped and
+# counted as an unreadable one (a decompression-bomb guard; PIL's default; 0 = no limit of ours).
+_C.DATALOADER.MAX_IMAGE_PIXELS = 89478485
 # MLM masking probability (whole words).
 _C.DATALOADER.MLM_PROBABILITY = 0.15
 

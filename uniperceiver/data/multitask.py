@@ -139,9 +139,13 @@ class _WorkerInit:
 
     def __call__(self, worker_id: int) -> None:
         import random
+        import signal
 
         import numpy as np
 
+        # Ctrl-C reaches the whole foreground process group: the training process checkpoints and exits 130
+        # (engine/preemption.py), which needs its workers alive until then; they end with it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         s = (self.base + worker_id) % (2**31)
         random.seed(s)
         np.random.seed(s)

@@ -42,6 +42,7 @@ from uniperceiver.config import ConfigError
 from uniperceiver.utils.env import derive_seed, seeded_rng
 
 from .datasets.base import MIN_SAMPLES_FOR_FRACTION, TooManyBadSamples, load_rgb
+from .image_decode import DEFAULT_MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,7 @@ class ShardDataset(IterableDataset):
         self._filters: List[Tuple[Callable[[dict], bool], str]] = []
         self.counts: Dict[str, int] = {}
         self.num_read = 0
+        self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # larger images are bad samples (DATALOADER.MAX_IMAGE_PIXELS)
 
     # The file readers' interface where it makes sense for a stream.
     def drop_records(self, bad: Callable[[dict], bool], reason: str, path: str = "") -> int:
@@ -302,7 +304,7 @@ class ShardDataset(IterableDataset):
             if bad(sample):
                 return self._bad(raw, reason)
         try:
-            img = load_rgb(io.BytesIO(image))
+            img = load_rgb(io.BytesIO(image), self.max_image_pixels)
         except Exception as err:  # noqa: BLE001 - whatever PIL raises on non-image bytes is a bad sample
             return self._bad(raw, f"not an image ({type(err).__name__})")
         sample["image"] = self.transform(img) if self.transform is not None else img

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
 from uniperceiver.utils.env import RNGState, collect_env_info, seed_all_rng
 from uniperceiver.utils.logger import setup_logger
@@ -25,6 +26,9 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument("--resume", action="store_true",
                         help="resume from OUTPUT_DIR/last_checkpoint if it exists (else load MODEL.WEIGHTS)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint)")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="with --eval-only: evaluate the random initialisation when there are no weights to "
+                             "load (without it, no MODEL.WEIGHTS and no checkpoint is an error)")
     parser.add_argument("--eval-ema", action="store_true",
                         help="with --eval-only: evaluate the checkpoint's model_ema weights (MODEL.MODEL_EMA)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (spawned without a launcher)")
@@ -70,12 +74,52 @@ def default_setup(cfg, args) -> int:
     return seed
 
 
+class OutputDirError(ConfigError):
+    """OUTPUT_DIR cannot be used (not a writable directory) or is locked by another job (exit code 2)."""
+
+
+def lock_output_dir(cfg):
+    """Make sure OUTPUT_DIR is a writable directory and take its lock (utils/output_lock.py) on global rank 0,
+    once per job; every rank raises :class:`OutputDirError` when that fails.  Returns the lock (None on other
+    ranks or without OUTPUT_DIR); it is held until released or this process ends."""
+    from uniperceiver.utils.output_lock import OutputDirLock, OutputDirLocked
+
+    output_dir, lock, problem = cfg.OUTPUT_DIR, None, None
+    if output_dir and comm.is_main_process():
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            probe = os.path.join(output_dir, f".write_test.{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            problem = (f"OUTPUT_DIR {output_dir} is not usable: {e.strerror or e} "
+                       f"({type(e).__name__}); give a writable directory")
+        if problem is None:
+            try:
+                lock = OutputDirLock(output_dir).acquire()
+            except OutputDirLocked as e:
+                problem = str(e)
+            except OSError as e:
+                problem = f"OUTPUT_DIR {output_dir}: cannot lock {os.path.join(output_dir, '.lock')}: {e}"
+    if comm.get_world_size() > 1:
+        problem = comm.broadcast_object(problem)
+    if problem:
+        raise OutputDirError(problem)
+    return lock
+
+
 def run_is_finished(cfg) -> bool:
-    """True when OUTPUT_DIR's last checkpoint already reached SOLVER.MAX_ITER (so --resume has nothing to do)."""
+    """True when OUTPUT_DIR's last checkpoint already reached SOLVER.MAX_ITER and, when the run evaluates
+    (SOLVER.EVAL_PERIOD > 0), its final evaluation is written (so --resume has nothing to do)."""
     from uniperceiver.checkpoint import last_iteration
 
+    from .eval_hook import final_evaluation_written
+
     it = last_iteration(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
-    return it is not None and it + 1 >= cfg.SOLVER.MAX_ITER
+    if it is None or it + 1 < cfg.SOLVER.MAX_ITER:
+        return False
+    return cfg.SOLVER.EVAL_PERIOD <= 0 or final_evaluation_written(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER)
 
 
 def get_device(cfg) -> torch.device:
@@ -159,8 +203,17 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     if model_ema is not None and not model_ema.loaded:
         model_ema.reset()  # start the average from the loaded (or initial) weights
     start_iter = int(extra["iteration"]) + 1 if "iteration" in extra else 0
+    if start_iter > 0 and comm.is_main_process() and cfg.OUTPUT_DIR:
+        from .hooks import trim_metrics_file
+
+        trim_metrics_file(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), start_iter - 1)  # no duplicated rows
     if start_iter >= cfg.SOLVER.MAX_ITER:
-        logger.info("Training already finished at iteration %d", start_iter)
+        from .eval_hook import evaluate_finished_run, final_evaluation_written
+
+        if eval_hook is not None and not final_evaluation_written(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER):
+            evaluate_finished_run(trainer, eval_hook, hooks, cfg.SOLVER.MAX_ITER)  # stopped before it
+        else:
+            logger.info("Training already finished at iteration %d", start_iter)
         return 0
     trainer.train(start_iter, cfg.SOLVER.MAX_ITER)
     return 0

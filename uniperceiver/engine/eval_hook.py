@@ -5,6 +5,11 @@ PeriodicWriter (which writes the metrics this hook puts into the event storage a
 With SOLVER.BEST_METRIC ``"<task NAME>/<metric>"`` the weights that score best so far are kept in
 ``OUTPUT_DIR/model_best.pth`` (weights only, loadable as MODEL.WEIGHTS), written atomically by rank 0, with
 ``model_best.json`` recording ``{metric, value, iteration}`` so the best value survives a resume.
+
+A run is finished when its final evaluation is written: after the evaluation of the last step rank 0 writes
+``OUTPUT_DIR/final_evaluation.json`` (``{iteration, max_iter, results}``, atomically).  A run stopped after its
+last step but before that (killed, Ctrl-C at the last step) evaluates on ``--resume``
+(:func:`evaluate_finished_run`) instead of saying that there is nothing to do.
 """
 from __future__ import annotations
 
@@ -24,6 +29,17 @@ logger = logging.getLogger(__name__)
 
 BEST_WEIGHTS = "model_best.pth"
 BEST_RECORD = "model_best.json"
+FINAL_RECORD = "final_evaluation.json"
+
+
+def final_evaluation_written(output_dir: str, max_iter: int) -> bool:
+    """Whether ``output_dir`` holds the final evaluation of a run of ``max_iter`` steps."""
+    try:
+        with open(os.path.join(output_dir, FINAL_RECORD)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("max_iter") == int(max_iter)
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> None:
@@ -66,7 +82,7 @@ class EvalHook(HookBase):
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
         if self.period > 0 and (next_iter % self.period == 0 or next_iter == self.trainer.max_iter):
-            self.evaluate()
+            self.evaluate(final=next_iter == self.trainer.max_iter)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"best_value": self.best_value, "best_iter": self.best_iter} if self.best_metric else {}
@@ -76,7 +92,8 @@ class EvalHook(HookBase):
             self.best_value, self.best_iter = float(state["best_value"]), int(state["best_iter"])
 
     # ----------------------------------------------------------------------------------------- work
-    def evaluate(self) -> Dict[str, Dict[str, float]]:
+    def evaluate(self, final: bool = False) -> Dict[str, Dict[str, float]]:
+        """Evaluate; ``final``: the run's last evaluation, recorded in FINAL_RECORD (the run is finished)."""
         results = self.eval_fn()
         if comm.is_main_process():
             flat = {f"{task}/{name}": float(v) for task, metrics in results.items() for name, v in metrics.items()}
@@ -84,6 +101,15 @@ class EvalHook(HookBase):
                 self.trainer.storage.put_scalars(smoothing_hint=False, **flat)
             if self.best_metric:
                 self._update_best(results)
+            if final and self.output_dir:
+                record = {"iteration": int(self.trainer.iter), "max_iter": int(self.trainer.max_iter),
+                          "results": results}
+
+                def write_final(tmp: str) -> None:
+                    with open(tmp, "w") as f:
+                        json.dump(record, f, default=float)
+
+                _atomic(os.path.join(self.output_dir, FINAL_RECORD), write_final)
         comm.synchronize()
         return results
 
@@ -120,6 +146,24 @@ class EvalHook(HookBase):
                 return json.load(f)
         except (OSError, ValueError):
             return None
+
+
+def evaluate_finished_run(trainer, eval_hook: EvalHook, hooks, max_iter: int) -> None:
+    """The final evaluation of a run whose training reached ``max_iter`` (resumed from its final checkpoint)
+    but whose final evaluation was not written; its metrics go to the writers of ``hooks`` (rank 0)."""
+    from uniperceiver.utils.events import EventStorage
+
+    from .hooks import PeriodicWriter
+
+    logger.info("Training reached SOLVER.MAX_ITER %d but its final evaluation was not written: evaluating now",
+                max_iter)
+    trainer.iter, trainer.max_iter = max_iter - 1, max_iter
+    writers = [h for h in hooks if isinstance(h, PeriodicWriter)]
+    with EventStorage(max_iter - 1) as trainer.storage:
+        eval_hook.before_train()
+        eval_hook.evaluate(final=True)
+        for w in writers:
+            w.after_train()  # writes what the evaluation put (iteration max_iter - 1), closes the writers
 
 
 def build_eval_hook(cfg, model, tasks) -> Optional[EvalHook]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import json
 import logging
 import os
 import time
@@ -262,6 +263,35 @@ class PeriodicWriter(HookBase):
             self._write()
         for w in self.writers:
             w.close()
+
+
+def trim_metrics_file(path: str, last_iteration: int) -> int:
+    """Cut ``metrics.json`` (one JSON row a line, iterations ascending) after the rows of ``last_iteration``, the
+    iteration a resumed run continues after, so that the steps it repeats are not written twice; a last line
+    that a full disk or a kill cut short goes too.  In place (the JSONWriter appends to the same file).
+    Returns the number of lines removed."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return 0
+    keep_bytes, kept = 0, 0
+    for line in lines:
+        try:
+            row = json.loads(line)
+            it = int(row["iteration"])
+        except (ValueError, KeyError, TypeError):
+            break  # a partial or garbled line: it and everything after it go
+        if not line.endswith(b"\n") or it > last_iteration:
+            break
+        keep_bytes += len(line)
+        kept += 1
+    if kept < len(lines):
+        with open(path, "r+b") as f:
+            f.truncate(keep_bytes)
+        logger.info("%s: removed %d rows after iteration %d (the resumed run writes them again)", path,
+                    len(lines) - kept, last_iteration)
+    return len(lines) - kept
 
 
 def default_writers(output_dir: str, max_iter: int) -> List[EventWriter]:

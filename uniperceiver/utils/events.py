@@ -145,7 +145,10 @@ class JSONWriter(EventWriter):
     """Append one JSON line per written iteration: ``{"iteration": i, name: value, ...}`` (new values only)."""
 
     def __init__(self, json_file: str, window_size: int = 20):
-        self._file = open(json_file, "a")
+        # Unbuffered: a failed write (disk full) raises here, naming the file, and leaves no buffer that would
+        # fail again when the file is closed; a partial last line is dropped on --resume (engine/hooks.py).
+        self._path = json_file
+        self._file = open(json_file, "ab", buffering=0)
         self._window_size = window_size
         self._last_write = -1
 
@@ -157,9 +160,13 @@ class JSONWriter(EventWriter):
                 by_iter[itr][name] = value
         if not by_iter:
             return
-        for itr in sorted(by_iter):
-            self._file.write(json.dumps({"iteration": itr, **by_iter[itr]}, sort_keys=True) + "\n")
-        self._file.flush()
+        data = memoryview("".join(json.dumps({"iteration": itr, **by_iter[itr]}, sort_keys=True) + "\n"
+                                  for itr in sorted(by_iter)).encode())
+        try:
+            while data:
+                data = data[self._file.write(data):]
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self._path) from e
         try:
             os.fsync(self._file.fileno())
         except OSError:

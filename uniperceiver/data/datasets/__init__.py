@@ -32,7 +32,8 @@ from typing import Callable, Optional
 from uniperceiver.config import ConfigError
 from uniperceiver.utils.paths import get_cache_dir, resolve_data_path
 
-from .base import ImageRecordsDataset, TooManyBadSamples, check_annotation_file, load_json, load_rgb  # noqa: F401
+from .base import (AnnotationFileError, ImageRecordsDataset, TooManyBadSamples, check_annotation_file,  # noqa: F401
+                   load_json, load_rgb)
 from .captions import CaptionDataset, read_coco_captions, read_jsonl_pairs  # noqa: F401
 from .imagenet import ImageNetDataset, read_class_names, read_image_label_list  # noqa: F401
 from .text_corpus import TextCorpusDataset  # noqa: F401
@@ -139,7 +140,15 @@ def build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable
         raise ConfigError(f"TASKS.{task_cfg.NAME}.DATASETS.FORMAT {fmt!r} is unknown; choose one of "
                           f"{', '.join(FORMATS)}")
     if fmt == "webdataset" and split == "train":
-        return build_shard_reader(task_cfg, root_cfg, transform=transform)
+        ds = build_shard_reader(task_cfg, root_cfg, transform=transform)
+    else:
+        ds = _build_reader(task_cfg, root_cfg, split, transform=transform, mode=mode)
+    if hasattr(ds, "max_image_pixels"):  # image readers and shards
+        ds.max_image_pixels = int(task_cfg.DATALOADER.MAX_IMAGE_PIXELS)  # larger images are bad samples
+    return ds
+
+
+def _build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callable] = None, mode: str = "pairs"):
     reader = reader_name(task_cfg)
     key = split_key(task_cfg, split)
     path = annotation_path(task_cfg, root_cfg, split)

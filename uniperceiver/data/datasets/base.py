@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from uniperceiver.config import ConfigError
 
+from ..image_decode import DECODE_ERRORS, DEFAULT_MAX_IMAGE_PIXELS, decode_image
 from ..records import SerializedRecords
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ _LOG_EVERY = 100
 
 class TooManyBadSamples(RuntimeError):
     """More than DATALOADER.MAX_BAD_FRACTION of the samples could not be read."""
+
+
+class AnnotationFileError(ConfigError):
+    """An annotation or class-name file that cannot be used at all (empty, not valid JSON, the wrong shape): a
+    user error found before the first step (main.py: one line, exit code 2).  A ``ValueError`` as before."""
 
 
 class AnnotationProblems:
@@ -88,27 +94,60 @@ def check_annotation_file(path: str, config_key: str) -> str:
 
 
 def load_json(path: str) -> Any:
-    """The parsed JSON file ``path``; ``ValueError`` naming ``path:line:column`` when it is not valid JSON."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from e
+    """The parsed JSON file ``path``; :class:`AnnotationFileError` (a ``ValueError``) naming ``path:line:column``
+    when it is not valid JSON (undecodable bytes included), or naming the file when it is empty."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw.strip():
+        raise AnnotationFileError(f"{path}: empty annotation file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise AnnotationFileError(f"{path}:{line}:{col}: not valid JSON: not UTF-8 (byte 0x{raw[e.start]:02x})") \
+            from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AnnotationFileError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from e
 
 
 def json_list(data: dict, key: str, path: str) -> list:
-    """``data[key]`` of the JSON file ``path``, which must be a list (``ValueError`` naming the file if not)."""
+    """``data[key]`` of the JSON file ``path``, which must be a list (``AnnotationFileError`` naming the file if
+    not)."""
     value = data[key]
     if not isinstance(value, list):
-        raise ValueError(f"{path}: {key!r} must be a list, got {type(value).__name__}")
+        raise AnnotationFileError(f"{path}: {key!r} must be a list, got {type(value).__name__}")
     return value
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image file fully (so truncation is detected here, not in a transform) as RGB."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+def read_lines(path: str, problems: "AnnotationProblems") -> Iterator[Tuple[int, str]]:
+    """``(line number, stripped text)`` of every non-blank line of a line-oriented annotation file (lists, JSON
+    lines, TSV), each decoded on its own: a line that is not UTF-8 is a bad record (``problems``: skipped,
+    counted, logged with file and line), never the end of the file.  A file with no line at all (empty or
+    only blank lines) is an :class:`AnnotationFileError`."""
+    seen = False
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                seen = True
+                problems.add(lineno, "undecodable line", f"not UTF-8: byte 0x{raw[e.start]:02x} at column "
+                                                         f"{e.start + 1}")
+                continue
+            if line:
+                seen = True
+                yield lineno, line
+    if not seen:
+        raise AnnotationFileError(f"{path}: empty annotation file (no records)")
+
+
+def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file fully (so truncation is detected here, not in a transform) as 8-bit RGB, as an image
+    viewer shows it (data/image_decode.py: EXIF orientation, 16-bit, palette, CMYK, alpha over white)."""
+    return decode_image(path, max_pixels)
 
 
 class ImageRecordsDataset(torch.utils.data.Dataset):
@@ -120,7 +159,11 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
         transform: PIL image -> tensor.
         max_bad_fraction: stop (raise) when more than this fraction of records are unreadable.
         name: shown in log lines and errors.
+
+    ``max_image_pixels`` (DATALOADER.MAX_IMAGE_PIXELS, set by ``build_reader``): a larger image is a bad sample.
     """
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __init__(
         self,
@@ -171,8 +214,8 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
         path = self.image_path(record)
         self.num_read += 1
         try:
-            image = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            image = load_rgb(path, max_pixels=self.max_image_pixels)
+        except DECODE_ERRORS as err:
             self._mark_bad(path, err)
             return None
         return self.transform(image) if self.transform is not None else image

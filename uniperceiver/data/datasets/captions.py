@@ -22,11 +22,21 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Callable, List, Optional
 
-from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list, load_json
+from .base import (AnnotationFileError, AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list,
+                   load_json, read_lines)
 
 
 def _caption_ok(caption) -> bool:
-    return isinstance(caption, str) and bool(caption.strip())
+    """A string that tokenises to at least one token.  Text with a letter or digit always does; anything else
+    (punctuation, control characters, combining marks...) is asked of the tokenizer, whose cleaning drops
+    control characters: a caption of them trains as empty, so it counts as an empty caption."""
+    if not isinstance(caption, str) or not caption.strip():
+        return False
+    if any(c.isalnum() for c in caption):
+        return True
+    from uniperceiver.modeling.tokenization import get_tokenizer  # rare: only captions without a letter / digit
+
+    return bool(get_tokenizer().encode(caption))
 
 
 def _item_ok(item) -> bool:
@@ -79,7 +89,7 @@ def read_coco_captions(path: str, config_key: str = "DATASETS.TRAIN", *,
     problems = AnnotationProblems(path, max_bad_fraction, name)
     data = load_json(path)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{path}: not a COCO-caption file (needs 'images' and 'annotations')")
+        raise AnnotationFileError(f"{path}: not a COCO-caption file (needs 'images' and 'annotations')")
     return group_captions(json_list(data, "images", path), json_list(data, "annotations", path), problems)
 
 
@@ -91,26 +101,22 @@ def read_jsonl_pairs(path: str, config_key: str = "DATASETS.TRAIN", *,
     problems = AnnotationProblems(path, max_bad_fraction, name)
     by_image = OrderedDict()
     good = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-                image, caption = row["image"], row["caption"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                problems.add(lineno, "malformed line", f"expected {{\"image\": ..., \"caption\": ...}}: {e}")
-                continue
-            if not isinstance(image, str) or not image:
-                problems.add(lineno, "malformed line", f"image {image!r}")
-                continue
-            if not _caption_ok(caption):
-                problems.add(lineno, "empty caption", repr(caption))
-                continue
-            rec = by_image.setdefault(image, {"image": image, "image_id": image, "captions": []})
-            rec["captions"].append(caption)
-            good += 1
+    for lineno, line in read_lines(path, problems):  # undecodable lines are bad records too
+        try:
+            row = json.loads(line)
+            image, caption = row["image"], row["caption"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            problems.add(lineno, "malformed line", f"expected {{\"image\": ..., \"caption\": ...}}: {e}")
+            continue
+        if not isinstance(image, str) or not image:
+            problems.add(lineno, "malformed line", f"image {image!r}")
+            continue
+        if not _caption_ok(caption):
+            problems.add(lineno, "empty caption", repr(caption))
+            continue
+        rec = by_image.setdefault(image, {"image": image, "image_id": image, "captions": []})
+        rec["captions"].append(caption)
+        good += 1
     problems.check(good)
     return list(by_image.values())
 

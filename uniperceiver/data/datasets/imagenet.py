@@ -15,7 +15,8 @@ import os
 from typing import Callable, Iterator, List, Optional, Sequence
 
 from ..records import SerializedRecords
-from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file
+from .base import (AnnotationFileError, AnnotationProblems, ImageRecordsDataset, check_annotation_file,
+                   read_lines)
 
 
 def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN", *,
@@ -29,18 +30,14 @@ def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN", *,
     problems = AnnotationProblems(path, max_bad_fraction, name)
 
     def parse() -> Iterator[dict]:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                parts = line.rsplit(maxsplit=1)
-                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                    problems.add(lineno, "malformed line", f"expected 'relative/path label', got {line!r}")
-                elif int(parts[1]) < 0:
-                    problems.add(lineno, "label out of range", f"negative label {parts[1]}")
-                else:
-                    yield {"image": parts[0], "label": int(parts[1]), "line": lineno}
+        for lineno, line in read_lines(path, problems):  # undecodable lines are bad records too
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                problems.add(lineno, "malformed line", f"expected 'relative/path label', got {line!r}")
+            elif int(parts[1]) < 0:
+                problems.add(lineno, "label out of range", f"negative label {parts[1]}")
+            else:
+                yield {"image": parts[0], "label": int(parts[1]), "line": lineno}
 
     records = SerializedRecords(parse())
     problems.check(len(records))
@@ -48,12 +45,22 @@ def read_image_label_list(path: str, config_key: str = "DATASETS.TRAIN", *,
 
 
 def read_class_names(path: str, config_key: str = "SHARED_TARGETS.FILE_PATH") -> List[str]:
-    """One class name per line; line i names label i.  Synonyms after a comma are dropped ("tench, Tinca")."""
+    """One class name per line; line i names label i.  Synonyms after a comma are dropped ("tench, Tinca").
+    An empty file, or a line that is not UTF-8, is an :class:`AnnotationFileError` naming the file (and line):
+    a class cannot be skipped without shifting every label after it."""
     check_annotation_file(path, config_key)
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f]
+    names = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                names.append(raw.decode("utf-8").strip())
+            except UnicodeDecodeError as e:
+                raise AnnotationFileError(f"{path}:{lineno}: class name is not UTF-8 (byte 0x{raw[e.start]:02x}; "
+                                          f"set by {config_key})") from None
     while names and not names[-1]:
         names.pop()
+    if not names:
+        raise AnnotationFileError(f"{path}: empty class-name file (set by {config_key})")
     return [n.split(",")[0].strip() for n in names]
 
 

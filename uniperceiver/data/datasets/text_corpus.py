@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .base import check_annotation_file
+from .base import AnnotationFileError, check_annotation_file
 
 
 def _corpus_files(path: str, config_key: str) -> List[str]:
@@ -46,7 +46,7 @@ class TextCorpusDataset(torch.utils.data.Dataset):
                 os.replace(tmp, cache)
         self.file_ids, self.offsets, self.doc_end = index
         if not len(self.offsets):
-            raise ValueError(f"{self.name}: the corpus holds no text")
+            raise AnnotationFileError(f"{self.name}: the corpus holds no text (empty annotation file)")
 
     def _cache_path(self, cache_dir: str) -> str:
         if not cache_dir:

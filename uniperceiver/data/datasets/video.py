@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..transforms import crop_pct, crop_scale
-from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list, load_json
+from .base import (AnnotationFileError, AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list,
+                   load_json)
 from .captions import group_captions
 from .imagenet import read_image_label_list
 
@@ -277,7 +278,7 @@ def read_video_captions(path: str, config_key: str = "DATASETS.TRAIN", *,
     data = load_json(path)
     items_key = "videos" if isinstance(data, dict) and "videos" in data else "images"
     if not isinstance(data, dict) or items_key not in data or "annotations" not in data:
-        raise ValueError(f"{path}: not a COCO-style video caption file (needs 'videos' and 'annotations')")
+        raise AnnotationFileError(f"{path}: not a COCO-style video caption file (needs 'videos' and 'annotations')")
     return group_captions(json_list(data, items_key, path), json_list(data, "annotations", path), problems,
                           kind="video")
 

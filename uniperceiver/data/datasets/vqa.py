@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from uniperceiver.utils.vqa_text import normalize_answer
 
-from .base import AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list, load_json
+from .base import (AnnotationFileError, AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list,
+                   load_json)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _annotations(path: str) -> list:
     """The ``annotations`` list of a VQA annotations file (``ValueError`` naming the file if it has none)."""
     data = load_json(path)
     if not isinstance(data, dict) or "annotations" not in data:
-        raise ValueError(f"{path}: not a VQA annotations file (needs 'annotations')")
+        raise AnnotationFileError(f"{path}: not a VQA annotations file (needs 'annotations')")
     return json_list(data, "annotations", path)
 
 
@@ -123,7 +124,7 @@ def read_vqa(questions_path: str, annotations_path: Optional[str] = None,
     problems = AnnotationProblems(questions_path, max_bad_fraction, name)
     qdata = load_json(questions_path)
     if not isinstance(qdata, dict) or "questions" not in qdata:
-        raise ValueError(f"{questions_path}: not a VQA questions file (needs 'questions')")
+        raise AnnotationFileError(f"{questions_path}: not a VQA questions file (needs 'questions')")
     questions = json_list(qdata, "questions", questions_path)
     subtype = qdata.get("data_subtype", "")
     answers: Dict[Any, Optional[List[str]]] = {}
