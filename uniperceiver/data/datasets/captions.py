@@ -34,7 +34,7 @@ def _caption_ok(caption) -> bool:
         return False
     if any(c.isalnum() for c in caption):
         return True
-    from uniperceiver.modeling.tokenization import get_tokenizer  # rare: only captions without a letter / digit
+    from uniperceiver.tokenization import get_tokenizer  # rare: only captions without a letter / digit
 
     return bool(get_tokenizer().encode(caption))
 
