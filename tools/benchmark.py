@@ -285,7 +285,7 @@ def mode_train_step(args) -> None:
 def task_batches(cfg, task_name: str, device: torch.device, count: int):
     """``count`` real training batches of one task (demo data unless DATA_PATH), collated and on the device."""
     from uniperceiver.data import build_train_loader
-    from uniperceiver.engine.train_loop import _to_device
+    from uniperceiver.engine.train_loop import to_device
     from uniperceiver.tasks import build_tasks
 
     tasks = build_tasks(cfg)
@@ -293,7 +293,7 @@ def task_batches(cfg, task_name: str, device: torch.device, count: int):
         raise SystemExit(f"--task {task_name!r} is not in the config; tasks: {', '.join(tasks)}")
     tasks = {task_name: tasks[task_name]}
     loader = build_train_loader(cfg, tasks)
-    return tasks[task_name], [_to_device(next(loader)[1], device) for _ in range(count)]
+    return tasks[task_name], [to_device(next(loader)[1], device) for _ in range(count)]
 
 
 def mode_train_step_one(args) -> None:
