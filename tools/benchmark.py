@@ -10,8 +10,9 @@ add ``ratio``), so results can be grepped, diffed and plotted.  Modes (README, "
     # peak memory of each configuration in a fresh subprocess; on GPU also TFLOP/s and MFU
     python tools/benchmark.py --mode train_step --config-file CFG --batch-size 32 --img-size 224 \
         --activation-checkpointing off,on --amp bf16 --compile off
-    # P2: framework overhead of main.py's training loop on the 7-task config (NUM_WORKERS 0, decoded images in memory)
-    python tools/benchmark.py --mode loop --config-file configs/BERT_L12_H192_experiments/7tasks_berttiny_training.yaml
+    # P2: framework overhead of main.py's training loop against a bare loop (same model, optimizer, batches held on
+    # the device), 3 interleaved rounds in one process; --num-workers 0 or the config's own
+    python tools/benchmark.py --mode loop --config-file configs/benchmarks/zeroshot_digits.yaml --num-workers config
     # P4: zero-shot retrieval: encode + rank throughput and peak memory vs the number of candidates
     python tools/benchmark.py --mode eval_retrieval --candidates 1000,25000
 
@@ -357,7 +358,7 @@ def mode_train_step_one(args) -> None:
 
 
 def cache_decoded_images() -> None:
-    """Keep decoded images in memory (per process) so the loop benchmark measures our code, not PNG/JPEG decoding."""
+    """Keep decoded images in memory (per process): ``--cache-images`` takes PNG/JPEG decoding out of the loop."""
     from uniperceiver.data.datasets import base
 
     original = base.load_rgb
@@ -371,72 +372,109 @@ def cache_decoded_images() -> None:
     base.load_rgb = load_rgb
 
 
-def mode_loop(args) -> None:
-    """Share of main.py's training step spent outside forward / backward / optimizer (sampling, collation,
-    device transfer, hooks, logging): the real ``train()`` wiring, with those three timed from inside."""
-    from uniperceiver.engine import defaults as engine_defaults
-    from uniperceiver.engine.step import AMPStepEngine
-    from uniperceiver.tasks.base import Task
-    from uniperceiver.utils.logger import setup_logger
+class _Recorder:
+    """Wraps the trainer's data iterator; keeps the first ``need`` micro-batches it hands out (for the bare loop)."""
 
+    def __init__(self, it, need: int):
+        self.it, self.need, self.kept = it, need, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        if len(self.kept) < self.need:
+            self.kept.append(item)
+        return item
+
+
+def bare_step_fn(trainer, batches, grad_clip: float) -> Callable[[], None]:
+    """The loop without the framework: the same model (unwrapped), optimizer, autocast and micro-batches, already
+    collated and on the device; forward, backward of sum / k, clip (when configured), optimizer step."""
+    from uniperceiver.engine.step import extra_losses
+
+    engine, k = trainer.step_engine, trainer.accum_iter
+    model = engine.model  # the module main.py steps (compiled when MODEL.COMPILE), single process: no DDP
+    optimizer = engine.optimizer
+    state = {"i": 0}
+
+    def step() -> None:
+        model.train()
+        for _ in range(k):
+            task_name, batch = batches[state["i"] % len(batches)]
+            state["i"] += 1
+            with engine.autocast():
+                losses = trainer.tasks[task_name].losses(model, batch)
+                losses.update(extra_losses(model))
+            (sum(v.float() for v in losses.values()) / k).backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def mode_loop(args) -> None:
+    """Framework overhead of main.py's training loop: ``engine.defaults.train(cfg)`` (hooks, writers, loader,
+    step engine: everything main.py runs) against a bare loop on the same model, optimizer and micro-batches
+    (pre-collated, held on the device), in one process.  ``rounds`` x (``iters`` loop steps, then ``iters`` bare
+    steps, interleaved); per round overhead = 100 x (median loop step - median bare step) / median loop step;
+    reported: the median over rounds."""
     import tempfile
 
-    cache_decoded_images()
+    from uniperceiver.engine import defaults as engine_defaults
+    from uniperceiver.engine.train_loop import Trainer, to_device
+    from uniperceiver.utils.logger import setup_logger
+
+    if args.cache_images:
+        cache_decoded_images()
     out = tempfile.mkdtemp(prefix="uniperceiver_bench_")
-    total_iters = args.warmup + args.iters
+    rounds, n = args.rounds, args.iters
+    total_iters = args.warmup + rounds * n
+    device = device_of(args)
     opts = ["SOLVER.MAX_ITER", str(total_iters), "SOLVER.CHECKPOINT_PERIOD", str(10**9), "SOLVER.EVAL_PERIOD", "0",
-            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device_of(args)),
+            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device),
             "LR_SCHEDULER.WARMUP", "0"]  # any run length; the schedule does not change the step's cost
     if args.img_size:
         opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
     cfg = make_cfg(args, opts)
-    cfg.defrost()
-    for t in cfg.TASKS:
-        t.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
-    compute = {"t": 0.0}
-    device = device_of(args)
+    if args.num_workers != "config":
+        cfg.defrost()
+        for t in cfg.TASKS:
+            t.DATALOADER.NUM_WORKERS = int(args.num_workers)
+        cfg.freeze()
+    workers = sorted({int(t.DATALOADER.NUM_WORKERS) for t in cfg.TASKS})
+    loop_times: List[List[float]] = [[] for _ in range(rounds)]
+    bare_times: List[List[float]] = [[] for _ in range(rounds)]
+    state: Dict[str, Any] = {"start": None, "recorder": None}
+    original_init, original_before, original_after = Trainer.__init__, Trainer.before_step, Trainer.after_step
 
-    def timed_call(fn):
-        def wrapper(*a, **k):
-            synchronize(device)
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                synchronize(device)
-                compute["t"] += time.perf_counter() - start
-        return wrapper
+    def init(self, *a, **k):
+        original_init(self, *a, **k)
+        state["recorder"] = self._data_iter = _Recorder(self._data_iter, n * self.accum_iter)
 
-    step_times: List[float] = []
-    compute_times: List[float] = []
-    from uniperceiver.engine.train_loop import Trainer
-
-    original_run_step = Trainer.run_step
-    original_after_step = Trainer.after_step
-    state = {"start": None}
-
-    def before_step_mark(self):  # the step starts before the before_step hooks
+    def before_step(self):  # the step starts before the before_step hooks
+        synchronize(device)
         state["start"] = time.perf_counter()
-        compute["t"] = 0.0
         return original_before(self)
 
-    def after_step_mark(self):
-        original_after_step(self)
-        if self.iter >= args.warmup and state["start"] is not None:
-            step_times.append(time.perf_counter() - state["start"])
-            compute_times.append(compute["t"])
+    def after_step(self):
+        original_after(self)
+        synchronize(device)
+        done = self.iter - args.warmup
+        if done < 0:
+            return
+        loop_times[done // n].append(time.perf_counter() - state["start"])
+        if (done + 1) % n == 0:  # a round of loop steps is complete: the same number of bare steps
+            if "bare" not in state:
+                kept = [(name, to_device(batch, device)) for name, batch in state["recorder"].kept]
+                state["bare"] = bare_step_fn(self, kept, cfg.SOLVER.GRAD_CLIP)
+                state["bare"]()  # warm-up
+            for _ in range(n):
+                bare_times[done // n].append(timed(state["bare"], device))
 
-    original_before = Trainer.before_step
-    patches = [(Trainer, "before_step", before_step_mark), (Trainer, "after_step", after_step_mark),
-               (AMPStepEngine, "backward", timed_call(AMPStepEngine.backward)),
-               (AMPStepEngine, "step", timed_call(AMPStepEngine.step))]
-    from uniperceiver.tasks import TASK_REGISTRY
-
-    for _, cls in TASK_REGISTRY:
-        if "losses" in cls.__dict__:
-            patches.append((cls, "losses", timed_call(cls.__dict__["losses"])))
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    patches = [(Trainer, "__init__", init), (Trainer, "before_step", before_step), (Trainer, "after_step", after_step)]
     for obj, name, fn in patches:
         setattr(obj, name, fn)
     try:
@@ -444,20 +482,23 @@ def mode_loop(args) -> None:
             setup_logger(out)
             engine_defaults.train(cfg)
     finally:
-        for obj, name, fn in saved:
+        for obj, name, fn in zip([p[0] for p in patches], [p[1] for p in patches],
+                                 (original_init, original_before, original_after)):
             setattr(obj, name, fn)
-    del original_run_step, Task
-    total = sum(step_times)
-    overhead = total - sum(compute_times)
-    per = [1 - c / s for c, s in zip(compute_times, step_times)]
-    common = dict(steps=len(step_times), warmup=args.warmup, device=str(device), tasks=len(cfg.TASKS),
-                  img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=0, threads=torch.get_num_threads())
-    emit("loop_step_time", statistics.median(step_times), "s", mean=round(total / len(step_times), 6), **common)
-    emit("loop_compute_time", statistics.median(compute_times), "s",
-         what="task.losses (forward incl. target encoding) + backward + optimizer step", **common)
-    emit("framework_overhead", 100 * overhead / total, "%", ratio=round(overhead / total, 4),
-         median_per_step=round(100 * statistics.median(per), 3),
-         what="sampling, collation, device transfer, hooks, logging", **common)
+    loop_med = [statistics.median(t) for t in loop_times]
+    bare_med = [statistics.median(t) for t in bare_times]
+    overheads = [100 * (lo - b) / lo for lo, b in zip(loop_med, bare_med)]
+    common = dict(steps_per_round=n, rounds=rounds, warmup=args.warmup, device=str(device), tasks=len(cfg.TASKS),
+                  img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=workers if len(workers) > 1 else workers[0],
+                  cache_images=bool(args.cache_images), accum_iter=cfg.SOLVER.ACCUM_ITER,
+                  threads=torch.get_num_threads())
+    emit("loop_step_time", statistics.median(loop_med), "s", per_round=[round(v, 6) for v in loop_med],
+         what="main.py's step: before_step hooks, run_step, after_step hooks", **common)
+    emit("bare_step_time", statistics.median(bare_med), "s", per_round=[round(v, 6) for v in bare_med],
+         what="forward + backward (+ clip) + optimizer on pre-collated batches held on the device", **common)
+    emit("framework_overhead", statistics.median(overheads), "%", ratio=round(statistics.median(overheads) / 100, 4),
+         per_round=[round(v, 3) for v in overheads],
+         what="100 x (loop step - bare step) / loop step, median of the rounds", **common)
 
 
 def mode_eval_retrieval(args) -> None:
@@ -540,6 +581,10 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=0, help="MODEL.IMG_INPUT_SIZE (0: the config's)")
     p.add_argument("--iters", type=int, default=10, help="timed repetitions (per side in reference mode)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="loop mode: interleaved rounds of loop / bare steps")
+    p.add_argument("--num-workers", default="0", help="loop mode: DATALOADER.NUM_WORKERS of every task (an int), "
+                                                       "or 'config' for the config's own")
+    p.add_argument("--cache-images", action="store_true", help="loop mode: keep decoded images in memory")
     p.add_argument("--activation-checkpointing", type=on_off, default=[False], help="on / off / off,on")
     p.add_argument("--compile", type=on_off, default=[False], help="torch.compile the model: on / off / off,on")
     p.add_argument("--amp", type=amp_list, default=["fp32"], help="bf16 / fp32 / fp32,bf16")

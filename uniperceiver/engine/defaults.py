@@ -144,7 +144,8 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     step_engine = build_step_engine(cfg, model, optimizer, device)
     trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
                       max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device,
-                      seed=data_loader.seed)  # = cfg.SEED, or the shared seed drawn when SEED < 0
+                      seed=data_loader.seed,  # = cfg.SEED, or the shared seed drawn when SEED < 0
+                      log_period=cfg.SOLVER.WRITE_PERIOD)  # metrics read from the device once per period
     ckpt_model, ckpt_optimizer = step_engine.checkpoint_targets(model, optimizer)
     model_ema = build_model_ema(cfg, model)  # None unless MODEL.MODEL_EMA
     extra_ckpt = {"model_ema": model_ema} if model_ema is not None else {}
