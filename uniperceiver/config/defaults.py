@@ -186,6 +186,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.TRAIN_BATCH_SIZE = 4
 _C.DATALOADER.TEST_BATCH_SIZE = 32
 _C.DATALOADER.NUM_WORKERS = 0
+# Training images kept decoded in memory, in MiB per loader process (0: decode every time).  Small datasets
+# (the demo digits: ~10 MiB) then decode each file once; larger ones fill the budget and decode the rest.
+_C.DATALOADER.IMAGE_CACHE_MB = 0
 # Image / feature root, relative to DATA_PATH.
 _C.DATALOADER.FEATS_FOLDER = ""
 # Annotation root, relative to DATA_PATH.
@@ -264,6 +267,11 @@ _C.SOLVER.LAYER_LR_DECAY = 1.0
 _C.SOLVER.GRAD_CLIP = 0.0
 # Micro-batches per optimizer step (<= 1: no accumulation).
 _C.SOLVER.ACCUM_ITER = 1
+# With ACCUM_ITER k > 1: when the k micro-batches of a step draw the same contrastive task (image_retrieval),
+# its loss is computed over their features together (every rank's too with DATALOADER.STRATEGY synced): the
+# gradients of one batch of k x b (GradCache; open_clip --accum-freq).  False (published): each micro-batch
+# scores against its own batch only.  Costs one extra forward per micro-batch (features without grad).
+_C.SOLVER.ACCUM_NEGATIVES = False
 # Optimizer steps between checkpoints, and how many periodic checkpoints to keep (0 = all).
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.CHECKPOINT_MAX_SAVE = 5

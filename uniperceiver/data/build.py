@@ -33,6 +33,8 @@ def build_train_loader(cfg, tasks: Dict[str, "Task"], seed: Optional[int] = None
     for index, (name, task) in enumerate(tasks.items()):
         tcfg = cfg.task(name).DATALOADER
         dataset = task.build_dataset("train")
+        if tcfg.IMAGE_CACHE_MB > 0 and hasattr(dataset, "enable_image_cache"):
+            dataset.enable_image_cache(tcfg.IMAGE_CACHE_MB)
         if tcfg.DATA_PERCENTAGE < 1.0:
             full = len(dataset)
             dataset = Subset(dataset, subset_indices(full, tcfg.DATA_PERCENTAGE))

@@ -107,6 +107,11 @@ def build_step_engine(cfg, model, optimizer, device):
         from .deepspeed_step import DeepSpeedStepEngine
 
         return DeepSpeedStepEngine.from_config(cfg, model, optimizer)
+    if cfg.SOLVER.ACCUM_NEGATIVES and cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "fp16":
+        from uniperceiver.config import ConfigError
+
+        raise ConfigError("SOLVER.ACCUM_NEGATIVES needs SOLVER.AMP.DTYPE bf16 or AMP off: its cached feature "
+                          "gradients would be scaled twice by the fp16 loss scaler")
     model = maybe_compile(cfg, model)  # the one place MODEL.COMPILE is honoured (before DDP wraps it)
     if comm.get_world_size() > 1:
         from .step import TaskForward
@@ -145,7 +150,8 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
                       max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device,
                       seed=data_loader.seed,  # = cfg.SEED, or the shared seed drawn when SEED < 0
-                      log_period=cfg.SOLVER.WRITE_PERIOD)  # metrics read from the device once per period
+                      log_period=cfg.SOLVER.WRITE_PERIOD,  # metrics read from the device once per period
+                      accum_negatives=cfg.SOLVER.ACCUM_NEGATIVES)
     ckpt_model, ckpt_optimizer = step_engine.checkpoint_targets(model, optimizer)
     model_ema = build_model_ema(cfg, model)  # None unless MODEL.MODEL_EMA
     extra_ckpt = {"model_ema": model_ema} if model_ema is not None else {}

@@ -74,13 +74,30 @@ class StepEngine:
         """``task.losses`` of one micro-batch, run through ``model`` (one wrapper forward)."""
         return task.losses(self.model, batch)
 
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        """Losses the model recorded since the last call (MoE: ``loss_moe_aux``); reading them clears them."""
+        return extra_losses(self.model)
+
+    def run_micro_batches(self, tasks, micro_batches, accum_negatives: bool = False):
+        """Forward + backward of one optimizer step's micro-batches ``[(task_name, batch)]``; returns
+        ``[(task_name, detached loss terms)]``.  ``accum_negatives`` (SOLVER.ACCUM_NEGATIVES) and every
+        micro-batch of the same task: the task scores them together (``Task.accumulated_losses``) if it can."""
+        k, names = len(micro_batches), {name for name, _ in micro_batches}
+        if accum_negatives and k > 1 and len(names) == 1:
+            name = names.pop()
+            terms = tasks[name].accumulated_losses(self, [batch for _, batch in micro_batches])
+            if terms is not None:
+                return [(name, t) for t in terms]
+        return [(name, self.forward_backward(tasks[name], batch, k, i == k - 1))
+                for i, (name, batch) in enumerate(micro_batches)]
+
     def forward_backward(self, task, batch, k: int, sync: bool) -> Dict[str, torch.Tensor]:
         """One micro-batch of ``k``: forward (task losses + the model's extra losses) and backward of their
         sum / k.  Returns the loss terms, detached, in fp32, on the device (no host read)."""
         with self.micro_step(sync):
             with self.autocast():
                 loss_dict = self.losses(task, batch)
-                loss_dict.update(extra_losses(self.model))
+                loss_dict.update(self.extra_losses())
             loss = sum(v.float() for v in loss_dict.values())
             self.backward(loss / k, sync=sync)
         return {name: v.detach().float() for name, v in loss_dict.items()}

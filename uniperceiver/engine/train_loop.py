@@ -7,6 +7,7 @@ import math
 import time
 import weakref
 from collections import defaultdict
+from itertools import islice
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -202,7 +203,9 @@ def step_metrics(losses: List[Tuple[str, Dict[str, torch.Tensor]]], stats: Mappi
 
 class Trainer(TrainerBase):
     """Multi-task trainer: each optimizer step draws ``accum_iter`` micro-batches ``(task_name, batch)`` from
-    ``data_loader`` and hands each task's losses to ``step_engine`` (forward, backward of sum / accum_iter).
+    ``data_loader`` (moved to the device) and hands them to ``step_engine.run_micro_batches`` (forward, backward
+    of each task's summed losses / accum_iter; with ``accum_negatives`` a contrastive task's k micro-batches are
+    scored together), then ``step_engine.step()``.
 
     One host read per step: loss values and metrics stay device tensors, kept until the next logging step
     (every ``log_period`` steps, the last step, a checkpoint, the end of training), then read at once and
@@ -213,13 +216,14 @@ class Trainer(TrainerBase):
 
     def __init__(self, model, tasks: Mapping[str, Any], data_loader, step_engine: StepEngine, *,
                  accum_iter: int = 1, max_nonfinite_steps: int = 0, device: Optional[torch.device] = None,
-                 seed: Optional[int] = None, log_period: int = 1):
+                 seed: Optional[int] = None, log_period: int = 1, accum_negatives: bool = False):
         super().__init__()
         self.model = model  # the module the loop calls (the step engine may wrap it: step_engine.model)
         self.tasks = tasks
         self.data_loader = data_loader
         self.step_engine = step_engine
         self.accum_iter = max(1, int(accum_iter))
+        self.accum_negatives = bool(accum_negatives)  # SOLVER.ACCUM_NEGATIVES (StepEngine.run_micro_batches)
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.device = device or next(model.parameters()).device
         self.log_period = max(1, int(log_period))
@@ -237,15 +241,12 @@ class Trainer(TrainerBase):
         return self.guard.streak
 
     def run_step(self) -> None:
-        engine, k = self.step_engine, self.accum_iter
+        engine = self.step_engine
         engine.model.train()
-        losses, data_time, start = [], 0.0, time.perf_counter()
-        for micro in range(k):
-            task_name, batch = next(self._data_iter)
-            batch = to_device(batch, self.device)
-            data_time += time.perf_counter() - start
-            losses.append((task_name, engine.forward_backward(self.tasks[task_name], batch, k, micro == k - 1)))
-            start = time.perf_counter()
+        start = time.perf_counter()
+        micro_batches = [(name, to_device(b, self.device)) for name, b in islice(self._data_iter, self.accum_iter)]
+        data_time = time.perf_counter() - start
+        losses = engine.run_micro_batches(self.tasks, micro_batches, self.accum_negatives)
         if self.guard.skip(engine, losses, self.iter):
             return
         stats = engine.step()

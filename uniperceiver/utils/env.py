@@ -134,18 +134,30 @@ def derive_seed(*parts: int) -> int:
 
 
 @contextlib.contextmanager
-def seeded_rng(seed: int):
-    """Run the block with python / numpy / torch-CPU global RNGs seeded with ``seed``; restore them after."""
+def preserved_rng():
+    """Run the block and restore the python / numpy / torch-CPU global RNG states after it."""
     py, npst, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
         random.setstate(py)
         np.random.set_state(npst)
         torch.set_rng_state(th)
+
+
+def seed_cpu_rng(seed: int) -> None:
+    """Seed the python / numpy / torch-CPU global RNGs with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.default_generator.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run the block with python / numpy / torch-CPU global RNGs seeded with ``seed``; restore them after."""
+    with preserved_rng():
+        seed_cpu_rng(seed)
+        yield
 
 
 def seed_step_rng(seed: int) -> None:
