@@ -63,6 +63,15 @@ def on_off(value: str) -> List[bool]:
     return out
 
 
+def compile_list(value: str) -> List[str]:
+    """MODEL.COMPILE modes, comma-separated (on = model)."""
+    out = ["model" if v == "on" else v for v in value.split(",")]
+    for v in out:
+        if v not in ("off", "blocks", "model"):
+            raise argparse.ArgumentTypeError(f"--compile takes off / blocks / model (comma-separated), got {v!r}")
+    return out
+
+
 def amp_list(value: str) -> List[str]:
     out = value.split(",")
     for v in out:
@@ -136,8 +145,8 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
-def model_opts(args, checkpointing: bool, compile_: bool, amp: str) -> List[str]:
-    opts = ["MODEL.ACTIVATION_CHECKPOINTING", str(checkpointing), "MODEL.COMPILE", str(compile_),
+def model_opts(args, checkpointing: bool, compile_: str, amp: str) -> List[str]:
+    opts = ["MODEL.ACTIVATION_CHECKPOINTING", str(checkpointing), "MODEL.COMPILE", compile_,
             "SOLVER.AMP.ENABLED", str(amp == "bf16")]
     if args.img_size:
         opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
@@ -155,7 +164,7 @@ def build_ours(cfg, device: torch.device):
     return model, optimizer, maybe_compile(cfg, model)
 
 
-def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, compile_: bool):
+def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, compile_: str):
     """timm ViT with our depth / width / heads / MLP / patch, a class token, pre-norm (our embedding LayerNorm),
     LayerScale with our init, no head: the same token count and the same blocks."""
     from timm.models.vision_transformer import VisionTransformer
@@ -168,7 +177,10 @@ def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, co
     ).to(device)
     vit.set_grad_checkpointing(checkpointing)
     optimizer = torch.optim.AdamW(vit.parameters(), lr=1e-4, weight_decay=0.05)
-    return vit, optimizer, torch.compile(vit) if compile_ else vit
+    if compile_ == "blocks":
+        for block in vit.blocks:
+            block.compile(dynamic=True)
+    return vit, optimizer, torch.compile(vit) if compile_ == "model" else vit
 
 
 def image_step(fn: Callable, optimizer, images: torch.Tensor, amp: str, ours: bool) -> Callable[[], None]:
@@ -265,7 +277,7 @@ def mode_train_step(args) -> None:
     for ckpt, comp, amp in itertools.product(args.activation_checkpointing, args.compile, args.amp):
         argv = ["--mode", "_train_step_one", "--config-file", args.config_file, "--batch-size", str(args.batch_size),
                 "--iters", str(args.iters), "--warmup", str(args.warmup), "--img-size", str(args.img_size),
-                "--activation-checkpointing", "on" if ckpt else "off", "--compile", "on" if comp else "off",
+                "--activation-checkpointing", "on" if ckpt else "off", "--compile", comp,
                 "--amp", amp, "--peak-tflops", str(args.peak_tflops), "--threads", str(args.threads)]
         if args.task:
             argv += ["--task", args.task]
@@ -333,12 +345,12 @@ def mode_train_step_one(args) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device) / 2**20
-    for _ in range(args.warmup):
-        step()
+    first = [timed(step, device) for _ in range(max(1, args.warmup))]  # compiles (MODEL.COMPILE) on these
     times = [timed(step, device) for _ in range(args.iters)]
     med = statistics.median(times)
     common = dict(batch=args.batch_size, img_size=size, amp=amp, device=str(device), activation_checkpointing=ckpt,
                   compile=compile_, task=args.task or "image_path", threads=torch.get_num_threads())
+    emit("warmup_time", sum(first), "s", steps=len(first), what="the warm-up steps (compilation included)", **common)
     emit("step_time", med, "s", min=round(min(times), 6), reps=len(times), **common)
     emit("samples_per_s", args.batch_size / med, "samples/s", **common)
     if tokens:
@@ -391,8 +403,6 @@ class _Recorder:
 def bare_step_fn(trainer, batches, grad_clip: float) -> Callable[[], None]:
     """The loop without the framework: the same model (unwrapped), optimizer, autocast and micro-batches, already
     collated and on the device; forward, backward of sum / k, clip (when configured), optimizer step."""
-    from uniperceiver.engine.step import extra_losses
-
     engine, k = trainer.step_engine, trainer.accum_iter
     model = engine.model  # the module main.py steps (compiled when MODEL.COMPILE), single process: no DDP
     optimizer = engine.optimizer
@@ -405,7 +415,8 @@ def bare_step_fn(trainer, batches, grad_clip: float) -> Callable[[], None]:
             state["i"] += 1
             with engine.autocast():
                 losses = trainer.tasks[task_name].losses(model, batch)
-                losses.update(extra_losses(model))
+                extra = getattr(model, "extra_losses", None)  # MoE aux losses
+                losses.update(extra() if extra is not None else {})
             (sum(v.float() for v in losses.values()) / k).backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
@@ -424,7 +435,10 @@ def mode_loop(args) -> None:
     import tempfile
 
     from uniperceiver.engine import defaults as engine_defaults
-    from uniperceiver.engine.train_loop import Trainer, to_device
+    from uniperceiver.engine import train_loop
+    from uniperceiver.engine.train_loop import Trainer
+
+    to_device = getattr(train_loop, "to_device", None) or getattr(train_loop, "_to_device")  # older trees
     from uniperceiver.utils.logger import setup_logger
 
     if args.cache_images:
@@ -447,6 +461,7 @@ def mode_loop(args) -> None:
     workers = sorted({int(t.DATALOADER.NUM_WORKERS) for t in cfg.TASKS})
     loop_times: List[List[float]] = [[] for _ in range(rounds)]
     bare_times: List[List[float]] = [[] for _ in range(rounds)]
+    warmup_times: List[float] = []
     state: Dict[str, Any] = {"start": None, "recorder": None}
     original_init, original_before, original_after = Trainer.__init__, Trainer.before_step, Trainer.after_step
 
@@ -464,6 +479,7 @@ def mode_loop(args) -> None:
         synchronize(device)
         done = self.iter - args.warmup
         if done < 0:
+            warmup_times.append(time.perf_counter() - state["start"])
             return
         loop_times[done // n].append(time.perf_counter() - state["start"])
         if (done + 1) % n == 0:  # a round of loop steps is complete: the same number of bare steps
@@ -496,6 +512,8 @@ def mode_loop(args) -> None:
          what="main.py's step: before_step hooks, run_step, after_step hooks", **common)
     emit("bare_step_time", statistics.median(bare_med), "s", per_round=[round(v, 6) for v in bare_med],
          what="forward + backward (+ clip) + optimizer on pre-collated batches held on the device", **common)
+    emit("loop_warmup_time", sum(warmup_times), "s", compile=str(cfg.MODEL.COMPILE),
+         what="the warm-up steps of the loop (MODEL.COMPILE compiles there)", **common)
     emit("framework_overhead", statistics.median(overheads), "%", ratio=round(statistics.median(overheads) / 100, 4),
          per_round=[round(v, 3) for v in overheads],
          what="100 x (loop step - bare step) / loop step, median of the rounds", **common)
@@ -586,7 +604,8 @@ def parse_args(argv=None):
                                                        "or 'config' for the config's own")
     p.add_argument("--cache-images", action="store_true", help="loop mode: keep decoded images in memory")
     p.add_argument("--activation-checkpointing", type=on_off, default=[False], help="on / off / off,on")
-    p.add_argument("--compile", type=on_off, default=[False], help="torch.compile the model: on / off / off,on")
+    p.add_argument("--compile", type=compile_list, default=["off"],
+                   help="MODEL.COMPILE: off / blocks / model (on = model), comma-separated: e.g. off,blocks,model")
     p.add_argument("--amp", type=amp_list, default=["fp32"], help="bf16 / fp32 / fp32,bf16")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                    help="accelerator peak for MFU (default: H100 SXM dense bf16)")

@@ -88,8 +88,10 @@ _C.MODEL.POOLING = "spe"
 # content rather than from shared position / type vectors (README, "Evaluation": the zero-shot benchmark).
 _C.MODEL.TOKEN_EMBED_INIT_STD = 0.0
 _C.MODEL.SPE_INIT_STD = 0.0
-# torch.compile the model the training loop calls (engine.defaults.maybe_compile; the first steps compile).
-_C.MODEL.COMPILE = False
+# torch.compile (engine.defaults.maybe_compile; the first steps compile): "off"; "blocks": each encoder block
+# compiled with dynamic shapes (one graph for every task's sequence length); "model": the whole model (one
+# graph per task input signature: recompiles per task).  docs/performance.md has the measurements.
+_C.MODEL.COMPILE = "off"
 # Training samples this many vocabulary negatives per step for vocabulary targets (0 = all words).
 _C.MODEL.VOCAB_NEGATIVES = 0
 # Initial logit scale exp(s) = 1 / 0.07, and its clamp.

@@ -93,10 +93,27 @@ def apply_trainable(cfg, model: torch.nn.Module) -> None:
     _apply(model, cfg.MODEL.TRAINABLE)
 
 
+COMPILE_MODES = ("off", "blocks", "model")
+
+
 def maybe_compile(cfg, model: torch.nn.Module) -> torch.nn.Module:
-    """MODEL.COMPILE: ``torch.compile(model)`` (shares the parameters; attribute access falls through to the
-    module, so ``encode_targets`` / ``logits`` still work), else ``model``."""
-    return torch.compile(model) if cfg.MODEL.COMPILE else model
+    """MODEL.COMPILE: "model": ``torch.compile(model)`` (shares the parameters; attribute access falls through to
+    the module, so ``encode_targets`` / ``logits`` still work); "blocks": every ``model.encoder.blocks[i]``
+    compiled in place with dynamic shapes (parameter names unchanged), the model returned; "off": ``model``."""
+    from uniperceiver.config import ConfigError
+
+    mode = str(cfg.MODEL.COMPILE)
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"MODEL.COMPILE must be one of {', '.join(COMPILE_MODES)}, got {cfg.MODEL.COMPILE!r}")
+    if mode == "model":
+        return torch.compile(model)
+    if mode == "blocks":
+        blocks = getattr(getattr(model, "encoder", None), "blocks", None)
+        if blocks is None:
+            raise ConfigError(f"MODEL.COMPILE blocks: {type(model).__name__} has no encoder.blocks")
+        for block in blocks:
+            block.compile(dynamic=True)
+    return model
 
 
 def build_step_engine(cfg, model, optimizer, device):
