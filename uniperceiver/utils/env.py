@@ -161,7 +161,10 @@ def seeded_rng(seed: int):
 
 
 def seed_step_rng(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device) for one training step."""
+    """Seed python, numpy and torch (CPU and every CUDA device) for one training step: ``torch.manual_seed``'s
+    effect on CPU and CUDA without its walk over every other backend (1.3 ms a call on a CPU-only machine)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
