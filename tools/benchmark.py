@@ -462,6 +462,8 @@ def mode_loop(args) -> None:
     loop_times: List[List[float]] = [[] for _ in range(rounds)]
     bare_times: List[List[float]] = [[] for _ in range(rounds)]
     warmup_times: List[float] = []
+    loop_cpu: List[List[float]] = [[] for _ in range(rounds)]  # CPU seconds of this process (workers excluded):
+    bare_cpu: List[List[float]] = [[] for _ in range(rounds)]  # steadier than wall time on a loaded machine
     state: Dict[str, Any] = {"start": None, "recorder": None}
     original_init, original_before, original_after = Trainer.__init__, Trainer.before_step, Trainer.after_step
 
@@ -471,7 +473,7 @@ def mode_loop(args) -> None:
 
     def before_step(self):  # the step starts before the before_step hooks
         synchronize(device)
-        state["start"] = time.perf_counter()
+        state["start"], state["cpu"] = time.perf_counter(), time.process_time()
         return original_before(self)
 
     def after_step(self):
@@ -482,13 +484,16 @@ def mode_loop(args) -> None:
             warmup_times.append(time.perf_counter() - state["start"])
             return
         loop_times[done // n].append(time.perf_counter() - state["start"])
+        loop_cpu[done // n].append(time.process_time() - state["cpu"])
         if (done + 1) % n == 0:  # a round of loop steps is complete: the same number of bare steps
             if "bare" not in state:
                 kept = [(name, to_device(batch, device)) for name, batch in state["recorder"].kept]
                 state["bare"] = bare_step_fn(self, kept, cfg.SOLVER.GRAD_CLIP)
                 state["bare"]()  # warm-up
             for _ in range(n):
+                cpu = time.process_time()
                 bare_times[done // n].append(timed(state["bare"], device))
+                bare_cpu[done // n].append(time.process_time() - cpu)
 
     patches = [(Trainer, "__init__", init), (Trainer, "before_step", before_step), (Trainer, "after_step", after_step)]
     for obj, name, fn in patches:
@@ -517,6 +522,12 @@ def mode_loop(args) -> None:
     emit("framework_overhead", statistics.median(overheads), "%", ratio=round(statistics.median(overheads) / 100, 4),
          per_round=[round(v, 3) for v in overheads],
          what="100 x (loop step - bare step) / loop step, median of the rounds", **common)
+    cpu = [100 * (statistics.median(lo) - statistics.median(b)) / statistics.median(lo) for lo, b in zip(loop_cpu, bare_cpu)]
+    emit("framework_overhead_cpu", statistics.median(cpu), "%", ratio=round(statistics.median(cpu) / 100, 4),
+         per_round=[round(v, 3) for v in cpu], loop_cpu_s=round(statistics.median(sum(loop_cpu, [])), 6),
+         bare_cpu_s=round(statistics.median(sum(bare_cpu, [])), 6),
+         what="the same with this process's CPU time (data workers' CPU not counted), median of the rounds",
+         **common)
 
 
 def mode_eval_retrieval(args) -> None:
