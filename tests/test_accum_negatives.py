@@ -20,8 +20,9 @@ RETRIEVAL = str(REPO / "configs" / "quick_schedules" / "instant_retrieval.yaml")
 
 
 def _setup():
-    cfg = setup_cfg(RETRIEVAL, ["MODEL.BERT.NUM_HIDDEN_LAYERS", "1", "TASKS.mscoco_retrieval.DATALOADER.TRAIN_BATCH_SIZE",
-                                "8", "MODEL.LAYER_SCALE_INIT", "1.0", "MODEL.BERT.HIDDEN_DROPOUT_PROB", "0.0", "MODEL.BERT.DROP_PATH_PROB", "0.0"])
+    cfg = setup_cfg(RETRIEVAL, ["MODEL.BERT.NUM_HIDDEN_LAYERS", "1", "MODEL.LAYER_SCALE_INIT", "1.0",
+                                "TASKS.mscoco_retrieval.DATALOADER.TRAIN_BATCH_SIZE", "8",
+                                "MODEL.BERT.HIDDEN_DROPOUT_PROB", "0.0", "MODEL.BERT.DROP_PATH_PROB", "0.0"])
     torch.manual_seed(0)
     model = build_model(cfg)
     tasks = build_tasks(cfg)

@@ -522,7 +522,8 @@ def mode_loop(args) -> None:
     emit("framework_overhead", statistics.median(overheads), "%", ratio=round(statistics.median(overheads) / 100, 4),
          per_round=[round(v, 3) for v in overheads],
          what="100 x (loop step - bare step) / loop step, median of the rounds", **common)
-    cpu = [100 * (statistics.median(lo) - statistics.median(b)) / statistics.median(lo) for lo, b in zip(loop_cpu, bare_cpu)]
+    cpu = [100 * (statistics.median(lo) - statistics.median(b)) / statistics.median(lo)
+           for lo, b in zip(loop_cpu, bare_cpu)]
     emit("framework_overhead_cpu", statistics.median(cpu), "%", ratio=round(statistics.median(cpu) / 100, 4),
          per_round=[round(v, 3) for v in cpu], loop_cpu_s=round(statistics.median(sum(loop_cpu, [])), 6),
          bare_cpu_s=round(statistics.median(sum(bare_cpu, [])), 6),
