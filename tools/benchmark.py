@@ -10,8 +10,9 @@ add ``ratio``), so results can be grepped, diffed and plotted.  Modes (README, "
     # peak memory of each configuration in a fresh subprocess; on GPU also TFLOP/s and MFU
     python tools/benchmark.py --mode train_step --config-file CFG --batch-size 32 --img-size 224 \
         --activation-checkpointing off,on --amp bf16 --compile off
-    # P2: framework overhead of main.py's training loop on the 7-task config (NUM_WORKERS 0, decoded images in memory)
-    python tools/benchmark.py --mode loop --config-file configs/quick_schedules/7tasks_demo.yaml
+    # P2: framework overhead of main.py's training loop against a bare loop (same model, optimizer, batches held on
+    # the device), 3 interleaved rounds in one process; --num-workers 0 or the config's own
+    python tools/benchmark.py --mode loop --config-file configs/benchmarks/zeroshot_digits.yaml --num-workers config
     # P4: zero-shot retrieval: encode + rank throughput and peak memory vs the number of candidates
     python tools/benchmark.py --mode eval_retrieval --candidates 1000,25000
     # memory of annotation records (bytes per record, a forked worker's USS growth over one pass)
@@ -64,6 +65,15 @@ def on_off(value: str) -> List[bool]:
         if v not in ("on", "off"):
             raise argparse.ArgumentTypeError(f"expected on/off (comma-separated), got {v!r}")
         out.append(v == "on")
+    return out
+
+
+def compile_list(value: str) -> List[str]:
+    """MODEL.COMPILE modes, comma-separated (on = model)."""
+    out = ["model" if v == "on" else v for v in value.split(",")]
+    for v in out:
+        if v not in ("off", "blocks", "model"):
+            raise argparse.ArgumentTypeError(f"--compile takes off / blocks / model (comma-separated), got {v!r}")
     return out
 
 
@@ -140,8 +150,8 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
-def model_opts(args, checkpointing: bool, compile_: bool, amp: str) -> List[str]:
-    opts = ["MODEL.ACTIVATION_CHECKPOINTING", str(checkpointing), "MODEL.COMPILE", str(compile_),
+def model_opts(args, checkpointing: bool, compile_: str, amp: str) -> List[str]:
+    opts = ["MODEL.ACTIVATION_CHECKPOINTING", str(checkpointing), "MODEL.COMPILE", compile_,
             "SOLVER.AMP.ENABLED", str(amp == "bf16")]
     if args.img_size:
         opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
@@ -159,7 +169,7 @@ def build_ours(cfg, device: torch.device):
     return model, optimizer, maybe_compile(cfg, model)
 
 
-def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, compile_: bool):
+def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, compile_: str):
     """timm ViT with our depth / width / heads / MLP / patch, a class token, pre-norm (our embedding LayerNorm),
     LayerScale with our init, no head: the same token count and the same blocks."""
     from timm.models.vision_transformer import VisionTransformer
@@ -172,7 +182,10 @@ def build_timm(cfg, img_size: int, device: torch.device, checkpointing: bool, co
     ).to(device)
     vit.set_grad_checkpointing(checkpointing)
     optimizer = torch.optim.AdamW(vit.parameters(), lr=1e-4, weight_decay=0.05)
-    return vit, optimizer, torch.compile(vit) if compile_ else vit
+    if compile_ == "blocks":
+        for block in vit.blocks:
+            block.compile(dynamic=True)
+    return vit, optimizer, torch.compile(vit) if compile_ == "model" else vit
 
 
 def image_step(fn: Callable, optimizer, images: torch.Tensor, amp: str, ours: bool) -> Callable[[], None]:
@@ -269,7 +282,7 @@ def mode_train_step(args) -> None:
     for ckpt, comp, amp in itertools.product(args.activation_checkpointing, args.compile, args.amp):
         argv = ["--mode", "_train_step_one", "--config-file", args.config_file, "--batch-size", str(args.batch_size),
                 "--iters", str(args.iters), "--warmup", str(args.warmup), "--img-size", str(args.img_size),
-                "--activation-checkpointing", "on" if ckpt else "off", "--compile", "on" if comp else "off",
+                "--activation-checkpointing", "on" if ckpt else "off", "--compile", comp,
                 "--amp", amp, "--peak-tflops", str(args.peak_tflops), "--threads", str(args.threads)]
         if args.task:
             argv += ["--task", args.task]
@@ -290,7 +303,7 @@ def mode_train_step(args) -> None:
 def task_batches(cfg, task_name: str, device: torch.device, count: int):
     """``count`` real training batches of one task (demo data unless DATA_PATH), collated and on the device."""
     from uniperceiver.data import build_train_loader
-    from uniperceiver.engine.train_loop import _to_device
+    from uniperceiver.engine.train_loop import to_device
     from uniperceiver.tasks import build_tasks
 
     tasks = build_tasks(cfg)
@@ -298,7 +311,7 @@ def task_batches(cfg, task_name: str, device: torch.device, count: int):
         raise SystemExit(f"--task {task_name!r} is not in the config; tasks: {', '.join(tasks)}")
     tasks = {task_name: tasks[task_name]}
     loader = build_train_loader(cfg, tasks)
-    return tasks[task_name], [_to_device(next(loader)[1], device) for _ in range(count)]
+    return tasks[task_name], [to_device(next(loader)[1], device) for _ in range(count)]
 
 
 def mode_train_step_one(args) -> None:
@@ -337,12 +350,12 @@ def mode_train_step_one(args) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device) / 2**20
-    for _ in range(args.warmup):
-        step()
+    first = [timed(step, device) for _ in range(max(1, args.warmup))]  # compiles (MODEL.COMPILE) on these
     times = [timed(step, device) for _ in range(args.iters)]
     med = statistics.median(times)
     common = dict(batch=args.batch_size, img_size=size, amp=amp, device=str(device), activation_checkpointing=ckpt,
                   compile=compile_, task=args.task or "image_path", threads=torch.get_num_threads())
+    emit("warmup_time", sum(first), "s", steps=len(first), what="the warm-up steps (compilation included)", **common)
     emit("step_time", med, "s", min=round(min(times), 6), reps=len(times), **common)
     emit("samples_per_s", args.batch_size / med, "samples/s", **common)
     if tokens:
@@ -362,7 +375,7 @@ def mode_train_step_one(args) -> None:
 
 
 def cache_decoded_images() -> None:
-    """Keep decoded images in memory (per process) so the loop benchmark measures our code, not PNG/JPEG decoding."""
+    """Keep decoded images in memory (per process): ``--cache-images`` takes PNG/JPEG decoding out of the loop."""
     from uniperceiver.data.datasets import base
 
     original = base.load_rgb
@@ -376,72 +389,118 @@ def cache_decoded_images() -> None:
     base.load_rgb = load_rgb
 
 
-def mode_loop(args) -> None:
-    """Share of main.py's training step spent outside forward / backward / optimizer (sampling, collation,
-    device transfer, hooks, logging): the real ``train()`` wiring, with those three timed from inside."""
-    from uniperceiver.engine import defaults as engine_defaults
-    from uniperceiver.engine.step import AMPStepEngine
-    from uniperceiver.tasks.base import Task
-    from uniperceiver.utils.logger import setup_logger
+class _Recorder:
+    """Wraps the trainer's data iterator; keeps the first ``need`` micro-batches it hands out (for the bare loop)."""
 
+    def __init__(self, it, need: int):
+        self.it, self.need, self.kept = it, need, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        if len(self.kept) < self.need:
+            self.kept.append(item)
+        return item
+
+
+def bare_step_fn(trainer, batches, grad_clip: float) -> Callable[[], None]:
+    """The loop without the framework: the same model (unwrapped), optimizer, autocast and micro-batches, already
+    collated and on the device; forward, backward of sum / k, clip (when configured), optimizer step."""
+    engine, k = trainer.step_engine, trainer.accum_iter
+    model = engine.model  # the module main.py steps (compiled when MODEL.COMPILE), single process: no DDP
+    optimizer = engine.optimizer
+    state = {"i": 0}
+
+    def step() -> None:
+        model.train()
+        for _ in range(k):
+            task_name, batch = batches[state["i"] % len(batches)]
+            state["i"] += 1
+            with engine.autocast():
+                losses = trainer.tasks[task_name].losses(model, batch)
+                extra = getattr(model, "extra_losses", None)  # MoE aux losses
+                losses.update(extra() if extra is not None else {})
+            (sum(v.float() for v in losses.values()) / k).backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def mode_loop(args) -> None:
+    """Framework overhead of main.py's training loop: ``engine.defaults.train(cfg)`` (hooks, writers, loader,
+    step engine: everything main.py runs) against a bare loop on the same model, optimizer and micro-batches
+    (pre-collated, held on the device), in one process.  ``rounds`` x (``iters`` loop steps, then ``iters`` bare
+    steps, interleaved); per round overhead = 100 x (median loop step - median bare step) / median loop step;
+    reported: the median over rounds."""
     import tempfile
 
-    cache_decoded_images()
+    from uniperceiver.engine import defaults as engine_defaults
+    from uniperceiver.engine import train_loop
+    from uniperceiver.engine.train_loop import Trainer
+
+    to_device = getattr(train_loop, "to_device", None) or getattr(train_loop, "_to_device")  # older trees
+    from uniperceiver.utils.logger import setup_logger
+
+    if args.cache_images:
+        cache_decoded_images()
     out = tempfile.mkdtemp(prefix="uniperceiver_bench_")
-    total_iters = args.warmup + args.iters
+    rounds, n = args.rounds, args.iters
+    total_iters = args.warmup + rounds * n
+    device = device_of(args)
     opts = ["SOLVER.MAX_ITER", str(total_iters), "SOLVER.CHECKPOINT_PERIOD", str(10**9), "SOLVER.EVAL_PERIOD", "0",
-            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device_of(args)),
+            "OUTPUT_DIR", out, "MODEL.DEVICE", str(device),
             "LR_SCHEDULER.WARMUP", "0"]  # any run length; the schedule does not change the step's cost
     if args.img_size:
         opts += ["MODEL.IMG_INPUT_SIZE", str(args.img_size)]
     cfg = make_cfg(args, opts)
-    cfg.defrost()
-    for t in cfg.TASKS:
-        t.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
-    compute = {"t": 0.0}
-    device = device_of(args)
+    if args.num_workers != "config":
+        cfg.defrost()
+        for t in cfg.TASKS:
+            t.DATALOADER.NUM_WORKERS = int(args.num_workers)
+        cfg.freeze()
+    workers = sorted({int(t.DATALOADER.NUM_WORKERS) for t in cfg.TASKS})
+    loop_times: List[List[float]] = [[] for _ in range(rounds)]
+    bare_times: List[List[float]] = [[] for _ in range(rounds)]
+    warmup_times: List[float] = []
+    loop_cpu: List[List[float]] = [[] for _ in range(rounds)]  # CPU seconds of this process (workers excluded):
+    bare_cpu: List[List[float]] = [[] for _ in range(rounds)]  # steadier than wall time on a loaded machine
+    state: Dict[str, Any] = {"start": None, "recorder": None}
+    original_init, original_before, original_after = Trainer.__init__, Trainer.before_step, Trainer.after_step
 
-    def timed_call(fn):
-        def wrapper(*a, **k):
-            synchronize(device)
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                synchronize(device)
-                compute["t"] += time.perf_counter() - start
-        return wrapper
+    def init(self, *a, **k):
+        original_init(self, *a, **k)
+        state["recorder"] = self._data_iter = _Recorder(self._data_iter, n * self.accum_iter)
 
-    step_times: List[float] = []
-    compute_times: List[float] = []
-    from uniperceiver.engine.train_loop import Trainer
-
-    original_run_step = Trainer.run_step
-    original_after_step = Trainer.after_step
-    state = {"start": None}
-
-    def before_step_mark(self):  # the step starts before the before_step hooks
-        state["start"] = time.perf_counter()
-        compute["t"] = 0.0
+    def before_step(self):  # the step starts before the before_step hooks
+        synchronize(device)
+        state["start"], state["cpu"] = time.perf_counter(), time.process_time()
         return original_before(self)
 
-    def after_step_mark(self):
-        original_after_step(self)
-        if self.iter >= args.warmup and state["start"] is not None:
-            step_times.append(time.perf_counter() - state["start"])
-            compute_times.append(compute["t"])
+    def after_step(self):
+        original_after(self)
+        synchronize(device)
+        done = self.iter - args.warmup
+        if done < 0:
+            warmup_times.append(time.perf_counter() - state["start"])
+            return
+        loop_times[done // n].append(time.perf_counter() - state["start"])
+        loop_cpu[done // n].append(time.process_time() - state["cpu"])
+        if (done + 1) % n == 0:  # a round of loop steps is complete: the same number of bare steps
+            if "bare" not in state:
+                kept = [(name, to_device(batch, device)) for name, batch in state["recorder"].kept]
+                state["bare"] = bare_step_fn(self, kept, cfg.SOLVER.GRAD_CLIP)
+                state["bare"]()  # warm-up
+            for _ in range(n):
+                cpu = time.process_time()
+                bare_times[done // n].append(timed(state["bare"], device))
+                bare_cpu[done // n].append(time.process_time() - cpu)
 
-    original_before = Trainer.before_step
-    patches = [(Trainer, "before_step", before_step_mark), (Trainer, "after_step", after_step_mark),
-               (AMPStepEngine, "backward", timed_call(AMPStepEngine.backward)),
-               (AMPStepEngine, "step", timed_call(AMPStepEngine.step))]
-    from uniperceiver.tasks import TASK_REGISTRY
-
-    for _, cls in TASK_REGISTRY:
-        if "losses" in cls.__dict__:
-            patches.append((cls, "losses", timed_call(cls.__dict__["losses"])))
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    patches = [(Trainer, "__init__", init), (Trainer, "before_step", before_step), (Trainer, "after_step", after_step)]
     for obj, name, fn in patches:
         setattr(obj, name, fn)
     try:
@@ -449,20 +508,32 @@ def mode_loop(args) -> None:
             setup_logger(out)
             engine_defaults.train(cfg)
     finally:
-        for obj, name, fn in saved:
+        for obj, name, fn in zip([p[0] for p in patches], [p[1] for p in patches],
+                                 (original_init, original_before, original_after)):
             setattr(obj, name, fn)
-    del original_run_step, Task
-    total = sum(step_times)
-    overhead = total - sum(compute_times)
-    per = [1 - c / s for c, s in zip(compute_times, step_times)]
-    common = dict(steps=len(step_times), warmup=args.warmup, device=str(device), tasks=len(cfg.TASKS),
-                  img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=0, threads=torch.get_num_threads())
-    emit("loop_step_time", statistics.median(step_times), "s", mean=round(total / len(step_times), 6), **common)
-    emit("loop_compute_time", statistics.median(compute_times), "s",
-         what="task.losses (forward incl. target encoding) + backward + optimizer step", **common)
-    emit("framework_overhead", 100 * overhead / total, "%", ratio=round(overhead / total, 4),
-         median_per_step=round(100 * statistics.median(per), 3),
-         what="sampling, collation, device transfer, hooks, logging", **common)
+    loop_med = [statistics.median(t) for t in loop_times]
+    bare_med = [statistics.median(t) for t in bare_times]
+    overheads = [100 * (lo - b) / lo for lo, b in zip(loop_med, bare_med)]
+    common = dict(steps_per_round=n, rounds=rounds, warmup=args.warmup, device=str(device), tasks=len(cfg.TASKS),
+                  img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=workers if len(workers) > 1 else workers[0],
+                  cache_images=bool(args.cache_images), accum_iter=cfg.SOLVER.ACCUM_ITER,
+                  threads=torch.get_num_threads())
+    emit("loop_step_time", statistics.median(loop_med), "s", per_round=[round(v, 6) for v in loop_med],
+         what="main.py's step: before_step hooks, run_step, after_step hooks", **common)
+    emit("bare_step_time", statistics.median(bare_med), "s", per_round=[round(v, 6) for v in bare_med],
+         what="forward + backward (+ clip) + optimizer on pre-collated batches held on the device", **common)
+    emit("loop_warmup_time", sum(warmup_times), "s", compile=str(cfg.MODEL.COMPILE),
+         what="the warm-up steps of the loop (MODEL.COMPILE compiles there)", **common)
+    emit("framework_overhead", statistics.median(overheads), "%", ratio=round(statistics.median(overheads) / 100, 4),
+         per_round=[round(v, 3) for v in overheads],
+         what="100 x (loop step - bare step) / loop step, median of the rounds", **common)
+    cpu = [100 * (statistics.median(lo) - statistics.median(b)) / statistics.median(lo)
+           for lo, b in zip(loop_cpu, bare_cpu)]
+    emit("framework_overhead_cpu", statistics.median(cpu), "%", ratio=round(statistics.median(cpu) / 100, 4),
+         per_round=[round(v, 3) for v in cpu], loop_cpu_s=round(statistics.median(sum(loop_cpu, [])), 6),
+         bare_cpu_s=round(statistics.median(sum(bare_cpu, [])), 6),
+         what="the same with this process's CPU time (data workers' CPU not counted), median of the rounds",
+         **common)
 
 
 def mode_eval_retrieval(args) -> None:
@@ -714,8 +785,13 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=0, help="MODEL.IMG_INPUT_SIZE (0: the config's)")
     p.add_argument("--iters", type=int, default=10, help="timed repetitions (per side in reference mode)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="loop mode: interleaved rounds of loop / bare steps")
+    p.add_argument("--num-workers", default="0", help="loop mode: DATALOADER.NUM_WORKERS of every task (an int), "
+                                                       "or 'config' for the config's own")
+    p.add_argument("--cache-images", action="store_true", help="loop mode: keep decoded images in memory")
     p.add_argument("--activation-checkpointing", type=on_off, default=[False], help="on / off / off,on")
-    p.add_argument("--compile", type=on_off, default=[False], help="torch.compile the model: on / off / off,on")
+    p.add_argument("--compile", type=compile_list, default=["off"],
+                   help="MODEL.COMPILE: off / blocks / model (on = model), comma-separated: e.g. off,blocks,model")
     p.add_argument("--amp", type=amp_list, default=["fp32"], help="bf16 / fp32 / fp32,bf16")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                    help="accelerator peak for MFU (default: H100 SXM dense bf16)")

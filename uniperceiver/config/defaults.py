@@ -87,8 +87,10 @@ _C.MODEL.POOLING = "spe"
 # content rather than from shared position / type vectors (README, "Evaluation": the zero-shot benchmark).
 _C.MODEL.TOKEN_EMBED_INIT_STD = 0.0
 _C.MODEL.SPE_INIT_STD = 0.0
-# torch.compile the model the training loop calls (engine.defaults.maybe_compile; the first steps compile).
-_C.MODEL.COMPILE = False
+# torch.compile (engine.defaults.maybe_compile; the first steps compile): "off"; "blocks": each encoder block
+# compiled with dynamic shapes (one graph for every task's sequence length); "model": the whole model (one
+# graph per task input signature: recompiles per task).  docs/performance.md has the measurements.
+_C.MODEL.COMPILE = "off"
 # Training samples this many vocabulary negatives per step for vocabulary targets (0 = all words).
 _C.MODEL.VOCAB_NEGATIVES = 0
 # Initial logit scale exp(s) = 1 / 0.07, and the cap of the temperature exp(s) (the published clamp: a
@@ -218,6 +220,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.TRAIN_BATCH_SIZE = 4
 _C.DATALOADER.TEST_BATCH_SIZE = 32
 _C.DATALOADER.NUM_WORKERS = 0
+# Training images kept decoded in memory, in MiB per loader process (0: decode every time).  Small datasets
+# (the demo digits: ~10 MiB) then decode each file once; larger ones fill the budget and decode the rest.
+_C.DATALOADER.IMAGE_CACHE_MB = 0
 # Image / feature root, relative to DATA_PATH.
 _C.DATALOADER.FEATS_FOLDER = ""
 # Annotation root, relative to DATA_PATH.
@@ -317,6 +322,11 @@ _C.SOLVER.LAYER_LR_DECAY = 1.0
 _C.SOLVER.GRAD_CLIP = 0.0
 # Micro-batches per optimizer step (<= 1: no accumulation).
 _C.SOLVER.ACCUM_ITER = 1
+# With ACCUM_ITER k > 1: when the k micro-batches of a step draw the same contrastive task (image_retrieval),
+# its loss is computed over their features together (every rank's too with DATALOADER.STRATEGY synced): the
+# gradients of one batch of k x b (GradCache; open_clip --accum-freq).  False (published): each micro-batch
+# scores against its own batch only.  Costs one extra forward per micro-batch (features without grad).
+_C.SOLVER.ACCUM_NEGATIVES = False
 # Optimizer steps between checkpoints, and how many periodic checkpoints to keep (0 = all).
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.CHECKPOINT_MAX_SAVE = 5

@@ -34,6 +34,8 @@ def build_train_loader(cfg, tasks: Dict[str, "Task"], seed: Optional[int] = None
     for index, (name, task) in enumerate(tasks.items()):
         tcfg = cfg.task(name).DATALOADER
         dataset = task.build_dataset("train")
+        if tcfg.IMAGE_CACHE_MB > 0 and hasattr(dataset, "enable_image_cache"):
+            dataset.enable_image_cache(tcfg.IMAGE_CACHE_MB)
         if tcfg.TRAIN_BATCH_SIZE <= 0:
             raise ConfigError(f"TASKS.{name}.DATALOADER.TRAIN_BATCH_SIZE must be > 0")
         if isinstance(dataset, ShardDataset):

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from uniperceiver.utils import comm
-from uniperceiver.utils.env import derive_seed, seeded_rng
+from uniperceiver.utils.env import derive_seed, preserved_rng, seed_cpu_rng, seeded_rng
 
 from .samplers import InfiniteShardedSampler
 from .shards import ShardBatches
@@ -117,6 +117,16 @@ class _SeededSamples(Dataset):
         position, index = item
         with seeded_rng(derive_seed(self.seed, self.rank, position, 1)):
             return position, self.dataset[index]
+
+    def __getitems__(self, items: List[Tuple[int, int]]) -> List[Tuple[int, Any]]:
+        """A batch's samples (torch's DataLoader fetches batches through this): each sample seeded as in
+        ``__getitem__``, the global RNG states saved and restored once per batch, not per sample."""
+        out = []
+        with preserved_rng():
+            for position, index in items:
+                seed_cpu_rng(derive_seed(self.seed, self.rank, position, 1))
+                out.append((position, self.dataset[index]))
+        return out
 
 
 class _SeededCollate:

@@ -317,20 +317,30 @@ class TargetEncoder:
         self.distributed = distributed
         self.attributes = attributes
         self._cache: Optional[Tuple[Tuple[int, int], torch.device, torch.Tensor]] = None
+        self._device_chunks: Optional[Tuple[torch.device, List[Tuple[torch.Tensor, torch.Tensor]]]] = None
 
     def clear(self) -> None:
         self._cache = None
 
-    def _encode_rows(self, model, rows: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
+    def _chunks(self, rows: Optional[torch.Tensor], device: torch.device) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(ids, mask)`` chunks of ENCODE_CHUNK rows without their all-padding columns (measured on the host),
+        on ``device``.  The whole set's chunks are made once per device (no per-step copy or device read)."""
+        if rows is None and self._device_chunks is not None and self._device_chunks[0] == device:
+            return self._device_chunks[1]
         ids, mask = self.label_set.ids, self.label_set.mask
         if rows is not None:
             ids, mask = ids[rows.cpu()], mask[rows.cpu()]
-        parts = []
+        chunks = []
         for start in range(0, ids.shape[0], ENCODE_CHUNK):
-            i = ids[start : start + ENCODE_CHUNK].to(device)
-            m = mask[start : start + ENCODE_CHUNK].to(device)
+            m = mask[start : start + ENCODE_CHUNK]
             width = int(m.sum(1).max())  # drop all-padding columns of this chunk
-            parts.append(model.encode_targets(i[:, :width], m[:, :width], attributes=self.attributes))
+            chunks.append((ids[start : start + ENCODE_CHUNK, :width].to(device), m[:, :width].to(device)))
+        if rows is None:
+            self._device_chunks = (device, chunks)
+        return chunks
+
+    def _encode_rows(self, model, rows: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
+        parts = [model.encode_targets(i, m, attributes=self.attributes) for i, m in self._chunks(rows, device)]
         return torch.cat(parts, 0)
 
     def _merge_templates(self, feats: torch.Tensor) -> torch.Tensor:

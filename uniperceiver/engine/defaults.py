@@ -137,10 +137,27 @@ def apply_trainable(cfg, model: torch.nn.Module) -> None:
     _apply(model, cfg.MODEL.TRAINABLE)
 
 
+COMPILE_MODES = ("off", "blocks", "model")
+
+
 def maybe_compile(cfg, model: torch.nn.Module) -> torch.nn.Module:
-    """MODEL.COMPILE: ``torch.compile(model)`` (shares the parameters; attribute access falls through to the
-    module, so ``encode_targets`` / ``logits`` still work), else ``model``."""
-    return torch.compile(model) if cfg.MODEL.COMPILE else model
+    """MODEL.COMPILE: "model": ``torch.compile(model)`` (shares the parameters; attribute access falls through to
+    the module, so ``encode_targets`` / ``logits`` still work); "blocks": every ``model.encoder.blocks[i]``
+    compiled in place with dynamic shapes (parameter names unchanged), the model returned; "off": ``model``."""
+    from uniperceiver.config import ConfigError
+
+    mode = str(cfg.MODEL.COMPILE)
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"MODEL.COMPILE must be one of {', '.join(COMPILE_MODES)}, got {cfg.MODEL.COMPILE!r}")
+    if mode == "model":
+        return torch.compile(model)
+    if mode == "blocks":
+        blocks = getattr(getattr(model, "encoder", None), "blocks", None)
+        if blocks is None:
+            raise ConfigError(f"MODEL.COMPILE blocks: {type(model).__name__} has no encoder.blocks")
+        for block in blocks:
+            block.compile(dynamic=True)
+    return model
 
 
 def build_step_engine(cfg, model, optimizer, device):
@@ -151,6 +168,11 @@ def build_step_engine(cfg, model, optimizer, device):
         from .deepspeed_step import DeepSpeedStepEngine
 
         return DeepSpeedStepEngine.from_config(cfg, model, optimizer)
+    if cfg.SOLVER.ACCUM_NEGATIVES and cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "fp16":
+        from uniperceiver.config import ConfigError
+
+        raise ConfigError("SOLVER.ACCUM_NEGATIVES needs SOLVER.AMP.DTYPE bf16 or AMP off: its cached feature "
+                          "gradients would be scaled twice by the fp16 loss scaler")
     model = maybe_compile(cfg, model)  # the one place MODEL.COMPILE is honoured (before DDP wraps it)
     if comm.get_world_size() > 1:
         from .step import TaskForward
@@ -189,7 +211,9 @@ def train(cfg, resume: bool = False, eval_hook_factory=None) -> int:
     step_engine = build_step_engine(cfg, model, optimizer, device)
     trainer = Trainer(model, tasks, data_loader, step_engine, accum_iter=cfg.SOLVER.ACCUM_ITER,
                       max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, device=device,
-                      seed=data_loader.seed)  # = cfg.SEED, or the shared seed drawn when SEED < 0
+                      seed=data_loader.seed,  # = cfg.SEED, or the shared seed drawn when SEED < 0
+                      log_period=cfg.SOLVER.WRITE_PERIOD,  # metrics read from the device once per period
+                      accum_negatives=cfg.SOLVER.ACCUM_NEGATIVES)
     ckpt_model, ckpt_optimizer = step_engine.checkpoint_targets(model, optimizer)
     model_ema = build_model_ema(cfg, model)  # None unless MODEL.MODEL_EMA
     extra_ckpt = {"model_ema": model_ema} if model_ema is not None else {}

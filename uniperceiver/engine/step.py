@@ -3,13 +3,21 @@
 The loop (``Trainer.run_step``) never branches on the backend; it only does, per optimizer step::
 
     for i in range(k):                                   # k = SOLVER.ACCUM_ITER micro-batches
-        sync = i == k - 1
-        with engine.micro_step(sync):                    # DDP no_sync on all but the last micro-batch
-            with engine.autocast():
-                losses = engine.losses(task, batch)          # one forward of engine.model per micro-batch
-            engine.backward(sum(losses.values()) / k, sync=sync)
+        terms = engine.forward_backward(task, batch, k, sync=i == k - 1)   # detached loss terms, on the device
+    bad = engine.nonfinite(all_terms)                    # device flag: a loss term or a gradient is inf / NaN
     stats = engine.step()                                # once: unscale, clip, optimizer, scaler, zero_grad
-    # or, when the step must be dropped (non-finite loss on some rank):  engine.skip_step()
+    # or, when the step must be dropped (non-finite on some rank):  engine.skip_step()
+
+where ``forward_backward`` is, for one micro-batch::
+
+    with engine.micro_step(sync):                        # DDP no_sync on all but the last micro-batch
+        with engine.autocast():
+            losses = engine.losses(task, batch)          # one forward of engine.model per micro-batch
+            losses.update(extra_losses(engine.model))    # losses the model recorded (MoE: loss_moe_aux)
+        engine.backward(sum(losses.values()) / k, sync=sync)
+
+Nothing here reads a value back to the host: losses, the non-finite flag and ``step()``'s stats stay device
+tensors, so the loop's one host read per step is its skip decision (engine/train_loop.py).
 
 A backend implements the :class:`StepEngine` methods below.  :class:`AMPStepEngine` is the plain / AMP
 backend (fp32, bf16 autocast on CPU or CUDA, fp16 autocast + GradScaler on CUDA).  A DeepSpeed backend
@@ -18,7 +26,7 @@ backend (fp32, bf16 autocast on CPU or CUDA, fp16 autocast + GradScaler on CUDA)
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Dict, Optional
+from typing import Any, ContextManager, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -44,6 +52,19 @@ class TaskForward(nn.Module):
         return task.losses(self.module, batch)
 
 
+def unwrap_module(model: nn.Module) -> nn.Module:
+    """The module inside DDP / :class:`TaskForward` / DeepSpeed wrappers (``.module`` chains)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
+def extra_losses(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Losses the model recorded during its forwards (MoE load balancing: ``loss_moe_aux``); ``{}`` if none."""
+    extra = getattr(unwrap_module(model), "extra_losses", None)
+    return extra() if extra is not None else {}
+
+
 class StepEngine:
     """Interface.  ``model`` is what the loop calls forward on (DDP / DeepSpeed wrapper or the module)."""
 
@@ -52,6 +73,64 @@ class StepEngine:
     def losses(self, task, batch) -> Dict[str, torch.Tensor]:
         """``task.losses`` of one micro-batch, run through ``model`` (one wrapper forward)."""
         return task.losses(self.model, batch)
+
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        """Losses the model recorded since the last call (MoE: ``loss_moe_aux``); reading them clears them."""
+        return extra_losses(self.model)
+
+    def run_micro_batches(self, tasks, micro_batches, accum_negatives: bool = False):
+        """Forward + backward of one optimizer step's micro-batches ``[(task_name, batch)]``; returns
+        ``[(task_name, detached loss terms)]``.  ``accum_negatives`` (SOLVER.ACCUM_NEGATIVES) and every
+        micro-batch of the same task: the task scores them together (``Task.accumulated_losses``) if it can."""
+        k, names = len(micro_batches), {name for name, _ in micro_batches}
+        if accum_negatives and k > 1 and len(names) == 1:
+            name = names.pop()
+            terms = tasks[name].accumulated_losses(self, [batch for _, batch in micro_batches])
+            if terms is not None:
+                return [(name, t) for t in terms]
+        return [(name, self.forward_backward(tasks[name], batch, k, i == k - 1))
+                for i, (name, batch) in enumerate(micro_batches)]
+
+    def forward_backward(self, task, batch, k: int, sync: bool) -> Dict[str, torch.Tensor]:
+        """One micro-batch of ``k``: forward (task losses + the model's extra losses) and backward of their
+        sum / k.  Returns the loss terms, detached, in fp32, on the device (no host read)."""
+        with self.micro_step(sync):
+            with self.autocast():
+                loss_dict = self.losses(task, batch)
+                loss_dict.update(self.extra_losses())
+            loss = sum(v.float() for v in loss_dict.values())
+            self.backward(loss / k, sync=sync)
+        return {name: v.detach().float() for name, v in loss_dict.items()}
+
+    def gradients(self) -> List[torch.Tensor]:
+        """The gradients this step produced (what :meth:`nonfinite` checks)."""
+        return [p.grad for p in unwrap_module(self.model).parameters() if p.grad is not None]
+
+    def nonfinite(self, loss_terms: Iterable[Dict[str, torch.Tensor]]) -> torch.Tensor:
+        """A device bool: some loss term or gradient of this step is inf / NaN.  Gradients are checked with one
+        multi-tensor norm (a finite norm means finite entries; an overflowing norm of finite gradients counts as
+        finite through :meth:`first_nonfinite_gradient` on the slow path); left to the loss scaler when one is on.
+        No host read: the trainer reads the flag once, reduced over ranks."""
+        values = [v for terms in loss_terms for v in terms.values()]
+        bad = ~torch.stack(values).isfinite().all() if values else None
+        norm = self.grad_norm()
+        if norm is not None:
+            bad = ~norm.isfinite() if bad is None else bad | ~norm.isfinite()
+        return bad if bad is not None else torch.zeros((), dtype=torch.bool)
+
+    def grad_norm(self) -> Optional[torch.Tensor]:
+        """The total L2 norm of :meth:`gradients` (a device scalar) for the non-finite check, or None when
+        gradients are not checked (no gradients, or a loss scaler deals with overflow)."""
+        grads = self.gradients()
+        return torch.nn.utils.get_total_norm(grads) if grads else None
+
+    def first_nonfinite_gradient(self) -> Optional[str]:
+        """Slow path after :meth:`nonfinite` fired: the name of the first parameter whose gradient has an inf /
+        NaN entry (None when every entry is finite: the norm overflowed on huge finite gradients)."""
+        for name, p in unwrap_module(self.model).named_parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return name
+        return None
 
     def autocast(self) -> ContextManager:
         """Context for forward + loss computation (mixed precision or nothing)."""
@@ -122,27 +201,45 @@ class AMPStepEngine(StepEngine):
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, sync: bool = True) -> None:
+        self._norm = None  # gradients change: the cached norm is stale
         self.scaler.scale(loss).backward()
 
     def _params(self):
         for group in self.optimizer.param_groups:
             yield from (p for p in group["params"] if p.grad is not None)
 
-    def step(self) -> Dict[str, float]:
-        stats: Dict[str, float] = {}
+    def gradients(self) -> List[torch.Tensor]:
+        return [p.grad for p in self._params()]
+
+    def grad_norm(self) -> Optional[torch.Tensor]:
+        """Computed once per step: the non-finite check and gradient clipping share it."""
+        if self.scaler.is_enabled():
+            return None  # fp16: the GradScaler finds inf / NaN gradients and skips the update itself
+        if getattr(self, "_norm", None) is None:
+            self._norm = super().grad_norm()
+        return self._norm
+
+    def step(self) -> Dict[str, torch.Tensor]:
+        stats: Dict[str, torch.Tensor] = {}
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(list(self._params()), self.grad_clip)
-            stats["grad_norm"] = float(norm)
+            params = list(self._params())
+            norm = self.grad_norm()
+            if norm is None:  # scaler on: the norm of the unscaled gradients
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+            stats["grad_norm"] = norm.detach()
         self.scaler.step(self.optimizer)
         if self.scaler.is_enabled():
-            stats["loss_scale"] = float(self.scaler.get_scale())
+            stats["loss_scale"] = self.scaler.get_scale()
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._norm = None
         return stats
 
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self._norm = None
 
     def state_dict(self) -> Dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}

@@ -7,7 +7,8 @@ import math
 import time
 import weakref
 from collections import defaultdict
-from typing import Any, Dict, List, Mapping, Optional
+from itertools import islice
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -127,149 +128,196 @@ class NonFiniteLossError(FloatingPointError):
     """Training stopped on a non-finite loss; the message names iteration, task and loss term."""
 
 
+class StepSeed(HookBase):
+    """Seeds the global python / numpy / torch (+ CUDA) RNGs before every step from (seed, rank, iteration), so
+    dropout, DropPath, mixup, negative sampling and MoE gate noise of step i are the same in a resumed run as in
+    an uninterrupted one, whatever else consumed random numbers in between.  The trainer registers it first."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def before_step(self) -> None:
+        seed_step_rng(derive_seed(self.seed, comm.get_rank(), self.trainer.iter, RNG_STREAM_STEP))
+
+
+RNG_STREAM_STEP = 3  # derive_seed stream of the per-step seeding (1, 2: the data pipeline's samples, collation)
+
+
+class NonFiniteGuard:
+    """The skip decision of a step, the loop's one host read: ``skip(...)`` is True when some rank saw a
+    non-finite loss term or gradient; the step's gradients are then dropped.  More than ``max_steps``
+    consecutive skipped steps (0: the first) raise :class:`NonFiniteLossError` naming iteration, tasks, loss
+    terms and (for a finite loss) the first parameter with a non-finite gradient."""
+
+    def __init__(self, max_steps: int = 0) -> None:
+        self.max_steps = int(max_steps)
+        self.streak = 0
+
+    def skip(self, engine: StepEngine, losses: List[Tuple[str, Dict[str, torch.Tensor]]], iteration: int) -> bool:
+        if not comm.reduce_int(engine.nonfinite(terms for _, terms in losses), "max"):
+            self.streak = 0
+            return False
+        bad = self._describe(engine, losses)  # slow path: reads values to name what went wrong
+        engine.skip_step()
+        reports = [r for r in comm.all_gather(bad) if r] if comm.get_world_size() > 1 else [bad]
+        where = "; ".join(f"{r}" for r in reports)
+        self.streak += 1
+        get_event_storage().put_scalar("nonfinite_skipped", 1.0, smoothing_hint=False)
+        if self.streak > self.max_steps:
+            raise NonFiniteLossError(f"non-finite loss or gradient at iteration {iteration}: {where} "
+                                     f"({self.streak} consecutive; SOLVER.MAX_NONFINITE_STEPS {self.max_steps})")
+        logger.warning("Skipping iteration %d: non-finite loss or gradient (%s); %d consecutive of at most %d",
+                       iteration, where, self.streak, self.max_steps)
+        return True
+
+    @staticmethod
+    def _describe(engine: StepEngine, losses) -> Optional[str]:
+        for task_name, terms in losses:
+            for name, value in terms.items():
+                v = float(value)
+                if not math.isfinite(v):
+                    return f"task {task_name}, loss term {name} = {v}"
+        param = engine.first_nonfinite_gradient()
+        if param is None:  # this rank is fine (another one was not), or the norm overflowed on finite values
+            return None
+        means = step_metrics(losses, {})
+        terms = ", ".join(f"{name} = {float(v):.4g}" for name, v in means.items() if name != "total_loss")
+        tasks = ", ".join(dict.fromkeys(t for t, _ in losses))
+        return f"task {tasks}, loss term {terms} (finite), non-finite gradient of {param}"
+
+
+def step_metrics(losses: List[Tuple[str, Dict[str, torch.Tensor]]], stats: Mapping[str, Any]) -> Dict[str, Any]:
+    """Device scalars of one step: each loss term averaged over the micro-batches that have it, ``total_loss``
+    (the mean over micro-batches of their summed terms) and the step engine's stats."""
+    terms: Dict[str, List[torch.Tensor]] = defaultdict(list)
+    for _, loss_dict in losses:
+        for name, value in loss_dict.items():
+            terms[name].append(value)
+    metrics: Dict[str, Any] = {name: torch.stack(vs).mean() if len(vs) > 1 else vs[0] for name, vs in terms.items()}
+    totals = [torch.stack(list(d.values())).sum() for _, d in losses if d]
+    if totals:
+        metrics["total_loss"] = torch.stack(totals).mean()
+    metrics.update(stats)
+    return metrics
+
+
 class Trainer(TrainerBase):
     """Multi-task trainer: each optimizer step draws ``accum_iter`` micro-batches ``(task_name, batch)`` from
-    ``data_loader``, sums ``task.losses(model, batch)`` / accum_iter and hands it to ``step_engine``.
+    ``data_loader`` (moved to the device) and hands them to ``step_engine.run_micro_batches`` (forward, backward
+    of each task's summed losses / accum_iter; with ``accum_negatives`` a contrastive task's k micro-batches are
+    scored together), then ``step_engine.step()``.
 
-    Non-finite losses or gradients: the step is skipped on every rank (the flag is reduced over ranks); more than
-    ``max_nonfinite_steps`` consecutive skipped steps (0: the first) raise :class:`NonFiniteLossError`.
+    One host read per step: loss values and metrics stay device tensors, kept until the next logging step
+    (every ``log_period`` steps, the last step, a checkpoint, the end of training), then read at once and
+    reduced over ranks; the step's read is the non-finite skip decision (:class:`NonFiniteGuard`).
 
-    ``seed``: when set, every step starts with the global python / numpy / torch (+ CUDA) RNGs seeded from
-    (seed, rank, iteration), so dropout, DropPath, mixup, negative sampling and MoE gate noise of step i are the
-    same in a resumed run as in an uninterrupted one, whatever else consumed random numbers in between.
+    ``seed``: when set, a :class:`StepSeed` hook seeds every step from (seed, rank, iteration).
     """
 
     def __init__(self, model, tasks: Mapping[str, Any], data_loader, step_engine: StepEngine, *,
                  accum_iter: int = 1, max_nonfinite_steps: int = 0, device: Optional[torch.device] = None,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, log_period: int = 1, accum_negatives: bool = False):
         super().__init__()
         self.model = model  # the module the loop calls (the step engine may wrap it: step_engine.model)
         self.tasks = tasks
         self.data_loader = data_loader
         self.step_engine = step_engine
         self.accum_iter = max(1, int(accum_iter))
-        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.accum_negatives = bool(accum_negatives)  # SOLVER.ACCUM_NEGATIVES (StepEngine.run_micro_batches)
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.device = device or next(model.parameters()).device
-        self.nonfinite_streak = 0
-        self.seed = seed
+        self.log_period = max(1, int(log_period))
+        self._pending: List[Tuple[int, Dict[str, Any]]] = []  # (iteration, device metrics) not yet read
+        self._seed_hook = StepSeed(seed) if seed is not None else None
+        self.register_hooks([self._seed_hook])
         self._data_iter = iter(data_loader)
 
+    @property
+    def seed(self) -> Optional[int]:
+        return self._seed_hook.seed if self._seed_hook is not None else None
+
+    @property
+    def nonfinite_streak(self) -> int:
+        return self.guard.streak
+
     def run_step(self) -> None:
-        model = self.step_engine.model
-        model.train()
-        if self.seed is not None:
-            seed_step_rng(derive_seed(self.seed, comm.get_rank(), self.iter, 3))
-        k = self.accum_iter
-        terms: Dict[str, List[float]] = defaultdict(list)
-        totals: List[float] = []
-        data_time = 0.0
-        bad: Optional[str] = None
-        drawn: List[str] = []
-        for micro in range(k):
-            start = time.perf_counter()
-            task_name, batch = next(self._data_iter)
-            drawn.append(task_name)
-            batch = _to_device(batch, self.device)
-            data_time += time.perf_counter() - start
-            sync = micro == k - 1
-            with self.step_engine.micro_step(sync):
-                with self.step_engine.autocast():
-                    loss_dict = self.step_engine.losses(self.tasks[task_name], batch)
-                    # Losses the model recorded in those forwards (MoE load balancing: loss_moe_aux).
-                    loss_dict.update(self._model_extra_losses())
-                loss = sum(v.float() for v in loss_dict.values())
-                self.step_engine.backward(loss / k, sync=sync)
-            for name, value in loss_dict.items():
-                v = float(value.detach())
-                terms[name].append(v)
-                if bad is None and not math.isfinite(v):
-                    bad = f"task {task_name}, loss term {name} = {v}"
-            totals.append(float(loss.detach()))
-        if bad is None:
-            bad = self._nonfinite_gradient(drawn, terms)
-        if self._any_rank_flag(bad is not None):
-            self._handle_nonfinite(bad)
+        engine = self.step_engine
+        engine.model.train()
+        start = time.perf_counter()
+        micro_batches = [(name, to_device(b, self.device)) for name, b in islice(self._data_iter, self.accum_iter)]
+        data_time = time.perf_counter() - start
+        losses = engine.run_micro_batches(self.tasks, micro_batches, self.accum_negatives)
+        if self.guard.skip(engine, losses, self.iter):
             return
-        self.nonfinite_streak = 0
-        stats = self.step_engine.step()
-        metrics = {name: sum(vs) / len(vs) for name, vs in terms.items()}
-        metrics["total_loss"] = sum(totals) / len(totals)
-        metrics.update(stats)
-        self._write_metrics(metrics, data_time)
+        stats = engine.step()
+        self._write_metrics(step_metrics(losses, stats), data_time)
 
-    def _nonfinite_gradient(self, drawn: List[str], terms: Dict[str, List[float]]) -> Optional[str]:
-        """Finite losses can still give inf / NaN gradients (overflow in backward): name the first such parameter
-        with the step's tasks and loss terms.  Left to the loss scaler when one is on (fp16 GradScaler)."""
-        scaler = getattr(self.step_engine, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            return None
-        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
-        # One multi-tensor norm pass: a finite norm means finite entries (Tiny: 3 ms vs 86 ms for per-tensor
-        # isfinite on one CPU thread, tools/benchmark.py --mode loop); the exact check runs only on a hit.
-        if not grads or bool(torch.stack(torch._foreach_norm([g for _, g in grads])).isfinite().all()):
-            return None
-        param = next((n for n, g in grads if not bool(torch.isfinite(g).all())), None)
-        if param is None:  # the norm overflowed on finite (huge) gradients
-            return None
-        losses = ", ".join(f"{name} = {sum(v) / len(v):.4g}" for name, v in terms.items())
-        return f"task {', '.join(dict.fromkeys(drawn))}, loss term {losses} (finite), non-finite gradient of {param}"
+    def _write_metrics(self, metrics: Mapping[str, Any], data_time: float) -> None:
+        """The one place where metrics are read and reduced over ranks.  Kept on the device until a logging
+        step, then all pending steps are read at once; each key is averaged over the ranks that have it (with
+        per-rank task draws a task's loss exists only where it was drawn), ``data_time`` is the max."""
+        self._pending.append((self.iter, dict(metrics, data_time=data_time)))
+        if (self.iter + 1) % self.log_period == 0 or self.iter >= self.max_iter - 1:
+            self.flush_metrics()
 
-    def _model_extra_losses(self) -> Dict[str, torch.Tensor]:
-        extra = getattr(self.model, "extra_losses", None)  # self.model: the unwrapped module
-        return extra() if extra is not None else {}
-
-    def _any_rank_flag(self, flag: bool) -> bool:
-        return bool(comm.reduce_int(flag, "max"))
-
-    def _handle_nonfinite(self, bad: Optional[str]) -> None:
-        self.step_engine.skip_step()
-        reports = [r for r in comm.all_gather(bad) if r] if comm.get_world_size() > 1 else [bad]
-        where = "; ".join(f"{r}" for r in reports)
-        self.nonfinite_streak += 1
-        storage = get_event_storage()
-        storage.put_scalar("nonfinite_skipped", 1.0, smoothing_hint=False)
-        if self.nonfinite_streak > self.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient at iteration {self.iter}: {where} "
-                f"({self.nonfinite_streak} consecutive; SOLVER.MAX_NONFINITE_STEPS {self.max_nonfinite_steps})"
-            )
-        logger.warning("Skipping iteration %d: non-finite loss or gradient (%s); %d consecutive of at most %d",
-                       self.iter, where, self.nonfinite_streak, self.max_nonfinite_steps)
-
-    def _write_metrics(self, metrics: Dict[str, float], data_time: float) -> None:
-        """The one place where metrics are reduced over ranks: each key is averaged over the ranks that have it
-        (with per-rank task draws a task's loss exists only where it was drawn)."""
-        metrics = dict(metrics, data_time=data_time)
+    def flush_metrics(self) -> None:
+        """Read the pending device metrics (one transfer) and put them into the storage at their iterations."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        tensors = [v for _, m in pending for v in m.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.float() for t in tensors]).tolist() if tensors else [])
+        rows = [(it, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()})
+                for it, m in pending]
         if comm.get_world_size() > 1:
-            gathered = comm.all_gather(metrics)
-            keys = set().union(*gathered)
-            metrics = {k: sum(m[k] for m in gathered if k in m) / sum(1 for m in gathered if k in m) for k in keys}
-            metrics["data_time"] = max(m["data_time"] for m in gathered)
+            gathered = comm.all_gather([m for _, m in rows])
+            rows = [(it, _reduce_over_ranks([g[i] for g in gathered])) for i, (it, _) in enumerate(rows)]
         storage = get_event_storage()
-        storage.put_scalar("data_time", metrics.pop("data_time"))
-        for key, value in metrics.items():
-            storage.put_scalar(key, value)
+        current = storage.iter
+        try:
+            for it, m in rows:
+                storage.iter = it
+                storage.put_scalar("data_time", m.pop("data_time"))
+                for key, value in m.items():
+                    storage.put_scalar(key, value)
+        finally:
+            storage.iter = current
+
+    def after_train(self) -> None:
+        if self.storage is not None:
+            self.flush_metrics()  # a run stopped early still gets its last values written
+        super().after_train()
 
     def state_dict(self) -> Dict[str, Any]:
+        if self.storage is not None:
+            self.flush_metrics()  # the checkpointed metric history includes every finished step
         state = super().state_dict()
-        state["nonfinite_streak"] = self.nonfinite_streak
+        state["nonfinite_streak"] = self.guard.streak
         if self.seed is not None:
             state["seed"] = int(self.seed)
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.guard.streak = int(state.get("nonfinite_streak", 0))
         if self.seed is not None and "seed" in state:
-            self.seed = int(state["seed"])  # SEED < 0 drew a fresh seed at start-up: keep the run's own
+            self._seed_hook.seed = int(state["seed"])  # SEED < 0 drew a fresh seed at start-up: keep the run's own
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _reduce_over_ranks(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
+    keys = set().union(*per_rank)
+    out = {k: sum(m[k] for m in per_rank if k in m) / sum(1 for m in per_rank if k in m) for k in keys}
+    out["data_time"] = max(m["data_time"] for m in per_rank)
+    return out
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch moved to ``device`` (non-blocking: pinned host memory copies asynchronously)."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return type(batch)((k, _to_device(v, device)) for k, v in batch.items()) if not isinstance(batch, dict) \
-            else {k: _to_device(v, device) for k, v in batch.items()}
+        return type(batch)((k, to_device(v, device)) for k, v in batch.items()) if not isinstance(batch, dict) \
+            else {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     return batch

@@ -5,7 +5,7 @@ The model and the trainer never branch on task names or types; they only call th
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -57,6 +57,13 @@ class Task:
     def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """``{"loss_<NAME>": scalar}`` already multiplied by LOSSES.LOSS_WEIGHT."""
         raise NotImplementedError
+
+    def accumulated_losses(self, engine, batches: List[Dict[str, Any]]) -> Optional[List[Dict[str, torch.Tensor]]]:
+        """``SOLVER.ACCUM_NEGATIVES``: forward and backward (through ``engine``) of the k micro-batches of one
+        optimizer step, all of this task, with a loss computed over their features together; returns each
+        micro-batch's detached loss terms.  None (the default): this task has no such loss, each micro-batch
+        is scored alone."""
+        return None
 
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
         """Evaluation outputs for this task's evaluator."""

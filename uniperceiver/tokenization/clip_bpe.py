@@ -68,6 +68,9 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+TEXT_CACHE_SIZE = 1_000_000  # texts whose ids are kept (a caption: ~20 ints); beyond it, encoded each time
+
+
 class ClipTokenizer:
     """CLIP BPE over bytes, plus the five special tokens of :data:`SPECIAL_TOKENS`.
 
@@ -95,6 +98,7 @@ class ClipTokenizer:
             specials + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
         )
         self._word_cache: Dict[str, List[int]] = {}
+        self._text_cache: Dict[str, List[int]] = {}
         self.sot_id, self.eot_id, self.mask_id, self.gen_id, self.spe_id = (
             self.token_to_id[t] for t in SPECIAL_TOKENS
         )
@@ -130,7 +134,16 @@ class ClipTokenizer:
 
     # ------------------------------------------------------------------------------------------- public
     def encode(self, text: str) -> List[int]:
-        """Token ids of ``text`` (no start/end tokens added)."""
+        """Token ids of ``text`` (no start/end tokens added).  Texts seen before come from a cache (captions and
+        sentences repeat every epoch; cleaning + BPE of a caption costs far more than the lookup)."""
+        cached = self._text_cache.get(text)
+        if cached is None:
+            cached = self._encode(text)
+            if len(self._text_cache) < TEXT_CACHE_SIZE:
+                self._text_cache[text] = cached
+        return list(cached)
+
+    def _encode(self, text: str) -> List[int]:
         ids: List[int] = []
         for piece in self.pattern.findall(_clean(text)):
             special = self.token_to_id.get(piece) if piece.startswith("<|") else None
@@ -178,17 +191,18 @@ class ClipTokenizer:
         the end token when ``add_eot``).  No ``<|spe|>`` is added: the model prepends it."""
         if isinstance(texts, str):
             texts = [texts]
-        ids = torch.zeros(len(texts), context_length, dtype=torch.long)
-        mask = torch.zeros(len(texts), context_length, dtype=torch.bool)
-        for row, text in enumerate(texts):
+        rows, lengths = [], []
+        for text in texts:
             tokens = self.encode(text)
             if add_sot:
                 tokens = [self.sot_id] + tokens
             if add_eot:
                 tokens = tokens[: context_length - 1] + [self.eot_id]
             tokens = tokens[:context_length]
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, : len(tokens)] = True
+            lengths.append(len(tokens))
+            rows.append(tokens + [0] * (context_length - len(tokens)))
+        ids = torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
+        mask = torch.arange(context_length) < torch.tensor(lengths, dtype=torch.long).reshape(-1, 1)
         return ids, mask
 
     def __len__(self) -> int:

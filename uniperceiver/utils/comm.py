@@ -181,12 +181,17 @@ def reduce_dict(values: Dict[str, float], average: bool = True) -> Dict[str, flo
 _REDUCE_OPS = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "sum": dist.ReduceOp.SUM}
 
 
-def reduce_int(value: int, op: str = "max") -> int:
-    """``value`` reduced over ranks with ``op`` (``max``, ``min`` or ``sum``); returned on every rank (``value``
-    itself in one process).  For flags and counts: "any rank" is ``max``, "every rank" is ``min``."""
+def reduce_int(value, op: str = "max") -> int:
+    """``value`` (an int, or a device scalar tensor: reduced where it is, then read once) reduced over ranks with
+    ``op`` (``max``, ``min`` or ``sum``); returned on every rank (``value`` itself in one process).  For flags and
+    counts: "any rank" is ``max``, "every rank" is ``min``."""
     if get_world_size() == 1:
         return int(value)
-    t = torch.tensor([int(value)], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    if isinstance(value, torch.Tensor):
+        t = value.detach().reshape(1).to(device=device, dtype=torch.int64)
+    else:
+        t = torch.tensor([int(value)], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=_REDUCE_OPS[op])
     return int(t.item())
 

@@ -134,12 +134,9 @@ def derive_seed(*parts: int) -> int:
 
 
 @contextlib.contextmanager
-def seeded_rng(seed: int):
-    """Run the block with python / numpy / torch-CPU global RNGs seeded with ``seed``; restore them after."""
+def preserved_rng():
+    """Run the block and restore the python / numpy / torch-CPU global RNG states after it."""
     py, npst, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
@@ -148,8 +145,26 @@ def seeded_rng(seed: int):
         torch.set_rng_state(th)
 
 
-def seed_step_rng(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device) for one training step."""
+def seed_cpu_rng(seed: int) -> None:
+    """Seed the python / numpy / torch-CPU global RNGs with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run the block with python / numpy / torch-CPU global RNGs seeded with ``seed``; restore them after."""
+    with preserved_rng():
+        seed_cpu_rng(seed)
+        yield
+
+
+def seed_step_rng(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device) for one training step: ``torch.manual_seed``'s
+    effect on CPU and CUDA without its walk over every other backend (1.3 ms a call on a CPU-only machine)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

@@ -213,12 +213,27 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
         """The transformed image of ``record``, or None (counted and logged) when it cannot be read."""
         path = self.image_path(record)
         self.num_read += 1
-        try:
-            image = load_rgb(path, max_pixels=self.max_image_pixels)
-        except DECODE_ERRORS as err:
-            self._mark_bad(path, err)
-            return None
-        return self.transform(image) if self.transform is not None else image
+        cache = getattr(self, "_decoded", None)
+        image = cache.get(path) if cache is not None else None
+        if image is None:
+            try:
+                image = load_rgb(path, max_pixels=self.max_image_pixels)
+            except DECODE_ERRORS as err:
+                self._mark_bad(path, err)
+                return None
+            if cache is not None and self._decoded_budget >= image.width * image.height * 3:
+                self._decoded_budget -= image.width * image.height * 3
+                cache[path] = image
+        if self.transform is not None:
+            return self.transform(image)
+        return image.copy() if cache is not None else image
+
+    def enable_image_cache(self, megabytes: float) -> None:
+        """Keep decoded images (RGB, up to ``megabytes`` per process) so later epochs skip the decode
+        (``DATALOADER.IMAGE_CACHE_MB``; each worker keeps its own).  Transforms make new images, so cached
+        ones are never modified."""
+        self._decoded: Dict[str, Any] = {}
+        self._decoded_budget = int(megabytes * 2**20)
 
     def drop_records(self, bad: Callable[[dict], bool], reason: str, path: str = "") -> int:
         """Skip the records for which ``bad(record)`` holds (logged with ``path:record["line"]``, counted; more
