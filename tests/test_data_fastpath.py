@@ -25,7 +25,7 @@ def test_image_cache_decodes_each_file_once(tmp_path, monkeypatch):
     reference = [ds[i]["image"] for i in range(3)]
     decoded = []
     original = base.load_rgb
-    monkeypatch.setattr(base, "load_rgb", lambda path: decoded.append(path) or original(path))
+    monkeypatch.setattr(base, "load_rgb", lambda path, **kw: decoded.append(path) or original(path, **kw))
     ds.enable_image_cache(1)
     for _ in range(3):
         assert all(torch.equal(ds[i]["image"], reference[i]) for i in range(3))
