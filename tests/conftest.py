@@ -80,6 +80,16 @@ def run_main(args: Sequence[str], *, launcher: Sequence[str] = (), env: Optional
     return proc
 
 
+def load_tool(name: str):
+    """The module ``tools/<name>.py`` (tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     import socket
 

@@ -1,20 +1,13 @@
 """Video dataset converters (``tools/convert_kinetics.py``, ``tools/convert_video_captions.py``): tiny official-format
 inputs -> exactly the lists / caption files our readers take, missing clips counted, malformed inputs named."""
-import importlib.util
 import json
 import os
 
+from conftest import load_tool
 from uniperceiver.data.datasets.imagenet import read_class_names
 from uniperceiver.data.datasets.video import VideoClassificationDataset, read_video_captions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _touch(path):
@@ -54,7 +47,7 @@ def test_convert_kinetics_lists_classnames_and_missing_clips(tmp_path, capsys):
     out = tmp_path / "k"
     argv = ["--videos", str(videos), "--train", str(tmp_path / "train.csv"), "--val", str(tmp_path / "validate.csv"),
             "--out", str(out)]
-    assert _tool("convert_kinetics").main(argv) == 0
+    assert load_tool("convert_kinetics").main(argv) == 0
     assert _lines(out / "classnames.txt") == ["abseiling", "riding a bike", "zumba"]
     assert _lines(out / "train.txt") == ["videos/train/riding_a_bike/a_b-c_000010_000020.mp4 1",
                                          "videos/xyz_000000_000010.webm 0"]
@@ -77,7 +70,7 @@ def test_convert_kinetics_forced_class_order_and_test_split(tmp_path):
     (tmp_path / "test.csv").write_text(KINETICS_VAL)
     argv = ["--videos", str(videos), "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
             "--classnames", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "out"), "--root", str(videos)]
-    assert _tool("convert_kinetics").main(argv) == 0
+    assert load_tool("convert_kinetics").main(argv) == 0
     out = tmp_path / "out"
     assert _lines(out / "classnames.txt") == ["zumba", "riding a bike", "abseiling", "yoga"]
     assert _lines(out / "train.txt") == ["train/riding_a_bike/a_b-c_000010_000020.mp4 1", "xyz_000000_000010.webm 2"]
@@ -87,7 +80,7 @@ def test_convert_kinetics_forced_class_order_and_test_split(tmp_path):
 
 def test_convert_kinetics_bad_inputs_name_the_file(tmp_path, capsys):
     videos = _kinetics(tmp_path)
-    tool = _tool("convert_kinetics")
+    tool = load_tool("convert_kinetics")
     no_label = tmp_path / "test_unlabelled.csv"
     no_label.write_text("youtube_id,time_start,time_end,split\nxyz,0,10,test\n")
     assert tool.main(["--videos", str(videos), "--test", str(no_label), "--out", str(tmp_path / "o")]) == 2
@@ -115,7 +108,7 @@ def test_convert_moments_in_time(tmp_path, capsys):
     (tmp_path / "validationSet.csv").write_text("barking/yt-cc_2.mp4,barking,3,0\n")
     (tmp_path / "moments_categories.txt").write_text("applauding,0\narching,1\nbarking,2\n")
     out = tmp_path / "mit"
-    assert _tool("convert_kinetics").main([
+    assert load_tool("convert_kinetics").main([
         "--format", "mit", "--videos", str(videos), "--train", str(tmp_path / "trainingSet.csv"),
         "--val", str(tmp_path / "validationSet.csv"), "--classnames", str(tmp_path / "moments_categories.txt"),
         "--out", str(out)]) == 0
@@ -149,7 +142,7 @@ def test_convert_msrvtt(tmp_path, capsys):
     (tmp_path / "train_val_videodatainfo.json").write_text(json.dumps(MSRVTT_TRAIN_VAL))
     (tmp_path / "test_videodatainfo.json").write_text(json.dumps(MSRVTT_TEST))
     ann = tmp_path / "ann"
-    assert _tool("convert_video_captions").main([
+    assert load_tool("convert_video_captions").main([
         "--format", "msrvtt", str(tmp_path / "train_val_videodatainfo.json"), str(tmp_path / "test_videodatainfo.json"),
         "--out", str(ann)]) == 0
     train = json.loads((ann / "captions_train.json").read_text())
@@ -182,7 +175,7 @@ d_0_9
 def test_convert_msvd_split_by_clip_list_and_first_appearance(tmp_path, capsys):
     (tmp_path / "AllVideoDescriptions.txt").write_text(MSVD)
     (tmp_path / "youtube_mapping.txt").write_text("b_1_2 vid1\n-4wsuPCjDBc_5_15 vid2\nd_0_9 vid3\nc_3_4 vid4\n")
-    tool = _tool("convert_video_captions")
+    tool = load_tool("convert_video_captions")
     ann = tmp_path / "ann"
     assert tool.main(["--format", "msvd", str(tmp_path / "AllVideoDescriptions.txt"), "--clip-list",
                       str(tmp_path / "youtube_mapping.txt"), "--split-sizes", "2", "1", "1", "--out", str(ann)]) == 0
@@ -205,7 +198,7 @@ def test_convert_msvd_split_by_clip_list_and_first_appearance(tmp_path, capsys):
 
 
 def test_convert_video_captions_bad_inputs_name_the_file(tmp_path, capsys):
-    tool = _tool("convert_video_captions")
+    tool = load_tool("convert_video_captions")
     (tmp_path / "AllVideoDescriptions.txt").write_text(MSVD)
     assert tool.main(["--format", "msvd", str(tmp_path / "AllVideoDescriptions.txt"), "--out", str(tmp_path)]) == 2
     assert "AllVideoDescriptions.txt: 5 clips, but --split-sizes 1200 100 670 add up to 1970" in capsys.readouterr().err

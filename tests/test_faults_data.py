@@ -5,7 +5,6 @@ tests/test_datasets.py covers corrupt images; tests/test_video_vqa.py truncated 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLS, QUICK, REPO, run_main
+from conftest import CLS, QUICK, REPO, load_tool, run_main
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import (TooManyBadSamples, build_reader, read_coco_captions, read_image_label_list,
                                         read_jsonl_pairs, read_video_captions, read_vqa)
@@ -378,20 +377,13 @@ def test_oversized_image_is_a_bad_sample_for_the_reader_and_check_data(tmp_path,
         samples = [ds[i] for i in range(len(ds))]
     assert len(samples) == 9 and all(s["image"].size == (8, 8) for s in samples)
     assert ds.num_bad == 1 and "bomb.png" in caplog.text and "ImageTooLarge" in caplog.text
-    check_data = _tool("check_data")
+    check_data = load_tool("check_data")
     problems = check_data.check(cfg, samples=20)
     assert any("bomb.png" in p and "ImageTooLarge" in p for p in problems), problems
     small = _classification_cfg(tmp_path, "DATALOADER.MAX_BAD_FRACTION", "0.5", "DATALOADER.MAX_IMAGE_PIXELS", "63")
     ds = build_reader(small.TASKS[0], small, "train")
     assert ds.read_image(ds.records[0]) is None and ds.num_bad == 1
     assert "more than DATALOADER.MAX_IMAGE_PIXELS 63" in caplog.text
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------- unusable annotation files

@@ -1,6 +1,5 @@
 """Observability and weight formats (docs/observability.md): LOGGER.WRITERS with Weights & Biases (offline),
 the PROFILER hook, samples_per_s_<task> / max_rss_mb / max_mem_mb, and safetensors weights."""
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ENGINE_SMOKE, REPO, run_main
+from conftest import ENGINE_SMOKE, REPO, load_tool, run_main
 from uniperceiver.checkpoint import Checkpointer, CheckpointError, load_checkpoint_file
 from uniperceiver.checkpoint.safetensors_io import ALIASES_KEY, load_safetensors, read_metadata, save_safetensors
 from uniperceiver.config import ConfigError, setup_cfg
@@ -16,13 +15,6 @@ from uniperceiver.utils.events import EventStorage, JSONWriter, TensorboardWrite
 
 INSTANT_CLS = str(REPO / "configs" / "quick_schedules" / "instant_classification.yaml")
 INSTANT_MOE = str(REPO / "configs" / "quick_schedules" / "instant_moe.yaml")
-
-
-def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", REPO / "tools" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _jsonl(path):
@@ -309,7 +301,7 @@ def test_safetensors_weights_load_like_the_pth(tmp_path, cfg_file, opts):
     src = _perturbed_model(cfg_file, opts)
     pth, st = tmp_path / "model_final.pth", tmp_path / "model.safetensors"
     torch.save({"model": src.state_dict(), "iteration": 9}, pth)
-    assert _convert_tool().main(["--to", "safetensors", str(pth), str(st)]) == 0
+    assert load_tool("convert_checkpoint").main(["--to", "safetensors", str(pth), str(st)]) == 0
     assert read_metadata(str(st))["uniperceiver.iteration"] == "9"
     # a model whose learned text position table is longer: resized by the model's rules
     resized = ["MODEL.MAX_POSITION_EMBEDDINGS", "96"]
@@ -333,7 +325,7 @@ def test_safetensors_weights_load_like_the_pth(tmp_path, cfg_file, opts):
 
 
 def test_convert_tool_ema_lora_and_refusals(tmp_path, capsys):
-    tool = _convert_tool()
+    tool = load_tool("convert_checkpoint")
     model = _perturbed_model(INSTANT_CLS, ["MODEL.LORA.ENABLED", "True"])
     state = model.state_dict()
     ema = {k: v + 1 for k, v in state.items() if v.is_floating_point()}
@@ -368,7 +360,7 @@ def test_eval_only_results_identical_for_pth_and_safetensors(tmp_path):
 
     pth, st = tmp_path / "w.pth", tmp_path / "w.safetensors"
     torch.save({"model": _perturbed_model(INSTANT_CLS, seed=3).state_dict()}, pth)
-    assert _convert_tool().main(["--to", "safetensors", str(pth), str(st)]) == 0
+    assert load_tool("convert_checkpoint").main(["--to", "safetensors", str(pth), str(st)]) == 0
     texts = []
     for name, weights in (("pth", pth), ("st", st)):
         cfg = setup_cfg(INSTANT_CLS, ["OUTPUT_DIR", str(tmp_path / name), "MODEL.WEIGHTS", str(weights),

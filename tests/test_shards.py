@@ -2,7 +2,6 @@
 sample, exact positions and resume, disjoint readers on 2 gloo ranks, bad shards skipped and counted."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -17,19 +16,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from conftest import PYTHON, REPO, clean_env, free_port, run_main
+from conftest import PYTHON, REPO, clean_env, free_port, load_tool, run_main
 from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.data.multitask import TaskStream
 from uniperceiver.data.shards import ShardDataset, ShardReadError, expand_urls, iter_shard
 
 RETRIEVAL = str(REPO / "configs" / "quick_schedules" / "instant_retrieval.yaml")
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("make_shards", REPO / "tools" / "make_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _png(value: int) -> bytes:
@@ -75,7 +67,7 @@ def _captions(stream, n):
 def test_make_shards_round_trip_sample_for_sample(tmp_path):
     """The demo COCO training pairs through tools/make_shards.py: every record comes back, in order, with its
     image bytes, caption and img2dataset's member names."""
-    tool = _tool()
+    tool = load_tool("make_shards")
     cfg = setup_cfg(RETRIEVAL, ["DATA_PATH", ""])
     from uniperceiver.data.demo import prepare_data_root
 
@@ -101,7 +93,7 @@ def test_make_shards_round_trip_sample_for_sample(tmp_path):
 
 
 def test_make_shards_labels(tmp_path):
-    tool = _tool()
+    tool = load_tool("make_shards")
     records = [{"path": str(tmp_path / f"{i}.png"), "source": f"{i}.png", "label": i % 3} for i in range(7)]
     for i, r in enumerate(records):
         Image.new("RGB", (4, 4), (i, 0, 0)).save(r["path"])
@@ -232,7 +224,7 @@ def test_two_gloo_ranks_read_disjoint_shards(tmp_path):
 def test_sigkill_after_checkpoint_resumes_bitwise_on_shards(tmp_path):
     """Retrieval from shards, NUM_WORKERS 2, shuffle buffer 24: SIGKILLed after its first checkpoint and
     resumed, the run ends with the uninterrupted run's weights, bit for bit."""
-    tool = _tool()
+    tool = load_tool("make_shards")
     cfg = setup_cfg(RETRIEVAL, ["DATA_PATH", ""])
     from uniperceiver.data.demo import prepare_data_root
 

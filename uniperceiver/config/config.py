@@ -90,6 +90,20 @@ def load_yaml_file(filename: str) -> Any:
         raise ConfigError(f"{filename}: invalid YAML: {where}{what}") from None
 
 
+def read_config_mapping(filename: str, stack: List[str]) -> Dict[str, Any]:
+    """The top-level mapping of config file ``filename`` (absolute), included through ``stack`` (the files that
+    include it, outermost first); ConfigError for a ``_BASE_`` cycle, a missing file or a non-mapping."""
+    if filename in stack:
+        raise ConfigError(f"_BASE_ cycle in config files: {' -> '.join(list(stack) + [filename])}")
+    if not os.path.isfile(filename):
+        where = f" (included from {stack[-1]})" if stack else ""
+        raise ConfigError(f"config file not found: {filename}{where}")
+    data = load_yaml_file(filename) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}: the top level must be a mapping of config keys")
+    return data
+
+
 def _closest(key: str, candidates: Iterable[str]) -> str:
     names = difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(names)}?" if names else ""
@@ -164,15 +178,7 @@ class CfgNode(_YacsCfgNode):
         child are merged into the parent's entry of the same NAME key by key; new names are appended."""
         filename = os.path.abspath(filename)
         stack = list(_stack or [])
-        if filename in stack:
-            chain = " -> ".join(stack + [filename])
-            raise ConfigError(f"_BASE_ cycle in config files: {chain}")
-        if not os.path.isfile(filename):
-            where = f" (included from {stack[-1]})" if stack else ""
-            raise ConfigError(f"config file not found: {filename}{where}")
-        data = load_yaml_file(filename) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{filename}: the top level must be a mapping of config keys")
+        data = read_config_mapping(filename, stack)
         _check_unique_names(data, filename)
         bases = data.pop(BASE_KEY, None)
         if bases is None:

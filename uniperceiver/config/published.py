@@ -27,7 +27,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .config import BASE_KEY, ConfigError, _FLOAT_TEXT, load_yaml_file
+from .config import BASE_KEY, ConfigError, _FLOAT_TEXT, read_config_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -447,14 +447,7 @@ _PUBLISHED_SUBKEYS = (("SOLVER", "NAME"), ("SOLVER", "AMP_FP16"), ("MODEL", "ENC
 def load_published_chain(filename: str, _stack: Sequence[str] = ()) -> Dict[str, Any]:
     """A published file merged onto its ``_BASE_`` chain as published yacs does (dicts merge, lists replace)."""
     filename = os.path.abspath(filename)
-    if filename in _stack:
-        raise ConfigError(f"_BASE_ cycle in config files: {' -> '.join(list(_stack) + [filename])}")
-    if not os.path.isfile(filename):
-        where = f" (included from {_stack[-1]})" if _stack else ""
-        raise ConfigError(f"config file not found: {filename}{where}")
-    data = load_yaml_file(filename) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{filename}: the top level must be a mapping of config keys")
+    data = read_config_mapping(filename, list(_stack))
     base = data.pop(BASE_KEY, None)
     if base is None:
         return data
