@@ -98,7 +98,8 @@ def plot_metrics(output_dir: str, out: str = "", smooth_frac: float = 0.1) -> st
         if name == "loss":
             (key, points), = s.items()
             xs, ys = zip(*points)
-            ax.plot(xs, ys, color="C0", alpha=0.3, linewidth=0.8)
+            ax.plot(xs, ys, color="C0", alpha=0.3, linewidth=0.8, marker="o" if len(xs) < 30 else None,
+                    markersize=2)
             ax.plot(xs, smooth(list(ys), smooth_frac), color="C0", linewidth=2)
             first, last = first_last_windows(list(ys))
             ax.set_title(f"{key}: {first:.3g} -> {last:.3g} (first / last 20%)", fontsize=9)
