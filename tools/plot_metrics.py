@@ -87,6 +87,8 @@ def plot_metrics(output_dir: str, out: str = "", smooth_frac: float = 0.1) -> st
     losses = sorted(groups["losses"], key=lambda k: (k == "total_loss", k))
     panels = [("loss", {k: groups["losses"][k]}) for k in losses]
     panels += [(name, groups[name]) for name in ("lr", "evaluation") if groups[name]]
+    # one evaluation (at the end) is a table, not a curve: the log and inference/*/results.json show it
+    panels = [(n, s) for n, s in panels if n != "evaluation" or max(len(p) for p in s.values()) > 1]
     if not panels:
         raise ValueError(f"{path} has no losses, lr or evaluation metrics")
     ncols = 2 if len(panels) > 3 else 1
