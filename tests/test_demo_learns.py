@@ -44,3 +44,20 @@ def test_every_task_of_the_demo_learns(tmp_path):
         report.append((t, first, last))
     flat = [f"{t}: {f:.3f} -> {l:.3f}" for t, f, l in report if l > (1 - MIN_DROP) * f]
     assert not flat, "training loss did not fall by 2%: " + "; ".join(flat)
+
+
+def test_plot_metrics_one_panel_per_loss_and_chance(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_metrics", REPO / "tools" / "plot_metrics.py")
+    pm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pm)
+    rows = [{"iteration": i, "loss_a": 3.0 - 0.01 * i, "lr": 1e-3} for i in range(0, 100, 5)]
+    rows += [{"iteration": 7, "loss_b": 5.0}]  # a task seen once: still drawn
+    rows += [{"iteration": it, "a/Acc@1": acc, "a/chance_Acc@1": 10.0} for it, acc in ((50, 20.0), (99, 40.0))]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = pm.plot_metrics(str(tmp_path))
+    assert (tmp_path / "metrics.png").stat().st_size > 1000 and out.endswith("metrics.png")
+    assert pm.first_last_windows([4.0, 4.0, 3.0, 2.0, 1.0], frac=0.2) == (4.0, 1.0)
+    smoothed = pm.smooth([1.0] * 5 + [0.0] * 5, 0.3)
+    assert smoothed[0] == 1.0 and 0.0 < smoothed[-1] < smoothed[5] < 1.0
