@@ -29,7 +29,7 @@ def task_losses(metrics_path):
     return {t: [v for _, v in sorted(d.items())] for t, d in losses.items()}
 
 
-@pytest.mark.slow  # about 2 minutes on 2 cores
+@pytest.mark.slow  # 55 s on 2 nearly idle cores (demo data generation included)
 def test_every_task_of_the_demo_learns(tmp_path):
     overrides = ["SOLVER.MAX_ITER", STEPS, "LR_SCHEDULER.WARMUP", 10, "SOLVER.EVAL_PERIOD", 0,
                  "SOLVER.WRITE_PERIOD", 1, "SOLVER.CHECKPOINT_PERIOD", 100000, "OUTPUT_DIR", tmp_path / "out"]
