@@ -254,7 +254,45 @@ def test_shard_range_covers_once(n, world):
 
 def test_results_table_lists_metrics():
     table = results_table({"imagenet": {"Acc@1": 12.5, "Acc@5": 40.0}})
-    assert "imagenet" in table and "Acc@1" in table and "12.50" in table
+    assert "imagenet" in table and "Acc@1" in table and "12.50" in table and "chance" not in table
+
+
+def test_results_table_shows_chance_beneath_each_metric():
+    table = results_table({"coco": {"i2t_R@1": 12.5, "CIDEr": 0.3, "chance_i2t_R@1": 2.5}})
+    header, values, chance = table.splitlines()
+    assert "chance_" not in header and header.count("|") == values.count("|") == chance.count("|") == 2
+    assert chance.split("|")[1].strip() == "2.50" and chance.split("|")[2].strip() == "-"
+
+
+# ---------------------------------------------------------------------------------------------- chance levels
+def test_chance_levels_from_the_split():
+    ev = ClassificationEvaluator(topk=(1, 5))
+    ev.process({}, {"logits": torch.randn(4, 8), "labels": torch.tensor([0, 1, 2, 3])})
+    ev.evaluate()
+    assert ev.chance_levels() == pytest.approx({"Acc@1": 100 / 8, "Acc@5": 100 * 5 / 8})
+    ev = ClassificationEvaluator(topk=(1, 5))
+    ev.process({}, {"logits": torch.randn(2, 3), "labels": torch.tensor([0, 1])})
+    ev.evaluate()
+    assert ev.chance_levels()["Acc@5"] == 100.0  # min(5, C) / C
+    # retrieval: 2 images with 3 and 1 captions (4 candidates for i2t, 2 for t2i)
+    ev = RetrievalEvaluator(ks=(1, 2))
+    ev.process({}, {"image_feats": torch.eye(2), "image_ids": [0, 1], "text_feats": torch.randn(4, 2),
+                    "text_image_ids": [0, 0, 0, 1]})
+    ev.evaluate()
+    c = ev.chance_levels()
+    assert c["i2t_R@1"] == pytest.approx(100 * (3 / 4 + 1 / 4) / 2)
+    assert c["i2t_R@2"] == pytest.approx(100 * ((1 - 0) + (1 - 3 / 4 * 2 / 3)) / 2)  # 1 - C(N-g,K)/C(N,K)
+    assert c["t2i_R@1"] == pytest.approx(50.0) and c["t2i_R@2"] == pytest.approx(100.0)
+    # MLM: the most frequent masked token
+    ev = MLMEvaluator()
+    ev.process({}, {"labels": torch.tensor([[5, 5, -100, 7]]), "predictions": torch.tensor([[5, 1, 1, 1]])})
+    ev.evaluate()
+    assert ev.chance_levels() == pytest.approx({"mlm_acc": 100 * 2 / 3})
+    # VQA: the most frequent normalised human answer ("2"), scored like a prediction
+    ev = VQAEvaluator()
+    ev.process({}, {"predictions": ["x", "x"], "answers": [["two", "2", "2"], ["yes", "2", "no"]]})
+    ev.evaluate()
+    assert ev.chance_levels() == pytest.approx({"vqa_acc": 100 * (1 + 1 / 3) / 2})
 
 
 # ---------------------------------------------------------------------------------------------- captioning
@@ -492,7 +530,8 @@ def test_inference_on_tasks_keys_files_and_mode(tmp_path):
     model, task = _toy_model(), _ToyClsTask(cfg)
     model.train()
     results = inference_on_tasks(cfg, model, {"toy": task})
-    assert list(results) == ["toy", "toy/test"] and set(results["toy"]) == {"Acc@1", "Acc@5"}
+    assert list(results) == ["toy", "toy/test"]
+    assert set(results["toy"]) == {"Acc@1", "Acc@5", "chance_Acc@1", "chance_Acc@5"}
     assert model.training and task.started == 2
     assert json.loads((tmp_path / "inference" / "toy" / "results.json").read_text()) == results["toy"]
     assert json.loads((tmp_path / "inference" / "toy" / "test" / "results.json").read_text()) == results["toy/test"]
@@ -649,7 +688,7 @@ def test_eval_only_without_training_data(tmp_path):
     run_main(["--config-file", config, "--eval-only", "MODEL.WEIGHTS", tmp_path / "w.pth", "DATA_PATH", data,
               "OUTPUT_DIR", out])
     results = json.loads((out / "inference" / "imagenet" / "results.json").read_text())
-    assert set(results) == {"Acc@1", "Acc@5"}
+    assert set(results) == {"Acc@1", "Acc@5", "chance_Acc@1", "chance_Acc@5"}
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
     assert not any(f.endswith(".pth") for f in os.listdir(out))  # nothing trained, nothing saved
     # the same numbers in-process
@@ -672,3 +711,15 @@ def test_eval_only_two_processes_equals_one(tmp_path):
     assert outs[2] == pytest.approx(outs[1])
     # rank 1 really read its half of the 100 val images
     assert "rank 1 of 2 reads [50, 100)" in (tmp_path / "out2" / "log.txt.rank1").read_text()
+
+
+def test_caption_baseline_is_the_most_frequent_reference():
+    from pycocoevalcap.cider.cider import Cider
+
+    from uniperceiver.evaluation.caption import constant_caption_baseline
+
+    gts = {1: ["a red one", "a red digit"], 2: ["a red one", "a blue two"], 3: ["a green three", "a green digit"]}
+    base = constant_caption_baseline(gts)  # every image captioned "a red one" (2 of 6 references)
+    assert set(base) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+    assert base["CIDEr"] == pytest.approx(Cider().compute_score(gts, {i: ["a red one"] for i in gts})[0])
+    assert base["CIDEr"] > 0.0

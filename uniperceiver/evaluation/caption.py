@@ -45,9 +45,32 @@ def spice_available() -> bool:
     return has_corenlp and shutil.which("java") is not None
 
 
+def constant_caption_baseline(gts: Dict[Any, List[str]]) -> Dict[str, float]:
+    """Bleu_1..4, ROUGE_L and CIDEr of captioning every image with the split's most frequent reference
+    (PTB-tokenized ``{id: [reference, ...]}``; ties: the first seen): the score a model earns without looking
+    at the image.  METEOR (a Java run) is left out."""
+    from collections import Counter
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    counts = Counter(c for refs in gts.values() for c in refs)
+    if not counts:
+        return {}
+    constant = counts.most_common(1)[0][0]
+    res = {i: [constant] for i in gts}
+    out = {f"Bleu_{n}": float(v) for n, v in enumerate(Bleu(4).compute_score(gts, res, verbose=0)[0], 1)}
+    out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return out
+
+
 def coco_caption_scores(predictions: Dict[Any, str], references: Dict[Any, List[str]],
-                        use_spice: Optional[bool] = None) -> Dict[str, float]:
-    """pycocoevalcap scores of ``{id: caption}`` against ``{id: [reference, ...]}`` (ids of predictions)."""
+                        use_spice: Optional[bool] = None, baseline: Optional[Dict[str, float]] = None
+                        ) -> Dict[str, float]:
+    """pycocoevalcap scores of ``{id: caption}`` against ``{id: [reference, ...]}`` (ids of predictions).
+    ``baseline``: a dict filled with ``constant_caption_baseline`` of the same references."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
@@ -60,6 +83,8 @@ def coco_caption_scores(predictions: Dict[Any, str], references: Dict[Any, List[
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in predictions})
     res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in predictions})
+    if baseline is not None:
+        baseline.update(constant_caption_baseline(gts))
     results: Dict[str, float] = {}
     bleu, _ = Bleu(4).compute_score(gts, res)
     for n, v in enumerate(bleu, 1):
@@ -97,6 +122,7 @@ class CaptionEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._items: List[tuple] = []
+        self._chance: Dict[str, float] = {}
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
         ids = [_id(i) for i in outputs["image_ids"]]
@@ -116,4 +142,5 @@ class CaptionEvaluator(DatasetEvaluator):
             predictions[i] = cap
             if ref is not None and not self.ann_file:
                 references[i] = ref
-        return coco_caption_scores(predictions, references, self.use_spice)
+        self._chance = {}
+        return coco_caption_scores(predictions, references, self.use_spice, baseline=self._chance)

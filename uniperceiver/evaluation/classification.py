@@ -48,10 +48,13 @@ class ClassificationEvaluator(DatasetEvaluator):
         self._probs: List[torch.Tensor] = []
         self._labels: List[torch.Tensor] = []
         self._ids: List[torch.Tensor] = []
+        self._num_classes = 0
+        self._chance: Dict[str, float] = {}
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
         logits = outputs["logits"].detach().float().cpu()
         labels = as_long_tensor(outputs["labels"])
+        self._num_classes = max(self._num_classes, int(logits.shape[-1]))
         if logits.dim() == 3:  # [B, V, C]: views of one sample in one row
             logits = logits.softmax(-1).mean(1).log()
         if outputs.get("sample_ids") is None:
@@ -67,6 +70,7 @@ class ClassificationEvaluator(DatasetEvaluator):
         probs = all_gather_cat(self._probs)
         labels = all_gather_cat(self._labels, dtype=torch.long)
         ids = all_gather_cat(self._ids, dtype=torch.long)
+        num_classes = max(comm.all_gather(self._num_classes)) if comm.get_world_size() > 1 else self._num_classes
         if not comm.is_main_process():
             return {}
         if ids.numel():
@@ -74,4 +78,6 @@ class ClassificationEvaluator(DatasetEvaluator):
             ranks = torch.cat([ranks, label_ranks(mean_probs, sample_labels)])
         if ranks.numel() == 0:
             return {}
+        # Chance: a uniformly random ranking of C classes puts the true one in the top k with p = min(k, C) / C.
+        self._chance = {f"Acc@{k}": 100.0 * min(k, num_classes) / num_classes for k in self.topk} if num_classes else {}
         return {f"Acc@{k}": 100.0 * (ranks < k).float().mean().item() for k in self.topk}

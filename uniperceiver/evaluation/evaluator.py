@@ -45,6 +45,12 @@ class DatasetEvaluator:
         """Metrics on rank 0 (``{}`` elsewhere); a collective: every rank calls it."""
         raise NotImplementedError
 
+    def chance_levels(self) -> Dict[str, float]:
+        """After ``evaluate()``, on rank 0: ``{metric: chance level or trivial baseline}`` computed from the
+        split just evaluated (e.g. 100 / #classes for Acc@1); metrics without one are left out.  Evaluators
+        set ``self._chance`` in ``evaluate()``; reported as ``chance_<metric>`` beside the metrics."""
+        return dict(getattr(self, "_chance", {}) or {})
+
 
 def build_evaluator(task, split: str = "val") -> DatasetEvaluator:
     """The evaluator named by ``task.evaluator_name``, configured from the task's node."""

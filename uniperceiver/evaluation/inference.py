@@ -120,7 +120,11 @@ def inference_on_dataset(cfg, model, task, split: str) -> Dict[str, float]:
                 evaluator.process(batch, outputs)
     if hasattr(task, "end_inference"):
         task.end_inference()
-    return evaluator.evaluate()
+    metrics = evaluator.evaluate()
+    # Rank 0: each metric's chance level / trivial baseline on this split, as chance_<metric>.
+    chance = evaluator.chance_levels() if metrics else {}
+    metrics.update({CHANCE_PREFIX + k: v for k, v in chance.items() if k in metrics})
+    return metrics
 
 
 def needs_lockstep(model) -> bool:
@@ -193,15 +197,24 @@ def write_results(output_dir: str, results: Dict[str, Dict[str, float]]) -> None
         os.replace(tmp, path)
 
 
+CHANCE_PREFIX = "chance_"
+
+
 def results_table(results: Dict[str, Dict[str, float]]) -> str:
-    """A plain-text table: one row per task/split, one column per metric."""
+    """A plain-text table: per task/split a header, its metrics, and (when the evaluator computed them) a
+    ``chance`` row with each metric's chance level / trivial baseline (``chance_<metric>``) beneath it."""
     if not results:
         return "(no evaluation results)"
     lines = []
     for key, metrics in results.items():
-        cols = ["task".ljust(24)] + [k.rjust(max(8, len(k))) for k in metrics]
-        vals = [key.ljust(24)] + [f"{v:.2f}".rjust(max(8, len(k))) for k, v in metrics.items()]
+        names = [k for k in metrics if not k.startswith(CHANCE_PREFIX)]
+        cols = ["task".ljust(24)] + [k.rjust(max(8, len(k))) for k in names]
+        vals = [key.ljust(24)] + [f"{metrics[k]:.2f}".rjust(max(8, len(k))) for k in names]
         lines += [" | ".join(cols), " | ".join(vals)]
+        if any(CHANCE_PREFIX + k in metrics for k in names):
+            chance = [metrics.get(CHANCE_PREFIX + k) for k in names]
+            lines.append(" | ".join(["  chance".ljust(24)] + [
+                ("-" if c is None else f"{c:.2f}").rjust(max(8, len(k))) for k, c in zip(names, chance)]))
     return "\n".join(lines)
 
 

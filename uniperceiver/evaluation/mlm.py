@@ -1,6 +1,7 @@
 """Masked-language-modelling accuracy: the fraction of masked positions whose predicted token is right."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Dict
 
 
@@ -18,6 +19,8 @@ class MLMEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._correct = 0
         self._total = 0
+        self._label_counts: Counter = Counter()
+        self._chance: Dict[str, float] = {}
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
         labels = outputs["labels"].detach().reshape(-1).cpu()
@@ -29,11 +32,15 @@ class MLMEvaluator(DatasetEvaluator):
         keep = labels != IGNORE_INDEX
         self._correct += int((preds[keep] == labels[keep]).sum())
         self._total += int(keep.sum())
+        self._label_counts.update(labels[keep].tolist())
 
     def evaluate(self) -> Dict[str, float]:
-        counts = gather_list([(self._correct, self._total)])
+        counts = gather_list([(self._correct, self._total, self._label_counts)])
         if not comm.is_main_process():
             return {}
-        correct = sum(c for c, _ in counts)
-        total = sum(t for _, t in counts)
+        correct = sum(c[0] for c in counts)
+        total = sum(c[1] for c in counts)
+        labels: Counter = sum((c[2] for c in counts), Counter())
+        # Baseline: always predict the split's most frequent masked token (an upper bound for any constant).
+        self._chance = {"mlm_acc": 100.0 * labels.most_common(1)[0][1] / total} if total else {}
         return {"mlm_acc": 100.0 * correct / total} if total else {}

@@ -50,6 +50,19 @@ def recall_at_k(ranks: torch.Tensor, ks: Sequence[int]) -> Dict[int, float]:
     return {k: 100.0 * (ranks < k).float().mean().item() if ranks.numel() else 0.0 for k in ks}
 
 
+def chance_recall_at_k(num_gt: torch.Tensor, num_cands: int, ks: Sequence[int]) -> Dict[int, float]:
+    """R@K of a uniformly random ranking: a query with g ground truths among N candidates hits within the top
+    K with p = 1 - C(N - g, K) / C(N, K) (K / N when g = 1), averaged over the queries."""
+    out = {}
+    g = num_gt.double()
+    for k in ks:
+        miss = torch.ones_like(g)
+        for j in range(min(int(k), num_cands)):
+            miss = miss * ((num_cands - g - j).clamp(min=0) / (num_cands - j))
+        out[k] = 100.0 * (1 - miss).mean().item() if g.numel() else 0.0
+    return out
+
+
 def dedup_by_id(feats: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Keep the first row of every id (an image seen once per caption in a pair dataset), ascending ids."""
     uniq, inverse = torch.unique(ids, return_inverse=True)
@@ -88,6 +101,7 @@ class RetrievalEvaluator(DatasetEvaluator):
         self._img_ids: List[torch.Tensor] = []
         self._txt: List[torch.Tensor] = []
         self._txt_ids: List[torch.Tensor] = []
+        self._chance: Dict[str, float] = {}
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
         if outputs.get("image_feats") is not None and len(outputs["image_feats"]):
@@ -126,4 +140,11 @@ class RetrievalEvaluator(DatasetEvaluator):
             for k, v in recall_at_k(ranks, self.ks).items():
                 results[f"{name}_R@{k}"] = v
         results["R_mean"] = sum(results.values()) / len(results)
+        # Chance: i2t ranks all captions (an image's own captions are its ground truths), t2i all images.
+        per_image = (txt_ids[None, :] == img_ids[:, None]).sum(1)
+        chance = {f"i2t_R@{k}": v for k, v in chance_recall_at_k(per_image, txt.shape[0], self.ks).items()}
+        chance.update({f"t2i_R@{k}": v for k, v in
+                       chance_recall_at_k(torch.ones(txt.shape[0]), img.shape[0], self.ks).items()})
+        chance["R_mean"] = sum(chance.values()) / len(chance)
+        self._chance = chance
         return results

@@ -12,6 +12,7 @@ answer is left out each time: here, by position.)
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Dict, List, Sequence
 
 from uniperceiver.utils import comm
@@ -50,14 +51,22 @@ class VQAEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._scores: List[float] = []
+        self._answers: List[List[str]] = []
+        self._chance: Dict[str, float] = {}
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
         for pred, answers in zip(outputs["predictions"], outputs["answers"]):
-            if answers:
+            if answers:  # test-dev questions have no human answers
                 self._scores.append(vqa_score(pred, answers))
+                self._answers.append(list(answers))
 
     def evaluate(self) -> Dict[str, float]:
         scores = gather_list(self._scores)
+        answers = gather_list(self._answers)
         if not comm.is_main_process() or not scores:
             return {}
+        # Baseline: answer every question with the split's most frequent (normalised) human answer.
+        top = Counter(normalize_answer(a) for ans in answers for a in ans).most_common(1)
+        if top:
+            self._chance = {"vqa_acc": 100.0 * sum(vqa_score(top[0][0], a) for a in answers) / len(answers)}
         return {"vqa_acc": 100.0 * sum(scores) / len(scores)}
