@@ -560,7 +560,7 @@ def mode_eval_retrieval_one(args) -> None:
     from uniperceiver.evaluation.retrieval import RetrievalEvaluator
 
     device = device_of(args)
-    cfg = make_cfg(args, model_opts(args, False, False, args.amp[0]))
+    cfg = make_cfg(args, model_opts(args, False, "off", args.amp[0]))
     torch.manual_seed(0)
     from uniperceiver.modeling import build_model
 
@@ -785,7 +785,8 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=0, help="MODEL.IMG_INPUT_SIZE (0: the config's)")
     p.add_argument("--iters", type=int, default=10, help="timed repetitions (per side in reference mode)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3, help="loop mode: interleaved rounds of loop / bare steps")
+    p.add_argument("--rounds", type=int, default=3, help="loop mode: interleaved rounds of loop / bare steps; data mode: "
+                   "interleaved rounds of shards / files")
     p.add_argument("--num-workers", default="0", help="loop mode: DATALOADER.NUM_WORKERS of every task (an int), "
                                                        "or 'config' for the config's own")
     p.add_argument("--cache-images", action="store_true", help="loop mode: keep decoded images in memory")
@@ -801,7 +802,6 @@ def parse_args(argv=None):
     p.add_argument("--num-queries", type=int, default=100, help="eval_retrieval: images")
     p.add_argument("--num-records", type=int, default=1_000_000, help="records: annotation lines")
     p.add_argument("--shard-size", type=int, default=100, help="data: samples per tar shard")
-    p.add_argument("--rounds", type=int, default=3, help="data: interleaved rounds (median)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
     p.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
