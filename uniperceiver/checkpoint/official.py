@@ -167,13 +167,13 @@ def convert_official_state_dict(state: Dict[str, torch.Tensor], cfg=None, learne
     ``learned_spatial``: keep the published spatial table as ``embed.spatial_pos_embed`` (``MODEL.POSEMBEDFIX
     False``) even when it is a sin-cos table; a table that is not sin-cos is always kept.  ``copy`` False
     returns views of the inputs where it can (a check of names and shapes only)."""
+    out, dropped, todo = _moe_part(state, cfg)  # first: a MoE tensor the config cannot place is named as such
     for key in ("token_embed.embeddings.weight", "token_embed.embeddings_pos.position_embeddings.weight",
                 "token_embed.embeddings_token_type.weight"):
         if key not in state:
             first = next(iter(state), "nothing")
             raise OfficialCheckpointError(f"not a published Uni-Perceiver checkpoint: no {key} "
                                           f"(first tensor: {first})")
-    out, dropped, todo = _moe_part(state, cfg)
     moe_mapped = len(state) - len(todo) - len(dropped)
     derived: List[str] = []
     notes: List[str] = []
