@@ -80,6 +80,19 @@ def run_main(args: Sequence[str], *, launcher: Sequence[str] = (), env: Optional
     return proc
 
 
+class CorruptLosses:
+    """Wraps a task for the non-finite tests: at the given draws (0-based calls of ``losses``) its losses go
+    through ``corrupt(model, losses) -> losses``."""
+
+    def __init__(self, task, bad_calls, corrupt):
+        self.task, self.bad_calls, self.corrupt, self.calls = task, set(bad_calls), corrupt, 0
+
+    def losses(self, model, batch):
+        out = self.task.losses(model, batch)
+        self.calls += 1
+        return self.corrupt(model, out) if self.calls - 1 in self.bad_calls else out
+
+
 def load_tool(name: str):
     """The module ``tools/<name>.py`` (tools are scripts, not a package)."""
     import importlib.util

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import ENGINE_SMOKE
+from conftest import ENGINE_SMOKE, CorruptLosses
 from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.engine import AMPStepEngine, NonFiniteLossError, Trainer, launch
 from uniperceiver.engine.defaults import build_step_engine
@@ -141,18 +141,8 @@ def test_scheduler_applies_lr_scale():
     assert lrs == [0.125, 0.25, 0.5, 1.0]
 
 
-class _NaNTask:
-    """Wraps a task; returns NaN at the given draws."""
-
-    def __init__(self, task, bad_calls):
-        self.task, self.bad_calls, self.calls = task, set(bad_calls), 0
-
-    def losses(self, model, batch):
-        out = self.task.losses(model, batch)
-        self.calls += 1
-        if self.calls - 1 in self.bad_calls:
-            out = {k: v * float("nan") for k, v in out.items()}
-        return out
+def _nan_losses(model, losses):
+    return {k: v * float("nan") for k, v in losses.items()}
 
 
 def _nan_trainer(max_nonfinite, bad_calls):
@@ -163,7 +153,7 @@ def _nan_trainer(max_nonfinite, bad_calls):
     model = build_model(cfg)
     tasks = build_tasks(cfg)
     loader = build_train_loader(cfg, tasks)
-    wrapped = {n: _NaNTask(t, bad_calls) for n, t in tasks.items()}
+    wrapped = {n: CorruptLosses(t, bad_calls, _nan_losses) for n, t in tasks.items()}
     opt = build_optimizer(cfg, model)
     return Trainer(model, wrapped, loader, AMPStepEngine(model, opt, grad_clip=1.0),
                    max_nonfinite_steps=max_nonfinite), model

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ENGINE_SMOKE
+from conftest import ENGINE_SMOKE, CorruptLosses
 from uniperceiver.config import setup_cfg
 from uniperceiver.engine import AMPStepEngine, NonFiniteLossError, Trainer
 from uniperceiver.modeling import build_model
@@ -17,19 +17,10 @@ from uniperceiver.utils.events import EventStorage
 
 
 # --------------------------------------------------------------------------------------- non-finite gradients
-class _InfGradTask:
-    """Adds a term that is 0 in the forward but has a NaN gradient (sqrt at 0) at the given draws."""
-
-    def __init__(self, task, bad_calls):
-        self.task, self.bad_calls, self.calls = task, set(bad_calls), 0
-
-    def losses(self, model, batch):
-        out = self.task.losses(model, batch)
-        self.calls += 1
-        if self.calls - 1 in self.bad_calls:
-            p = next(model.parameters())
-            out = {k: v + torch.sqrt(p.flatten()[0] * 0.0) for k, v in out.items()}
-        return out
+def _nan_gradient(model, losses):
+    """Adds a term that is 0 in the forward but has a NaN gradient (sqrt at 0)."""
+    p = next(model.parameters())
+    return {k: v + torch.sqrt(p.flatten()[0] * 0.0) for k, v in losses.items()}
 
 
 def _inf_grad_trainer(max_nonfinite, bad_calls):
@@ -40,7 +31,7 @@ def _inf_grad_trainer(max_nonfinite, bad_calls):
     model = build_model(cfg)
     tasks = build_tasks(cfg)
     loader = build_train_loader(cfg, tasks)
-    wrapped = {n: _InfGradTask(t, bad_calls) for n, t in tasks.items()}
+    wrapped = {n: CorruptLosses(t, bad_calls, _nan_gradient) for n, t in tasks.items()}
     trainer = Trainer(model, wrapped, loader, AMPStepEngine(model, build_optimizer(cfg, model)),
                       max_nonfinite_steps=max_nonfinite, seed=0)
     return trainer, model
