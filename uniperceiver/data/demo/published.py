@@ -12,7 +12,7 @@ serves the published configs' paths as written (``open_source_dataset/...``)::
       bert_pretrain_data/bookswiki/bookswiki.doc                           # prepare_data.md's place for it
       vocabulary_CLIP_with_endoftext.pkl                                   # [token, <|endoftext|>] rows (the
                                                                            #   demo's word subset)
-      bert_pretrain_data/glue_data/<TASK>/processed/*.tsv, GLUE_classnames/*.pkl   (demo_glue.py)
+      bert_pretrain_data/glue_data/<TASK>/processed/*.tsv, GLUE_classnames/*.pkl   (glue.py)
 
 Images are hard-linked (copied where links are not possible).  Tokenised target sets are pickled as the
 published notebook writes them (``{"data": [LongTensor ids], "modality": "text"}``).  Not written yet: the
@@ -28,7 +28,7 @@ from typing import Iterable, List
 
 import torch
 
-from .demo_glue import write_published_glue
+from .glue import write_published_glue
 
 PREFIX = "open_source_dataset"
 
@@ -91,7 +91,7 @@ def _bookswiki(demo: str, base: str) -> None:
 
 
 def _vocabulary(demo: str, base: str, tok) -> None:
-    from .target_sets import read_token_list
+    from ..target_sets import read_token_list
 
     ids = read_token_list(os.path.join(demo, "targets", "vocab_demo.tokens"))
     _dump_target_set(os.path.join(base, "vocabulary_CLIP_with_endoftext.pkl"),

