@@ -207,6 +207,7 @@ def test_crop_scale_and_crop_pct_knobs():
 
     from uniperceiver.data.transforms import transform_from_config
 
+    mild = {"scale": (0.5, 1.0), "hflip": 0.0}  # a caption task's defaults; CROP_SCALE overrides the scale
     cfg = get_cfg()
     task = CfgNode({"NAME": "t", "DATALOADER": {"CROP_SCALE": [1.0, 1.0], "CROP_PCT": 1.0, "RAND_AUGMENT": ""}})
     cfg.MODEL.IMG_INPUT_SIZE = 8
@@ -214,13 +215,13 @@ def test_crop_scale_and_crop_pct_knobs():
     img[0, :] = 255  # a line on the border: any crop or resize-then-centre-crop loses or blurs it
     pil = Image.fromarray(img)
     for is_train in (True, False):
-        out = transform_from_config(task, cfg, is_train, "caption")(pil)
+        out = transform_from_config(task, cfg, is_train, **mild)(pil)
         assert out.shape == (3, 8, 8) and out[:, 0].mean() > out[:, 4].mean() + 1.0 and out[:, 1].mean() < out[:, 0].mean()
     task.DATALOADER.CROP_PCT = 0.5
-    assert transform_from_config(task, cfg, False, "caption")(pil)[:, 0].mean() < out[:, 0].mean()
+    assert transform_from_config(task, cfg, False, **mild)(pil)[:, 0].mean() < out[:, 0].mean()
     task.DATALOADER.CROP_SCALE = [0.9, 0.2]
     with pytest.raises(ConfigError, match=r"DATALOADER.CROP_SCALE of task 't'"):
-        transform_from_config(task, cfg, True, "caption")
+        transform_from_config(task, cfg, True, **mild)
     task.DATALOADER.CROP_SCALE, task.DATALOADER.CROP_PCT = [], 1.5
     with pytest.raises(ConfigError, match=r"DATALOADER.CROP_PCT of task 't'"):
-        transform_from_config(task, cfg, False, "caption")
+        transform_from_config(task, cfg, False, **mild)

@@ -1,6 +1,6 @@
 """The 7-task CPU demo (configs/quick_schedules/7tasks_demo.yaml), shortened: every task's training loss falls.
 
-A change that breaks learning for one task family (a loss, a head, a target set, a collate) leaves that task's
+A change that breaks learning for one task type (a loss, a head, a target set, a collate) leaves that task's
 loss flat and fails here, even when the other six still learn.  The recipe runs as shipped except for the
 schedule (fewer steps, equal sampling weights so that each task gets a similar number of steps, batches of 16)
 and no evaluation.

@@ -17,7 +17,7 @@ from conftest import (CLS, ENGINE_SMOKE, QUICK, checkpoint_weights, metric_rows,
                       start_main, tagged_iteration, wait_for)
 
 
-# Two task families on the demo data with every source of randomness switched on: RandAugment + random crops in a
+# Two task types on the demo data with every source of randomness switched on: RandAugment + random crops in a
 # data-loader worker, mixup in the main process, MLM masking / random windows in a worker, vocabulary negative
 # sampling, DropPath.
 MULTITASK = f"""_BASE_: [{QUICK / 'instant_classification.yaml'}, {QUICK / 'instant_mlm.yaml'}]

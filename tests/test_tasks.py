@@ -1,4 +1,4 @@
-"""Each task family trains on a repeated tiny batch of the demo data with the real (2-layer Tiny) model and
+"""Each task type trains on a repeated tiny batch of the demo data with the real (2-layer Tiny) model and
 its loss goes down; predictions have the shapes their evaluators read; label sets, masking and vocabulary
 sampling behave exactly."""
 import os
@@ -18,11 +18,11 @@ from uniperceiver.utils import comm
 
 pytest.importorskip("mlxtend")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAMILIES = ["classification", "retrieval", "caption", "mlm"]
+INSTANT = ["classification", "retrieval", "caption", "mlm"]  # configs/quick_schedules/instant_<name>.yaml
 
 
-def _setup(family, *opts):
-    cfg = setup_cfg(os.path.join(REPO, f"configs/quick_schedules/instant_{family}.yaml"),
+def _setup(name, *opts):
+    cfg = setup_cfg(os.path.join(REPO, f"configs/quick_schedules/instant_{name}.yaml"),
                     ["DATALOADER.TRAIN_BATCH_SIZE", "8", *opts])
     torch.manual_seed(0)
     random.seed(0)
@@ -31,9 +31,9 @@ def _setup(family, *opts):
     return cfg, model, task
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_family_loss_decreases_on_a_repeated_batch(family):
-    cfg, model, task = _setup(family)
+@pytest.mark.parametrize("name", INSTANT)
+def test_task_loss_decreases_on_a_repeated_batch(name):
+    cfg, model, task = _setup(name)
     dataset = task.build_dataset("train")
     batch = task.collate([dataset[i] for i in range(8)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -60,7 +60,7 @@ def test_family_loss_decreases_on_a_repeated_batch(family):
     evaluator = build_evaluator(task, "val")
     evaluator.reset()
     evaluator.process(vbatch, outputs)
-    if family != "caption":  # caption metrics need Java (PTB tokenizer); tested in test_evaluation.py
+    if name != "caption":  # caption metrics need Java (PTB tokenizer); tested in test_evaluation.py
         metrics = evaluator.evaluate()
         assert metrics and all(0.0 <= v <= 100.0 for v in metrics.values())
 

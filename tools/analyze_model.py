@@ -5,7 +5,7 @@ and an activation-memory estimate per training sample.
     python tools/analyze_model.py --config-file configs/BERT_L12_H768_experiments/finetune_in1k.yaml
     python tools/analyze_model.py --config-file CFG --out stats.json MODEL.PROMPT.ENABLED True
 
-For each task of the config one input of batch size 1 is built the way the task family feeds the model
+For each task of the config one input of batch size 1 is built the way its task type feeds the model
 (classification: an image; retrieval: an image and a MAX_SEQ_LEN caption, two sequences; captioning: image +
 MAX_SEQ_LEN text + as many queries; MLM: MAX_SEQ_LEN text); FLOPs count one multiply-add as one FLOP
 (fvcore's convention), attention included.  Activation memory = bytes of the tensors autograd keeps for the
@@ -48,17 +48,17 @@ def task_input(task_cfg, root_cfg) -> Tuple[List[Dict[str, Any]], str]:
     """Model calls (keyword dicts) for one sample of a task, and a description."""
     size = root_cfg.MODEL.IMG_INPUT_SIZE
     length = int(task_cfg.MODEL.MAX_SEQ_LEN)
-    family = task_cfg.DATASETS.TASK_TYPE
+    task_type = task_cfg.DATASETS.TASK_TYPE
     image = torch.randn(1, 3, size, size)
-    if family.startswith("video"):
+    if task_type.startswith("video"):
         image = torch.randn(1, int(task_cfg.DATALOADER.FRAMES_PER_CLIP), 3, size, size)
     text = torch.randint(0, 49406, (1, length))
     mask = torch.ones(1, length, dtype=torch.bool)
-    if family.endswith("classification"):
+    if task_type.endswith("classification"):
         return [dict(images=image)], f"{tuple(image.shape)} pixels"
-    if family.endswith("retrieval"):
+    if task_type.endswith("retrieval"):
         return [dict(images=image), dict(text=text, text_mask=mask)], f"image + {length}-token caption"
-    if family.endswith("caption"):
+    if task_type.endswith("caption"):
         return ([dict(images=image, text=text, text_mask=mask, num_queries=length, causal_text=True)],
                 f"image + {length} tokens + {length} queries")
     return [dict(text=text, text_mask=mask)], f"{length} tokens"

@@ -54,12 +54,12 @@ def list_images(paths: Sequence[str]) -> List[str]:
     return out
 
 
-def _families(cfg, family: str):
-    return [t for t in cfg.TASKS if t.DATASETS.TASK_TYPE == family]
+def _tasks_of_type(cfg, task_type: str):
+    return [t for t in cfg.TASKS if t.DATASETS.TASK_TYPE == task_type]
 
 
 def default_templates(cfg) -> List[str]:
-    for task in _families(cfg, "image_classification"):
+    for task in _tasks_of_type(cfg, "image_classification"):
         names = task.DATASETS.TARGET_SET
         for name in [names] if isinstance(names, str) else names:
             for node in cfg.SHARED_TARGETS:
@@ -68,8 +68,8 @@ def default_templates(cfg) -> List[str]:
     return [DEFAULT_TEMPLATE]
 
 
-def temp_name(cfg, family: str) -> str:
-    for task in _families(cfg, family):
+def temp_name(cfg, task_type: str) -> str:
+    for task in _tasks_of_type(cfg, task_type):
         if task.MODEL.TEMP_NAME:
             return task.MODEL.TEMP_NAME
     return "default"
@@ -129,16 +129,16 @@ def main(argv=None) -> List[Dict]:
     if args.classes:
         labels = [c.strip() for c in args.classes.split(",") if c.strip()]
         templates = [t for t in args.templates.split("|") if t] if args.templates else default_templates(cfg)
-        task, family = "classification", "image_classification"
+        task, task_type = "classification", "image_classification"
     else:
         with open(args.texts) as f:
             labels = [line.strip() for line in f if line.strip()]
-        templates, task, family = ["{}"], "retrieval", "image_retrieval"
+        templates, task, task_type = ["{}"], "retrieval", "image_retrieval"
     if not labels:
         raise ValueError("no candidate labels given")
     label_feats = encode_texts(model, labels, templates, task, device)
     transform = build_image_transform(int(cfg.MODEL.IMG_INPUT_SIZE), is_train=False)
-    results = rank_images(model, list_images(args.images), labels, label_feats, temp_name(cfg, family),
+    results = rank_images(model, list_images(args.images), labels, label_feats, temp_name(cfg, task_type),
                           transform, device, args.topk, args.batch_size)
     for r in results:
         if args.json:

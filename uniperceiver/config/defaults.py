@@ -63,7 +63,7 @@ _C.MODEL.MAX_POSITION_EMBEDDINGS = 512
 _C.MODEL.MAX_SEQ_LEN = 30
 # Per-task: number of candidate labels (classification); 0 = size of the target set.
 _C.MODEL.LABELS_NUM = 0
-# Per-task: name of the learnable logit scale this task uses (one per task family, shared by name).
+# Per-task: name of the learnable logit scale this task uses (one per task type, shared by name).
 _C.MODEL.TEMP_NAME = ""
 # Vocabulary size of the text tokenizer (CLIP BPE 49406 + 5 special tokens).
 _C.MODEL.VOCAB_SIZE = 49411
@@ -196,7 +196,7 @@ _C.MOE.EP_SIZE = 1
 # Datasets (per task)
 # ---------------------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# Registered task family that reads this task: image_classification, image_retrieval, image_caption, text_mlm...
+# Registered task type that reads this task: image_classification, image_retrieval, image_caption, text_mlm...
 _C.DATASETS.TASK_TYPE = ""
 # Dataset reader name (DATASET_REGISTRY), e.g. "imagenet", "coco_caption", "jsonl_pairs", "text_corpus".
 _C.DATASETS.DATASET_NAME = ""
@@ -244,8 +244,9 @@ _C.DATALOADER.MIXUP = 0.0
 _C.DATALOADER.CUTMIX = 0.0
 # timm RandAugment policy string ("" = off), e.g. "rand-m9-mstd0.5-inc1".
 _C.DATALOADER.RAND_AUGMENT = ""
-# Training random-resized-crop area range [min, max]; [] = the task family's default (classification
-# [0.08, 1], image-text [0.5, 1], video classification [0.25, 1]); [1.0, 1.0] = no crop, only the resize.
+# Training random-resized-crop area range [min, max]; [] = the task type's default (its Task.crop_scale:
+# classification [0.08, 1], image-text and VQA [0.5, 1], video classification [0.25, 1]); [1.0, 1.0] = no crop,
+# only the resize.
 _C.DATALOADER.CROP_SCALE = []
 # Evaluation: resize to IMG_INPUT_SIZE / CROP_PCT, then centre crop IMG_INPUT_SIZE (1.0 = the whole image).
 _C.DATALOADER.CROP_PCT = 0.875
@@ -272,7 +273,7 @@ _C.LOSSES.LABELSMOOTHING = 0.0
 # Inference / evaluation (per task)
 # ---------------------------------------------------------------------------------------------------------
 _C.INFERENCE = CN()
-# Registered evaluator ("" = the task family's default).
+# Registered evaluator ("" = the task type's default).
 _C.INFERENCE.NAME = ""
 _C.INFERENCE.VAL_ANNFILE = ""
 _C.INFERENCE.TEST_ANNFILE = ""

@@ -280,7 +280,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "DATALOADER.USE_WEIGHTED_SAMPLER": Need(_is(True), "tasks are drawn by DATALOADER.SAMPLING_WEIGHT here"),
     "DATALOADER.STRATEGY": Drop(_UNUSED),
     "DATALOADER.TASK_TYPE": Drop(_UNUSED),
-    "DATALOADER.TRANSFORM": Drop("each task family has its published augmentation"),
+    "DATALOADER.TRANSFORM": Drop("each task type has its published augmentation"),
     "DATALOADER.TIMESFORMER_AUG": Need(_is(True), "video clips use the published TimeSformer augmentation here"),
     "DATALOADER.SEQ_PER_SAMPLE": Drop("one caption per image per sample here"),
     "DATALOADER.MIN_SEQ_PER_SAMPLE": Drop("corpus chunking: MODEL.MAX_SEQ_LEN words per MLM sample"),
@@ -301,7 +301,7 @@ PUBLISHED_KEY_MAP: Dict[str, Any] = {
     "INFERENCE.NAME": "evaluator",
     "INFERENCE.VAL_ANNFILE": Map("INFERENCE.VAL_ANNFILE"),
     "INFERENCE.TEST_ANNFILE": Map("INFERENCE.TEST_ANNFILE"),
-    "INFERENCE.GENERATION_MODE": Drop("published: whether the task's evaluation generates; here the task family "
+    "INFERENCE.GENERATION_MODE": Drop("published: whether the task's evaluation generates; here the task type "
                                       "decides, and DECODE_STRATEGY how"),
     "INFERENCE.ID_KEY": Drop("the reader names the id field"), "INFERENCE.VALUE": Drop("the task names its output"),
     "INFERENCE.VOCAB": Map("INFERENCE.VOCAB"),
@@ -432,7 +432,7 @@ PUBLISHED_SPLITS: Dict[str, Dict[str, str]] = {
     "VQADataset": {"TRAIN": "train", "VAL": "val", "TEST": "test"},
     "GLUEDataset": {"TRAIN": "train", "VAL": "dev", "TEST": "test"},
 }
-# Published evaluators: ours is picked by the task family ("" = its default).
+# Published evaluators: ours is picked by the task type ("" = its default).
 PUBLISHED_EVALUATORS = ("COCOEvaler", "ImageNetEvaler", "RetrievalEvaler", "VQAEvaler", "MiTEvaler", "GLUEEvaler",
                         "K400Evaler", "")
 # Published task types whose name differs here (the rest are the same names).
@@ -692,7 +692,7 @@ class _Converter:
         known = {"CrossEntropy", "LabelSmoothingCrossEntropy", "SoftTargetCrossEntropy", "Accuracy", ""}
         bad = [n for n in names if n not in known]
         if bad:
-            self.fail(prefix + "LOSSES.NAMES", names, f"loss {bad[0]!r} does not exist here; the task family owns "
+            self.fail(prefix + "LOSSES.NAMES", names, f"loss {bad[0]!r} does not exist here; the task type owns "
                                                       "its loss (cross-entropy over its candidates)")
         if mixup:  # soft targets: the published MIXUP_LABEL_SMOOTHING is folded in (ours: LOSSES.LABELSMOOTHING)
             smoothing = _number(flat.get("DATALOADER.MIXUP_LABEL_SMOOTHING", 0.0))
@@ -712,7 +712,7 @@ class _Converter:
         if name not in PUBLISHED_EVALUATORS:
             self.fail(prefix + "INFERENCE.NAME", name, f"unknown published evaluator; known: "
                                                       f"{', '.join(e for e in PUBLISHED_EVALUATORS if e)}")
-        self.report.add(prefix + "INFERENCE.NAME", "mapped", "-> INFERENCE.NAME '' (the task family's evaluator)")
+        self.report.add(prefix + "INFERENCE.NAME", "mapped", "-> INFERENCE.NAME '' (the task type's evaluator)")
 
     def _convert_decode(self, flat, dst, prefix, is_task):
         name = flat["DECODE_STRATEGY.NAME"]

@@ -31,7 +31,7 @@ OPTIMIZERS = ("AdamW", "Lamb")
 def validate_cfg(cfg) -> None:
     """Raise :class:`ConfigError` naming every invalid value of ``cfg`` (a finalized config); warn once when the
     warm-up is at least the run (it then warms up for the whole run).  Runs before any model or data.  The task
-    families' own checks (registered TASK_TYPE, DECODE_STRATEGY, ...) are ``uniperceiver.tasks.validate_tasks``."""
+    types' own checks (registered TASK_TYPE, DECODE_STRATEGY, ...) are ``uniperceiver.tasks.validate_tasks``."""
     if not len(cfg.TASKS):
         raise ConfigError("no TASKS configured: --config-file must name a config with a TASKS list "
                           "(e.g. configs/quick_schedules/instant.yaml), not a model-only one")

@@ -1,6 +1,7 @@
 """Image transforms (timm ``create_transform``) and batch mixing (timm ``Mixup``: mixup / CutMix).
 
-Train: random-resized crop (scale per task family), horizontal flip, optional RandAugment
+Train: random-resized crop and horizontal flip (the task's ``crop_scale`` / ``hflip``, passed in as values: this
+module knows no task types), optional RandAugment
 (``DATALOADER.RAND_AUGMENT``, a timm policy string such as ``rand-m9-mstd0.5-inc1``), normalisation.
 Test: resize to ``IMG_INPUT_SIZE / crop_pct`` then centre crop.  Pixels are normalised with the ImageNet
 mean / std (what the model expects for ``images``).
@@ -14,10 +15,6 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 
 from uniperceiver.config import ConfigError
-
-# Random-resized-crop scale range per task family: aggressive for classification, mild where the caption
-# must still describe the crop.
-CROP_SCALE = {"classification": (0.08, 1.0), "caption": (0.5, 1.0), "video_classification": (0.25, 1.0)}
 
 
 class ToNormalizedTensor:
@@ -86,9 +83,9 @@ def build_image_transform(
     ))
 
 
-def crop_scale(task_cfg, family: str) -> Tuple[float, float]:
-    """``DATALOADER.CROP_SCALE`` of a task node, or its family's default; checked."""
-    scale = tuple(float(v) for v in task_cfg.DATALOADER.CROP_SCALE) or CROP_SCALE.get(family, CROP_SCALE["classification"])
+def crop_scale(task_cfg, default: Tuple[float, float]) -> Tuple[float, float]:
+    """``DATALOADER.CROP_SCALE`` of a task node, or ``default`` (its task type's) when unset; checked."""
+    scale = tuple(float(v) for v in task_cfg.DATALOADER.CROP_SCALE) or tuple(default)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"DATALOADER.CROP_SCALE of task {task_cfg.get('NAME', '?')!r} must be [min, max] with "
                           f"0 < min <= max <= 1, got {list(task_cfg.DATALOADER.CROP_SCALE)}")
@@ -102,15 +99,17 @@ def crop_pct(task_cfg) -> float:
     return pct
 
 
-def transform_from_config(task_cfg, root_cfg, is_train: bool, family: str = "classification") -> Callable:
+def transform_from_config(task_cfg, root_cfg, is_train: bool, *, scale: Tuple[float, float],
+                          hflip: float) -> Callable:
     """The transform of a task node: ``MODEL.IMG_INPUT_SIZE``, ``DATALOADER.RAND_AUGMENT``, ``CROP_SCALE``
-    (else the family's crop scale) and ``CROP_PCT``; horizontal flips for classification only."""
+    (else ``scale``, the task's default crop scale), ``CROP_PCT``, and horizontal flips with probability
+    ``hflip`` (the task's ``Task.crop_scale`` / ``Task.hflip``)."""
     return build_image_transform(
         int(root_cfg.MODEL.IMG_INPUT_SIZE),
         is_train,
         rand_augment=task_cfg.DATALOADER.RAND_AUGMENT,
-        scale=crop_scale(task_cfg, family),
-        hflip=0.5 if family == "classification" else 0.0,
+        scale=crop_scale(task_cfg, scale),
+        hflip=float(hflip),
         crop_pct=crop_pct(task_cfg),
     )
 

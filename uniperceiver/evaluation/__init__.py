@@ -1,6 +1,6 @@
 """Evaluation: evaluators (``reset / process / evaluate``) registered by name, and the inference loop.
 
-Evaluator names (``INFERENCE.NAME`` or a task family's default): ClassificationEvaluator,
+Evaluator names (``INFERENCE.NAME`` or a task type's default): ClassificationEvaluator,
 RetrievalEvaluator, CaptionEvaluator, MLMEvaluator, VQAEvaluator, GLUEEvaluator.
 """
 from .evaluator import EVALUATOR_REGISTRY, DatasetEvaluator, build_evaluator  # noqa: F401

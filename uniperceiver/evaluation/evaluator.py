@@ -17,7 +17,7 @@ from uniperceiver.utils.registry import Registry, lookup
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 EVALUATOR_REGISTRY.__doc__ = (
-    "Evaluators keyed by INFERENCE.NAME (or the task family's default); built with "
+    "Evaluators keyed by INFERENCE.NAME (or the task type's default); built with "
     "cls.from_config(task_cfg, root_cfg, split)."
 )
 

@@ -1,5 +1,5 @@
 """Uni-Perceiver's unified predictor: project ``<spe>`` / query features into a shared space and score
-them against encoded candidates by cosine similarity times a learnable per-task-family temperature.
+them against encoded candidates by cosine similarity times a learnable per-task-type temperature.
 
 The logit scales are created at build time (one per distinct ``MODEL.TEMP_NAME`` of ``cfg.TASKS`` plus
 ``"default"``; or, with ``MODEL.LOGIT_SCALE_NAMES``, exactly those names plus ``"default"`` whatever tasks a

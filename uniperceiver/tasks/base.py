@@ -5,25 +5,31 @@ The model and the trainer never branch on task names or types; they only call th
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from uniperceiver.data.demo import prepare_data_root
+from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.utils.errors import ConfigError
 from uniperceiver.utils.registry import Registry, lookup
 
 TASK_REGISTRY = Registry("TASK")
-TASK_REGISTRY.__doc__ = "Task families keyed by DATASETS.TASK_TYPE; built as cls(task_cfg, root_cfg)."
+TASK_REGISTRY.__doc__ = "Task classes keyed by task type (DATASETS.TASK_TYPE); built as cls(task_cfg, root_cfg)."
 
 
 class Task:
-    """Base class of task families.  Subclasses set ``family`` / ``default_evaluator`` / ``attributes``."""
+    """Base class of task types.  Subclasses set ``task_type`` / ``default_evaluator`` / ``attributes`` and,
+    when they read images or videos, ``crop_scale`` / ``hflip``."""
 
-    family: str = ""
+    task_type: str = ""  # the DATASETS.TASK_TYPE this class is registered under
     default_evaluator: str = ""
     # Token attributes for attribute-routed MoE, e.g. {"modality": "image", "task": "classification"}.
     attributes: Dict[str, str] = {}
+    # Training augmentation of image / video tasks, handed to the transform as plain values: the random-resized
+    # crop's area range (DATALOADER.CROP_SCALE overrides it per task) and the horizontal-flip probability.
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
 
     def __init__(self, task_cfg, root_cfg):
         self.name: str = task_cfg.NAME
@@ -31,14 +37,14 @@ class Task:
         self.root_cfg = root_cfg
         self.loss_weight: float = float(task_cfg.LOSSES.LOSS_WEIGHT)
         self.label_smoothing: float = float(task_cfg.LOSSES.LABELSMOOTHING)
-        # Name of the learnable logit scale this task scores with (one per task family, shared by name).
+        # Name of the learnable logit scale this task scores with (one per task type, shared by name).
         self.temp_name: str = task_cfg.MODEL.TEMP_NAME or "default"
         # Longest text this task packs (captions, questions, MLM sentences), special tokens included.
         self.max_len: int = int(task_cfg.MODEL.MAX_SEQ_LEN)
 
     @classmethod
     def config_errors(cls, task_cfg) -> List[str]:
-        """Problems of ``task_cfg`` this family can tell before anything is built, one line each naming the
+        """Problems of ``task_cfg`` this task type can tell before anything is built, one line each naming the
         key (``config.validate.validate_cfg`` reports them)."""
         return []
 
@@ -49,6 +55,12 @@ class Task:
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         """The torch Dataset of ``split`` ("train", "val" or "test")."""
         raise NotImplementedError
+
+    def build_transform(self, split: str) -> Callable:
+        """The image transform of ``split``: this task's ``crop_scale`` / ``hflip`` in training (video tasks
+        return the clip transform)."""
+        return transform_from_config(self.cfg, self.root_cfg, split == "train", scale=self.crop_scale,
+                                     hflip=self.hflip)
 
     def collate(self, samples: List[Any]) -> Dict[str, Any]:
         """Samples of ``build_dataset`` -> one batch of CPU tensors."""
@@ -74,17 +86,18 @@ class Task:
 
 
 def validate_tasks(cfg) -> None:
-    """ConfigError naming every task whose ``DATASETS.TASK_TYPE`` is not a registered family, and the families'
-    own config checks (``Task.config_errors``, e.g. captioning's DECODE_STRATEGY); run before anything is built."""
+    """ConfigError naming every task whose ``DATASETS.TASK_TYPE`` is not a registered task type, and the task
+    types' own config checks (``Task.config_errors``, e.g. captioning's DECODE_STRATEGY); run before anything is
+    built."""
     known = sorted(k for k, _ in TASK_REGISTRY)
     errors: List[str] = []
     for task in cfg.TASKS:
-        family = task.DATASETS.TASK_TYPE
-        if family not in known:
-            errors.append(f"TASKS.{task.NAME}.DATASETS.TASK_TYPE = {family!r} is not a registered task family "
+        task_type = task.DATASETS.TASK_TYPE
+        if task_type not in known:
+            errors.append(f"TASKS.{task.NAME}.DATASETS.TASK_TYPE = {task_type!r} is not a registered task type "
                           f"(registered: {', '.join(known)})")
         else:
-            errors.extend(TASK_REGISTRY.get(family).config_errors(task))
+            errors.extend(TASK_REGISTRY.get(task_type).config_errors(task))
     if errors:
         raise ConfigError("; ".join(errors))
 

@@ -1,4 +1,4 @@
-"""Task family ``image_caption``: the sequence ``[<spe>, image, caption, <spe> x L]`` with causal text; query
+"""Task type ``image_caption``: the sequence ``[<spe>, image, caption, <spe> x L]`` with causal text; query
 i predicts caption token i (the last one ``<|endoftext|>``) against the vocabulary label set.
 
 Training scores each query against the batch's own tokens plus ``MODEL.VOCAB_NEGATIVES`` sampled other
@@ -41,8 +41,10 @@ def vocab_loss(model, task, queries: torch.Tensor, token_labels: torch.Tensor) -
 
 
 class ImageCaptionTask(Task):
-    family = "image_caption"
+    task_type = "image_caption"
     default_evaluator = "CaptionEvaluator"
+    crop_scale = (0.5, 1.0)  # mild: the caption must still describe the crop
+    hflip = 0.0  # captions may say left / right
     attributes = {"modality": "image", "task": "caption"}
 
     @classmethod
@@ -124,4 +126,4 @@ class ImageCaptionTask(Task):
         self._table = None
 
 
-TASK_REGISTRY._do_register(ImageCaptionTask.family, ImageCaptionTask)
+TASK_REGISTRY._do_register(ImageCaptionTask.task_type, ImageCaptionTask)

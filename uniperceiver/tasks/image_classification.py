@@ -1,4 +1,4 @@
-"""Task family ``image_classification``: score the image's ``<spe>`` against the encoded class names.
+"""Task type ``image_classification``: score the image's ``<spe>`` against the encoded class names.
 
 Data: the ImageNet reader (``DATASETS.DATASET_NAME imagenet``); candidates: the class-name label set in
 ``DATASETS.TARGET_SET`` (``MODEL.LABELS_NUM`` > 0 keeps its first that many classes).  Training applies timm
@@ -16,7 +16,7 @@ import torch
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
-from uniperceiver.data.transforms import build_mixup, transform_from_config
+from uniperceiver.data.transforms import build_mixup
 from uniperceiver.modeling.losses import cross_entropy, soft_target_cross_entropy
 
 from .base import TASK_REGISTRY, Task
@@ -30,7 +30,7 @@ def unwrap(model):
 
 
 class ImageClassificationTask(Task):
-    family = "image_classification"
+    task_type = "image_classification"
     default_evaluator = "ClassificationEvaluator"
     attributes = {"modality": "image", "task": "classification"}
 
@@ -54,8 +54,7 @@ class ImageClassificationTask(Task):
         return int(self.cfg.MODEL.LABELS_NUM) or len(self.targets.label_set)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "classification")
-        dataset = build_reader(self.cfg, self.root_cfg, split, transform=transform)
+        dataset = build_reader(self.cfg, self.root_cfg, split, transform=self.build_transform(split))
         n = self.num_classes
         # labels the label set has no class for: skipped like other bad records (file:line logged, counted,
         # a clear stop above MAX_BAD_FRACTION, e.g. when the label set does not fit the data at all)
@@ -104,4 +103,4 @@ class ImageClassificationTask(Task):
         self.targets.clear()
 
 
-TASK_REGISTRY._do_register(ImageClassificationTask.family, ImageClassificationTask)
+TASK_REGISTRY._do_register(ImageClassificationTask.task_type, ImageClassificationTask)

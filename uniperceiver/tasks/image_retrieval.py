@@ -1,4 +1,4 @@
-"""Task family ``image_retrieval``: image and caption are encoded as separate sequences; each image's
+"""Task type ``image_retrieval``: image and caption are encoded as separate sequences; each image's
 ``<spe>`` is scored against every caption of the batch and vice versa (symmetric cross-entropy).
 
 Data: COCO-caption JSON (COCO / Flickr30k Karpathy splits) or JSON-lines web pairs.  Training reads one
@@ -13,7 +13,6 @@ from typing import Any, Dict, List
 import torch
 
 from uniperceiver.data.datasets import build_reader
-from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils import comm
@@ -24,14 +23,15 @@ from .image_classification import unwrap
 
 def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
     """Image-caption pairs for training, one row per image for evaluation (shared by retrieval and captioning)."""
-    transform = transform_from_config(task.cfg, task.root_cfg, split == "train", "caption")
-    return build_reader(task.cfg, task.root_cfg, split, transform=transform,
+    return build_reader(task.cfg, task.root_cfg, split, transform=task.build_transform(split),
                         mode="pairs" if split == "train" else "images")
 
 
 class ImageRetrievalTask(Task):
-    family = "image_retrieval"
+    task_type = "image_retrieval"
     default_evaluator = "RetrievalEvaluator"
+    crop_scale = (0.5, 1.0)  # mild: the caption must still describe the crop
+    hflip = 0.0  # captions may say left / right
     attributes = {"modality": "image", "task": "retrieval"}
     text_attributes = {"modality": "text", "task": "retrieval"}
 
@@ -151,4 +151,4 @@ def _set_rng_state(state) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-TASK_REGISTRY._do_register(ImageRetrievalTask.family, ImageRetrievalTask)
+TASK_REGISTRY._do_register(ImageRetrievalTask.task_type, ImageRetrievalTask)

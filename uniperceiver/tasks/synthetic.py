@@ -1,4 +1,4 @@
-"""Task family ``synthetic_regression``: deterministic synthetic data + per-sample MSE, for engine tests and the
+"""Task type ``synthetic_regression``: deterministic synthetic data + per-sample MSE, for engine tests and the
 smoke-test config only.  Pairs with ``PlaceholderModel`` (features [B, 8] -> [B, 1]).
 
 Sample ``i`` of split s is drawn from a generator seeded with (split, i), so it never depends on the run seed
@@ -35,7 +35,7 @@ class SyntheticRegressionDataset(Dataset):
 
 
 class SyntheticRegressionTask(Task):
-    family = "synthetic_regression"
+    task_type = "synthetic_regression"
     default_evaluator = ""
     attributes = {"modality": "vector", "task": "regression"}
 
@@ -52,4 +52,4 @@ class SyntheticRegressionTask(Task):
 
 
 # Registered under its DATASETS.TASK_TYPE value (fvcore's register() would use the class name).
-TASK_REGISTRY._do_register(SyntheticRegressionTask.family, SyntheticRegressionTask)
+TASK_REGISTRY._do_register(SyntheticRegressionTask.task_type, SyntheticRegressionTask)

@@ -1,4 +1,4 @@
-"""Task family ``text_classification``: GLUE as the published Uni-Perceiver fine-tunes it.
+"""Task type ``text_classification``: GLUE as the published Uni-Perceiver fine-tunes it.
 
 Each example (one sentence, or a pair) becomes one text sequence with a ``<|spe|>`` placed inside it by the
 task's published prompt (``data/datasets/glue.py: glue_prompt``; SST-2: ``"<sentence> <|endoftext|> It is
@@ -29,7 +29,7 @@ from .image_classification import unwrap
 
 
 class TextClassificationTask(Task):
-    family = "text_classification"
+    task_type = "text_classification"
     default_evaluator = "GLUEEvaluator"
     attributes = {"modality": "text", "task": "classification"}
 
@@ -97,4 +97,4 @@ class TextClassificationTask(Task):
         self.targets.clear()
 
 
-TASK_REGISTRY._do_register(TextClassificationTask.family, TextClassificationTask)
+TASK_REGISTRY._do_register(TextClassificationTask.task_type, TextClassificationTask)

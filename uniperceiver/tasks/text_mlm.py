@@ -1,4 +1,4 @@
-"""Task family ``text_mlm``: masked language modelling with whole-word masking.
+"""Task type ``text_mlm``: masked language modelling with whole-word masking.
 
 ``DATALOADER.MLM_PROBABILITY`` (15%) of the words of a sample are chosen; a chosen word has all its BPE tokens
 replaced by ``<|mask|>`` (80%), by random words of the label set (10%) or left unchanged (10%).  The text
@@ -87,7 +87,7 @@ class MaskedTextDataset(torch.utils.data.Dataset):
 
 
 class TextMLMTask(Task):
-    family = "text_mlm"
+    task_type = "text_mlm"
     default_evaluator = "MLMEvaluator"
     attributes = {"modality": "text", "task": "mlm"}
 
@@ -144,4 +144,4 @@ class TextMLMTask(Task):
         self.targets.clear()
 
 
-TASK_REGISTRY._do_register(TextMLMTask.family, TextMLMTask)
+TASK_REGISTRY._do_register(TextMLMTask.task_type, TextMLMTask)

@@ -1,4 +1,4 @@
-"""Task family ``video_caption`` (MSVD, MSR-VTT): ``[<spe>, video, caption, <spe> x L]`` with causal text,
+"""Task type ``video_caption`` (MSVD, MSR-VTT): ``[<spe>, video, caption, <spe> x L]`` with causal text,
 query i predicting caption token i against the vocabulary label set — ``image_caption`` with a clip
 ``[T, 3, H, W]`` for the image.  Evaluation generates from the centre clip (``INFERENCE.NUM_VIEWS`` 1) and
 ``CaptionEvaluator`` scores against ``INFERENCE.VAL_ANNFILE / TEST_ANNFILE`` (COCO-style, ``videos`` /
@@ -6,20 +6,15 @@ query i predicting caption token i against the vocabulary label set — ``image_
 """
 from __future__ import annotations
 
-import torch
-
 from .base import TASK_REGISTRY
 from .image_caption import ImageCaptionTask
-from .video_classification import build_video_dataset
+from .video_classification import VideoInput
 
 
-class VideoCaptionTask(ImageCaptionTask):
-    family = "video_caption"
+class VideoCaptionTask(VideoInput, ImageCaptionTask):
+    task_type = "video_caption"
     default_evaluator = "CaptionEvaluator"
     attributes = {"modality": "video", "task": "caption"}
 
-    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        return build_video_dataset(self, split, "caption", mode="pairs" if split == "train" else "images")
 
-
-TASK_REGISTRY._do_register(VideoCaptionTask.family, VideoCaptionTask)
+TASK_REGISTRY._do_register(VideoCaptionTask.task_type, VideoCaptionTask)

@@ -1,4 +1,4 @@
-"""Task family ``video_classification`` (Kinetics-400/700, Moments in Time): the clip ``[T, 3, H, W]`` is
+"""Task type ``video_classification`` (Kinetics-400/700, Moments in Time): the clip ``[T, 3, H, W]`` is
 encoded as a video (shared patch embedding + learned temporal embedding) and its ``<spe>`` is scored against
 the encoded class names of ``DATASETS.TARGET_SET``, as ``image_classification`` does for images.
 
@@ -10,12 +10,11 @@ cross-entropy with ``LOSSES.LABELSMOOTHING`` (mixup / CutMix are image-only and 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
 from uniperceiver.config import ConfigError
-from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.datasets.video import video_transform_from_config
 
 from .base import TASK_REGISTRY
@@ -30,27 +29,28 @@ def check_frames(task) -> None:
                           f"({most})")
 
 
-def build_video_dataset(task, split: str, family: str, mode: str = "pairs") -> torch.utils.data.Dataset:
-    check_frames(task)
-    transform = video_transform_from_config(task.cfg, task.root_cfg, split == "train", family)
-    return build_reader(task.cfg, task.root_cfg, split, transform=transform, mode=mode)
+class VideoInput:
+    """Mixin of the video task types, listed before the image task type they extend (``class
+    VideoCaptionTask(VideoInput, ImageCaptionTask)``): the image task's datasets with clips ``[T, 3, H, W]``
+    for images, i.e. the clip transform (one crop / flip per clip, with the task's ``crop_scale`` /
+    ``hflip``) after checking FRAMES_PER_CLIP.  The reader (``video_list`` / ``video_caption``) is the task's
+    ``DATASETS`` node's, as for images."""
+
+    def build_transform(self, split: str) -> Callable:
+        check_frames(self)
+        return video_transform_from_config(self.cfg, self.root_cfg, split == "train", scale=self.crop_scale,
+                                           hflip=self.hflip)
 
 
-class VideoClassificationTask(ImageClassificationTask):
-    family = "video_classification"
+class VideoClassificationTask(VideoInput, ImageClassificationTask):
+    task_type = "video_classification"
     default_evaluator = "ClassificationEvaluator"
     attributes = {"modality": "video", "task": "classification"}
+    crop_scale = (0.25, 1.0)  # milder than for images: one crop for every frame of the clip
 
     def __init__(self, task_cfg, root_cfg):
         super().__init__(task_cfg, root_cfg)
         self._mixup = False  # image-only augmentation
-
-    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        dataset = build_video_dataset(self, split, "classification")
-        n = self.num_classes  # labels without a class in the label set: skipped and counted, as for images
-        dataset.drop_records(lambda r: not 0 <= r["label"] < n, f"label out of range [0, {n}) of the label set "
-                             f"{list(self.cfg.DATASETS.TARGET_SET)}", path=dataset.meta_file)
-        return dataset
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         batch = super().collate(samples)  # "images": [B, T, 3, H, W]
@@ -63,4 +63,4 @@ class VideoClassificationTask(ImageClassificationTask):
         return {"logits": logits, "labels": batch["labels"], "sample_ids": batch["sample_ids"]}
 
 
-TASK_REGISTRY._do_register(VideoClassificationTask.family, VideoClassificationTask)
+TASK_REGISTRY._do_register(VideoClassificationTask.task_type, VideoClassificationTask)

@@ -1,4 +1,4 @@
-"""Task family ``video_retrieval`` (MSVD, MSR-VTT): video and caption encoded as separate sequences, scored
+"""Task type ``video_retrieval`` (MSVD, MSR-VTT): video and caption encoded as separate sequences, scored
 both ways against the batch (``image_retrieval``'s symmetric loss, synced negatives across ranks included).
 
 Data: the ``video_caption`` reader: one clip per caption in training (random offset), and at evaluation one
@@ -13,16 +13,13 @@ import torch
 
 from .base import TASK_REGISTRY
 from .image_retrieval import ImageRetrievalTask
-from .video_classification import build_video_dataset
+from .video_classification import VideoInput
 
 
-class VideoRetrievalTask(ImageRetrievalTask):
-    family = "video_retrieval"
+class VideoRetrievalTask(VideoInput, ImageRetrievalTask):
+    task_type = "video_retrieval"
     default_evaluator = "RetrievalEvaluator"
     attributes = {"modality": "video", "task": "retrieval"}
-
-    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        return build_video_dataset(self, split, "caption", mode="pairs" if split == "train" else "images")
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         batch = super().collate(samples)
@@ -34,4 +31,4 @@ class VideoRetrievalTask(ImageRetrievalTask):
         return batch
 
 
-TASK_REGISTRY._do_register(VideoRetrievalTask.family, VideoRetrievalTask)
+TASK_REGISTRY._do_register(VideoRetrievalTask.task_type, VideoRetrievalTask)

@@ -1,4 +1,4 @@
-"""Task family ``vqa`` (VQAv2): the sequence ``[<spe>, image, question]``; its ``<spe>`` is scored against the
+"""Task type ``vqa`` (VQAv2): the sequence ``[<spe>, image, question]``; its ``<spe>`` is scored against the
 encoded answers of the answer vocabulary (``DATASETS.TARGET_SET``: a class-name file of normalised answers,
 ``tools/build_vqa_answers.py``), so answering is classification over answer candidates.
 
@@ -16,7 +16,6 @@ from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader, read_class_names
 from uniperceiver.data.datasets.vqa import answer_scores
 from uniperceiver.data.target_sets import VOCABULARY, TargetEncoder, shared_target_node, task_target_encoder
-from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import soft_target_cross_entropy
 from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils.paths import resolve_data_path
@@ -26,8 +25,10 @@ from .image_classification import unwrap
 
 
 class VQATask(Task):
-    family = "vqa"
+    task_type = "vqa"
     default_evaluator = "VQAEvaluator"
+    crop_scale = (0.5, 1.0)  # mild: the question must still be answerable from the crop
+    hflip = 0.0  # questions and answers may say left / right
     attributes = {"modality": "image", "task": "vqa"}
 
     def __init__(self, task_cfg, root_cfg):
@@ -56,8 +57,7 @@ class VQATask(Task):
         return self._answers
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
-        transform = transform_from_config(self.cfg, self.root_cfg, split == "train", "caption")
-        return build_reader(self.cfg, self.root_cfg, split, transform=transform)
+        return build_reader(self.cfg, self.root_cfg, split, transform=self.build_transform(split))
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         self.answers  # noqa: B018 - builds the answer index
@@ -104,4 +104,4 @@ class VQATask(Task):
         self.targets.clear()
 
 
-TASK_REGISTRY._do_register(VQATask.family, VQATask)
+TASK_REGISTRY._do_register(VQATask.task_type, VQATask)

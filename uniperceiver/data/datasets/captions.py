@@ -121,6 +121,27 @@ def read_jsonl_pairs(path: str, config_key: str = "DATASETS.TRAIN", *,
     return list(by_image.values())
 
 
+def caption_records(records: List[dict], mode: str) -> List[dict]:
+    """The records a caption dataset (images or videos) serves: ``mode="pairs"`` one per caption
+    (``{"image", "image_id", "caption"}``), ``mode="images"`` the records as read (all their ``captions``)."""
+    if mode not in ("pairs", "images"):
+        raise ValueError(f"mode must be 'pairs' or 'images', got {mode!r}")
+    if mode == "images":
+        return records
+    return [{"image": r["image"], "image_id": r["image_id"], "caption": c} for r in records for c in r["captions"]]
+
+
+def caption_sample(mode: str, index: int, record: dict, image) -> dict:
+    """The sample of a caption dataset's ``record`` (``image``: an image or a clip): ``{"image", "image_id",
+    "index"}`` and ``caption`` (mode "pairs") or a copy of ``captions`` (mode "images")."""
+    sample = {"image": image, "image_id": record["image_id"], "index": index}
+    if mode == "pairs":
+        sample["caption"] = record["caption"]
+    else:
+        sample["captions"] = list(record["captions"])
+    return sample
+
+
 class CaptionDataset(ImageRecordsDataset):
     """Image-caption samples.
 
@@ -138,21 +159,11 @@ class CaptionDataset(ImageRecordsDataset):
         max_bad_fraction: float = 0.01,
         name: str = "",
     ):
-        if mode not in ("pairs", "images"):
-            raise ValueError(f"mode must be 'pairs' or 'images', got {mode!r}")
         self.mode = mode
-        if mode == "pairs":
-            records = [
-                {"image": r["image"], "image_id": r["image_id"], "caption": c} for r in records for c in r["captions"]
-            ]
         super().__init__(
-            records, image_root=image_root, transform=transform, max_bad_fraction=max_bad_fraction, name=name
+            caption_records(records, mode), image_root=image_root, transform=transform,
+            max_bad_fraction=max_bad_fraction, name=name
         )
 
     def make_sample(self, index: int, record: dict, image) -> dict:
-        sample = {"image": image, "image_id": record["image_id"], "index": index}
-        if self.mode == "pairs":
-            sample["caption"] = record["caption"]
-        else:
-            sample["captions"] = list(record["captions"])
-        return sample
+        return caption_sample(self.mode, index, record, image)

@@ -13,7 +13,7 @@ for ``MNLI_Mismatch``).  Whether a file has a header is read from its first line
 
 Labels: RTE / QNLI ``entailment`` -> 1, else 0; MNLI ``contradiction`` 0, ``neutral`` 1, ``entailment`` 2;
 the others the integer in the label column (test files have none: label -1).  STS-B's score is read
-(``score / 5``) but no task family uses it (the published code has no STS-B prompt; see docs/glue.md).
+(``score / 5``) but no task type uses it (the published code has no STS-B prompt; see docs/glue.md).
 
 :func:`glue_prompt` builds the published input of a task: the sentence(s) with a ``<|spe|>`` placed inside the
 text (SST-2: ``"<s> <|endoftext|> It is <|spe|>. <|endoftext|>"``), whose output is scored against the

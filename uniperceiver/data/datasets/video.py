@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ import torch
 from ..transforms import crop_pct, crop_scale
 from .base import (AnnotationFileError, AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list,
                    load_json)
-from .captions import group_captions
+from .captions import caption_records, caption_sample, group_captions
 from .imagenet import read_image_label_list
 
 # Exceptions that mean "this file is not a readable video" (av.FFmpegError subclasses Exception only).
@@ -178,10 +178,12 @@ class VideoTransform:
         return (clip - self.mean) / self.std
 
 
-def video_transform_from_config(task_cfg, root_cfg, is_train: bool, family: str = "classification") -> VideoTransform:
-    scale = crop_scale(task_cfg, "video_classification" if family == "classification" else "caption")
-    return VideoTransform(int(root_cfg.MODEL.IMG_INPUT_SIZE), is_train, scale=scale,
-                          hflip=0.5 if family == "classification" else 0.0, crop_pct=crop_pct(task_cfg))
+def video_transform_from_config(task_cfg, root_cfg, is_train: bool, *, scale: Tuple[float, float],
+                                hflip: float) -> VideoTransform:
+    """The clip transform of a task node: ``MODEL.IMG_INPUT_SIZE``, ``DATALOADER.CROP_SCALE`` (else ``scale``,
+    the task's default), ``CROP_PCT``, and flips with probability ``hflip`` (``Task.crop_scale`` / ``hflip``)."""
+    return VideoTransform(int(root_cfg.MODEL.IMG_INPUT_SIZE), is_train, scale=crop_scale(task_cfg, scale),
+                          hflip=float(hflip), crop_pct=crop_pct(task_cfg))
 
 
 class VideoRecordsDataset(ImageRecordsDataset):
@@ -288,22 +290,11 @@ class VideoCaptionDataset(VideoRecordsDataset):
     ``mode="images"``: one per video (and view) with all its ``captions``."""
 
     def __init__(self, records: List[dict], video_root: str, *, mode: str = "pairs", **kwargs):
-        if mode not in ("pairs", "images"):
-            raise ValueError(f"mode must be 'pairs' or 'images', got {mode!r}")
         self.mode = mode
-        if mode == "pairs":
-            records = [{"image": r["image"], "image_id": r["image_id"], "caption": c}
-                       for r in records for c in r["captions"]]
-        super().__init__(records, image_root=video_root, **kwargs)
+        super().__init__(caption_records(records, mode), image_root=video_root, **kwargs)
 
     def make_sample(self, index: int, record: dict, clip) -> dict:
-        sample = {"image": clip, "image_id": record["image_id"], "index": index}
-        if self.mode == "pairs":
-            sample["caption"] = record["caption"]
-        else:
-            sample["captions"] = list(record["captions"])
-        return sample
-
+        return caption_sample(self.mode, index, record, clip)
 
 
 def build_video_reader(reader: str, task_cfg, path: str, video_root: str, split: str, *,
