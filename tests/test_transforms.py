@@ -86,7 +86,8 @@ def test_each_task_type_trains_with_its_declared_crop_and_flip(task_type, monkey
 # --------------------------------------------------------------------------------- no task types in data
 # Former crop "families" and every registered task type, less the reader names (DATASETS.DATASET_NAME
 # readers "vqa" / "video_caption" are data's own vocabulary, which two task types happen to share).
-TASK_WORDS = ({name for name, _ in TASK_REGISTRY} | {"classification", "caption", "video_classification"}) - set(READERS)
+FORMER_FAMILIES = {"classification", "caption", "video_classification"}
+TASK_WORDS = ({name for name, _ in TASK_REGISTRY} | FORMER_FAMILIES) - set(READERS)
 # Names that would carry a task type into data code.
 TASK_NAMES = {"family", "task_type", "TASK_TYPE"}
 
