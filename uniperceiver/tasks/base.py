@@ -17,6 +17,17 @@ TASK_REGISTRY = Registry("TASK")
 TASK_REGISTRY.__doc__ = "Task families keyed by DATASETS.TASK_TYPE; built as cls(task_cfg, root_cfg)."
 
 
+def register_task(name: str):
+    """Class decorator: the :class:`Task` subclass is the family of ``DATASETS.TASK_TYPE`` ``name``::
+
+        @register_task("image_matching")
+        class ImageMatchingTask(Task):
+            family = "image_matching"
+
+    ``register_task(name)(cls)`` registers one more name for a family (an alias)."""
+    return TASK_REGISTRY.register(name=name)
+
+
 class Task:
     """Base class of task families.  Subclasses set ``family`` / ``default_evaluator`` / ``attributes``."""
 

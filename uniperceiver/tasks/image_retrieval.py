@@ -17,9 +17,9 @@ from uniperceiver.data.transforms import transform_from_config
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils import comm
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
-from .image_classification import unwrap
+from .base import Task, register_task
 
 
 def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
@@ -29,6 +29,7 @@ def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
                         mode="pairs" if split == "train" else "images")
 
 
+@register_task("image_retrieval")
 class ImageRetrievalTask(Task):
     family = "image_retrieval"
     default_evaluator = "RetrievalEvaluator"
@@ -74,7 +75,7 @@ class ImageRetrievalTask(Task):
         else:
             img_all, txt_all, offset = img, txt, 0
         labels = torch.arange(img.shape[0], device=img.device) + offset
-        head = unwrap(model)
+        head = unwrap_model(model)
         i2t = cross_entropy(head.logits(img, txt_all, self.temp_name), labels, self.label_smoothing)
         t2i = cross_entropy(head.logits(txt, img_all, self.temp_name), labels, self.label_smoothing)
         return {f"loss_{self.name}": 0.5 * (i2t + t2i) * self.loss_weight}
@@ -149,6 +150,3 @@ def _set_rng_state(state) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
-
-
-TASK_REGISTRY._do_register(ImageRetrievalTask.family, ImageRetrievalTask)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import TASK_REGISTRY
+from .base import register_task
 from .image_caption import ImageCaptionTask
 from .video_classification import build_video_dataset
 
 
+@register_task("video_caption")
 class VideoCaptionTask(ImageCaptionTask):
     family = "video_caption"
     default_evaluator = "CaptionEvaluator"
@@ -20,6 +21,3 @@ class VideoCaptionTask(ImageCaptionTask):
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         return build_video_dataset(self, split, "caption", mode="pairs" if split == "train" else "images")
-
-
-TASK_REGISTRY._do_register(VideoCaptionTask.family, VideoCaptionTask)

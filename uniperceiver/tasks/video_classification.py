@@ -17,9 +17,10 @@ import torch
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.datasets.video import video_transform_from_config
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY
-from .image_classification import ImageClassificationTask, unwrap
+from .base import register_task
+from .image_classification import ImageClassificationTask
 
 
 def check_frames(task) -> None:
@@ -36,6 +37,7 @@ def build_video_dataset(task, split: str, family: str, mode: str = "pairs") -> t
     return build_reader(task.cfg, task.root_cfg, split, transform=transform, mode=mode)
 
 
+@register_task("video_classification")
 class VideoClassificationTask(ImageClassificationTask):
     family = "video_classification"
     default_evaluator = "ClassificationEvaluator"
@@ -59,8 +61,5 @@ class VideoClassificationTask(ImageClassificationTask):
 
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
         query = model(images=batch["images"], attributes=self.attributes)["spe"]
-        logits = unwrap(model).logits(query, self._class_feats(model), self.temp_name)
+        logits = unwrap_model(model).logits(query, self._class_feats(model), self.temp_name)
         return {"logits": logits, "labels": batch["labels"], "sample_ids": batch["sample_ids"]}
-
-
-TASK_REGISTRY._do_register(VideoClassificationTask.family, VideoClassificationTask)

@@ -11,11 +11,12 @@ from typing import Any, Dict, List
 
 import torch
 
-from .base import TASK_REGISTRY
+from .base import register_task
 from .image_retrieval import ImageRetrievalTask
 from .video_classification import build_video_dataset
 
 
+@register_task("video_retrieval")
 class VideoRetrievalTask(ImageRetrievalTask):
     family = "video_retrieval"
     default_evaluator = "RetrievalEvaluator"
@@ -32,6 +33,3 @@ class VideoRetrievalTask(ImageRetrievalTask):
             batch["text_image_ids"] = torch.tensor([i for s, i in zip(samples, ids) for _ in s["captions"]],
                                                    dtype=torch.long)
         return batch
-
-
-TASK_REGISTRY._do_register(VideoRetrievalTask.family, VideoRetrievalTask)
