@@ -87,7 +87,7 @@ def test_registry_register_with_and_without_a_name():
     assert reg.register(A, name="alias_of_a") is A
     assert reg.get("A") is A and reg.get("b_thing") is B and reg.get("alias_of_a") is A
     assert "B" not in reg
-    with pytest.raises(AssertionError, match="b_thing"):
+    with pytest.raises(ValueError, match="'b_thing' is already registered in the THING registry"):
         reg.register(A, name="b_thing")
 
 

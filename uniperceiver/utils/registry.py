@@ -27,7 +27,10 @@ class Registry(_FvcoreRegistry):
         Returns ``obj``."""
         if obj is None:
             return lambda o: self.register(o, name=name)
-        self._do_register(name or obj.__name__, obj)
+        name = name or obj.__name__
+        if name in self:
+            raise ValueError(f"{name!r} is already registered in the {self._name} registry (as {self.get(name)!r})")
+        self._do_register(name, obj)
         return obj
 
 
