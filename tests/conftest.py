@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -171,3 +172,92 @@ def evil_pickle(path: Path, marker: Path) -> None:
             return (os.system, (f"touch {marker}",))
 
     torch.save({"model": {"w": torch.zeros(1)}, "payload": Evil(), "iteration": 3}, path)
+
+
+# ------------------------------------------------------------- tiny-model helpers (test_model, test_adaptation_*)
+TEMP_NAMES = ["logit_img_cls", "logit_word"]
+
+
+def tiny_cfg(layers=2, img=32, **model):
+    """Tiny width (192, 3 heads) with few layers and small images, two tasks with their own logit scales.
+    ``model`` sets MODEL keys (``BERT_<KEY>``: MODEL.BERT keys)."""
+    from uniperceiver.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_dict({"TASKS": [{"NAME": "cls", "MODEL": {"TEMP_NAME": TEMP_NAMES[0]}},
+                                   {"NAME": "mlm", "MODEL": {"TEMP_NAME": TEMP_NAMES[1]}}]})
+    cfg.MODEL.BERT.NUM_HIDDEN_LAYERS = layers
+    cfg.MODEL.IMG_INPUT_SIZE = img
+    cfg.MODEL.MAX_POSITION_EMBEDDINGS = 32
+    for key, value in model.items():
+        node, leaf = (cfg.MODEL.BERT, key[5:]) if key.startswith("BERT_") else (cfg.MODEL, key)
+        node[leaf] = value
+    cfg.finalize()
+    return cfg
+
+
+def prompt_cfg(tokens=4, fc_weight=0.5, **kw):
+    """:func:`tiny_cfg` with prompt tuning on (``tokens`` prompts, head blend ``fc_weight``), only prompts trainable."""
+    cfg = tiny_cfg(**kw)
+    cfg.MODEL.PROMPT.ENABLED = True
+    cfg.MODEL.PROMPT.NUM_TOKENS = tokens
+    cfg.MODEL.PROMPT.FC_WEIGHT = fc_weight
+    cfg.MODEL.TRAINABLE = ["prompt"]
+    return cfg
+
+
+def batch(seed=0, b=2, frames=2, img=32, length=6):
+    """``(images, text, mask)``: random clips (or images when ``frames`` is 0) and token ids; the last two
+    tokens of sample 1 are padding."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(b, frames, 3, img, img, generator=g) if frames else torch.randn(b, 3, img, img, generator=g)
+    text = torch.randint(0, 49406, (b, length), generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[1, length - 2 :] = False
+    return images, text, mask
+
+
+def full_loss(model, seed=0):
+    """A loss touching every output: video + text + captioning queries, targets, every logit scale."""
+    images, text, mask = batch(seed)
+    out = model(images=images, text=text, text_mask=mask, num_queries=text.shape[1], causal_text=True)
+    targets = model.encode_targets(text[:, :3], mask[:, :3])
+    loss = out["spe"].sum() * 0
+    for i, name in enumerate(["default"] + TEMP_NAMES):
+        query = [out["spe"], out["text"], out["queries"]][i]
+        loss = loss + model.logits(query, targets, name).logsumexp(-1).mean()
+    img_only = model(images=images[:, 0])  # a plain image is a one-frame video
+    return loss + model.logits(img_only["spe"], targets, "default").logsumexp(-1).mean()
+
+
+# -------------------------------------------------- Slurm / signal helpers (test_slurm, test_preemption, test_submit)
+def slurm_available() -> str:
+    """'' when a Slurm controller answers with an idle or mixed node in partition debug, else the reason."""
+    if shutil.which("srun") is None or shutil.which("sinfo") is None:
+        return "no srun/sinfo (start the local cluster: bash tools/slurm_cluster.sh start)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"sinfo failed: {e}"
+    if out.returncode != 0:
+        return f"slurmctld is not running (sinfo: {out.stderr.strip()}); start it: bash tools/slurm_cluster.sh start"
+    states = out.stdout.split()
+    if not any(s.startswith(("idle", "mixed", "allocated")) for s in states):
+        return f"partition debug has no usable node (states: {states or 'none'})"
+    return ""
+
+
+_SLURM_REASON = slurm_available()
+requires_slurm = pytest.mark.skipif(bool(_SLURM_REASON), reason=_SLURM_REASON)
+
+
+def wait_for_rows(metrics: Path, rows: int, proc: Optional[subprocess.Popen], timeout: float = 120) -> None:
+    """Wait until ``metrics`` (metrics.json) has ``rows`` lines; fail if ``proc`` ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= rows:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"training ended before it was signalled:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"{metrics} did not reach {rows} rows in {timeout} s")

@@ -7,6 +7,7 @@ import socket
 import pytest
 import torch
 
+from conftest import load_tool
 from uniperceiver.evaluation import (
     EVALUATOR_REGISTRY,
     ClassificationEvaluator,
@@ -550,16 +551,6 @@ def test_inference_on_tasks_keys_files_and_mode(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ tools/zeroshot
-def _load_tool(name):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 TINY_MODEL_YAML = """
 MODEL:
   IMG_INPUT_SIZE: 32
@@ -595,7 +586,7 @@ def test_zeroshot_tool_ranks_classes_like_the_model(tmp_path, capsys):
         Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")).save(tmp_path / "imgs" / f"{i}.png")
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
     classes = ["cat", "dog", "red car"]
-    tool = _load_tool("zeroshot")
+    tool = load_tool("zeroshot")
     results = tool.main(["--config-file", str(tmp_path / "cfg.yaml"), "--weights", str(tmp_path / "w.pth"),
                          "--images", str(tmp_path / "imgs"), "--classes", ",".join(classes),
                          "--templates", "a photo of a {}.|a drawing of a {}.", "--topk", "3"])

@@ -119,3 +119,17 @@ def test_the_checker_sees_a_violation(tmp_path):
     path.write_text("def f():\n    from ..engine import hooks\n    import uniperceiver.tasks.base\n")
     found = {m for m, _ in imports("uniperceiver.data.demo", path, False)}
     assert {"uniperceiver.engine", "uniperceiver.engine.hooks", "uniperceiver.tasks.base"} <= found
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in tests/conftest.py; a test module importing another one would run (or skip)
+    that module's import-time code and hide where a helper lives."""
+    tests = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+    found = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[-1] in tests or n.startswith("tests.")]
+    assert not found, found

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniperceiver.config import ConfigError, get_cfg, setup_cfg
+from conftest import TEMP_NAMES, batch, full_loss, tiny_cfg
+from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.modeling import MODEL_REGISTRY, build_model
 from uniperceiver.modeling.embeddings import resize_table_1d, resize_table_2d, sincos_2d_table
 from uniperceiver.modeling.losses import cross_entropy, one_hot_smoothed, soft_target_cross_entropy
@@ -18,44 +19,6 @@ from uniperceiver.tokenization import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE_FOLDERS = ["BERT_L12_H192_experiments", "BERT_L12_H384_experiments", "BERT_L12_H768_experiments", "BERT_L24_H1024_experiments"]
-TEMP_NAMES = ["logit_img_cls", "logit_word"]
-
-
-def tiny_cfg(layers=2, img=32, **model):
-    """Tiny width (192, 3 heads) with few layers and small images, two tasks with their own logit scales."""
-    cfg = get_cfg()
-    cfg.merge_from_dict({"TASKS": [{"NAME": "cls", "MODEL": {"TEMP_NAME": TEMP_NAMES[0]}},
-                                   {"NAME": "mlm", "MODEL": {"TEMP_NAME": TEMP_NAMES[1]}}]})
-    cfg.MODEL.BERT.NUM_HIDDEN_LAYERS = layers
-    cfg.MODEL.IMG_INPUT_SIZE = img
-    cfg.MODEL.MAX_POSITION_EMBEDDINGS = 32
-    for key, value in model.items():
-        node, leaf = (cfg.MODEL.BERT, key[5:]) if key.startswith("BERT_") else (cfg.MODEL, key)
-        node[leaf] = value
-    cfg.finalize()
-    return cfg
-
-
-def batch(seed=0, b=2, frames=2, img=32, length=6):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(b, frames, 3, img, img, generator=g) if frames else torch.randn(b, 3, img, img, generator=g)
-    text = torch.randint(0, 49406, (b, length), generator=g)
-    mask = torch.ones(b, length, dtype=torch.bool)
-    mask[1, length - 2 :] = False
-    return images, text, mask
-
-
-def full_loss(model, seed=0):
-    """A loss touching every output: video + text + captioning queries, targets, every logit scale."""
-    images, text, mask = batch(seed)
-    out = model(images=images, text=text, text_mask=mask, num_queries=text.shape[1], causal_text=True)
-    targets = model.encode_targets(text[:, :3], mask[:, :3])
-    loss = out["spe"].sum() * 0
-    for i, name in enumerate(["default"] + TEMP_NAMES):
-        query = [out["spe"], out["text"], out["queries"]][i]
-        loss = loss + model.logits(query, targets, name).logsumexp(-1).mean()
-    img_only = model(images=images[:, 0])  # a plain image is a one-frame video
-    return loss + model.logits(img_only["spe"], targets, "default").logsumexp(-1).mean()
 
 
 VARIANTS = {

@@ -11,25 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, run_main
+from conftest import ENGINE_SMOKE, PYTHON, REPO, clean_env, requires_slurm, run_main, tagged_iteration, wait_for_rows
 
 LONG = ["SOLVER.MAX_ITER", "400", "SOLVER.WRITE_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1000"]
-
-
-def wait_for_rows(metrics: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= rows:
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"training ended before it was signalled:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"{metrics} did not reach {rows} rows in {timeout} s")
-
-
-def tagged_iteration(out: Path) -> int:
-    name = (out / "last_checkpoint").read_text().strip()
-    return int(torch.load(out / name, weights_only=True)["iteration"])
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -104,9 +88,6 @@ def test_spawning_parent_forwards_the_signal(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ Slurm
-from test_slurm import requires_slurm  # noqa: E402  (same skip reason as the run.sh tests)
-
-
 def sbatch(root: Path, script: str) -> str:
     out = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-n2", "-c1", "-o", str(root / "slurm-%j.out"),
                           "--open-mode=append", "--wrap", script], cwd=root, env=clean_env(), capture_output=True,

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import clean_env, prompt_cfg
+from uniperceiver.checkpoint import match_state_dict
 from uniperceiver.checkpoint.checkpointer import Checkpointer, CheckpointError
 from uniperceiver.checkpoint.official import (PUBLISHED_LOGIT_SCALES, OfficialCheckpointError, convert_official_checkpoint,
-                                              convert_official_state_dict, sincos_scale)
+                                              convert_official_state_dict, official_state_dict, sincos_scale)
 from uniperceiver.config import ConfigError, setup_cfg
 from uniperceiver.modeling import build_model
 
@@ -326,3 +329,77 @@ def test_weights_of_another_size_fail_the_strict_load_naming_the_tensor(tmp_path
     with pytest.raises(CheckpointError, match=r"MODEL.WEIGHTS .*w\.pth: checkpoint does not match the model: shape "
                                               r"mismatch for encoder\.blocks\.0\."):
         Checkpointer(model, str(tmp_path)).load_weights(str(path))
+
+
+# ----------------------------------------------- the published layout with real nn.MultiheadAttention blocks
+def synthetic_official(dim=192, heads=3, layers=2, ffn=768, prompts=0, seed=0):
+    """A state dict in the published layout (module names of fundamentalvision/Uni-Perceiver), random values;
+    the attention blocks are real nn.MultiheadAttention modules (returned too)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
+    norm_w, norm_b = 1 + r(dim), r(dim)
+    sd = {
+        "token_embed.embeddings.weight": r(49411, dim),
+        "token_embed.embeddings_pos.position_embeddings.weight": r(32, dim),
+        "token_embed.embeddings_token_type.weight": r(2, dim),
+        "token_embed.embeddings_norm.weight": norm_w, "token_embed.embeddings_norm.bias": norm_b,
+        "video_embed.embeddings_norm.weight": norm_w.clone(), "video_embed.embeddings_norm.bias": norm_b.clone(),
+        "video_embed.embeddings.weight": r(dim, 3, 16, 16), "video_embed.embeddings.bias": r(dim),
+        "video_embed.embeddings_type.weight": r(1, dim),
+        "video_embed.embeddings_st_pos.spatial_pos_embed.weight": r(4, dim),
+        "video_embed.embeddings_st_pos.temporal_pos_embed.weight": r(8, dim),
+        "loss_prepare.ln_post.weight": 1 + r(dim), "loss_prepare.ln_post.bias": r(dim),
+        "loss_prepare.proj.weight": r(dim, dim), "loss_prepare.proj.bias": r(dim),
+        "loss_prepare.queue_h1_x": r(4, dim),  # memory-bank buffer: dropped by its rule
+    }
+    sd.update({f"loss_prepare.{n}": torch.ones([]) * (2.0 + 0.1 * i) for i, n in enumerate(PUBLISHED_LOGIT_SCALES)})
+    attns = []
+    for i in range(layers):
+        mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+        with torch.no_grad():
+            for p in mha.parameters():
+                p.copy_(r(*p.shape))
+        attns.append(mha)
+        p = f"fused_encoder.layers.{i}."
+        sd.update({p + "self_attn." + k: v.detach().clone() for k, v in mha.state_dict().items()})
+        sd.update({p + "linear1.weight": r(ffn, dim), p + "linear1.bias": r(ffn), p + "linear2.weight": r(dim, ffn),
+                   p + "linear2.bias": r(dim), p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim),
+                   p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim), p + "gamma_1": r(dim),
+                   p + "gamma_2": r(dim)})
+        if prompts:
+            sd[p + "deep_prompt_embedding.embedding.weight"] = r(prompts, dim)
+    return {"model": {"module." + k: v for k, v in sd.items()}, "optimizer": {}}, attns
+
+
+def test_official_checkpoint_maps_onto_our_model_and_computes_the_same():
+    """Blocks and deep prompts map onto our model, and our fused qkv attention computes what the published
+    nn.MultiheadAttention blocks compute (each other published convention: the tests above)."""
+    published, attns = synthetic_official(prompts=3)
+    state = official_state_dict(published)
+    ours, report = convert_official_state_dict(state)
+    assert ("loss_prepare.queue_h1_x", "memory-bank queue (training-time negatives; never read in evaluation)") in report["dropped"]
+    assert "embed.spatial_pos_embed" in ours  # a random (learned) spatial table is kept, not dropped
+    cfg = prompt_cfg(tokens=3, fc_weight=0.0)
+    cfg.MODEL.PATCH_SIZE = 16
+    model = build_model(cfg).eval()
+    # strict check: everything but the logit scales (tiny_cfg names its own), the learned table and the prompt bias
+    loaded, rep = match_state_dict(model, ours, ignore=[r"logit_scale\.", "prompt_spe_bias", "spatial_pos_embed",
+                                                        "spe_embedding"])
+    model.load_state_dict(loaded, strict=False)
+    assert "encoder.prompt_tokens" in rep["loaded"]
+    torch.testing.assert_close(model.encoder.prompt_tokens[1], state["fused_encoder.layers.1.deep_prompt_embedding.embedding.weight"])
+    # attention: our fused qkv block == the published nn.MultiheadAttention
+    x = torch.randn(2, 5, 192)
+    for i, mha in enumerate(attns):
+        ref = mha(x, x, x, need_weights=False)[0]
+        assert torch.allclose(model.encoder.blocks[i].attn(x), ref, atol=1e-5)
+
+
+def test_convert_checkpoint_cli_from_official(tmp_path):
+    published, _ = synthetic_official()
+    src, dst = tmp_path / "published.pth", tmp_path / "ours.pth"
+    torch.save(published, src)
+    proc = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), "--from", "uniperceiver-official",
+                           str(src), str(dst)], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped loss_prepare.queue_h1_x: memory-bank queue" in proc.stdout

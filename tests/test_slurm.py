@@ -15,27 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, clean_env
-
-
-def slurm_available() -> str:
-    """'' when a Slurm controller answers with an idle or mixed node in partition debug, else the reason."""
-    if shutil.which("srun") is None or shutil.which("sinfo") is None:
-        return "no srun/sinfo (start the local cluster: bash tools/slurm_cluster.sh start)"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"sinfo failed: {e}"
-    if out.returncode != 0:
-        return f"slurmctld is not running (sinfo: {out.stderr.strip()}); start it: bash tools/slurm_cluster.sh start"
-    states = out.stdout.split()
-    if not any(s.startswith(("idle", "mixed", "allocated")) for s in states):
-        return f"partition debug has no usable node (states: {states or 'none'})"
-    return ""
-
-
-_REASON = slurm_available()
-requires_slurm = pytest.mark.skipif(bool(_REASON), reason=_REASON)
+from conftest import PYTHON, REPO, clean_env, requires_slurm
 
 
 @pytest.fixture

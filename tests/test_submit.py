@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ENGINE_SMOKE, REPO
-from test_preemption import wait_for_rows
-from test_slurm import requires_slurm
+from conftest import ENGINE_SMOKE, REPO, requires_slurm, wait_for_rows
 
 pytest.importorskip("submitit")
 sys.path.insert(0, str(REPO / "tools"))

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
+from uniperceiver.utils.wrappers import unwrap_model
 
 from .safetensors_io import is_safetensors, load_safetensors, strip_prefix
 
@@ -163,7 +164,7 @@ class Checkpointer:
 
     def __init__(self, model: nn.Module, save_dir: str, *, save_to_disk: Optional[bool] = None,
                  **checkpointables: Any):
-        self.model = getattr(model, "module", model)
+        self.model = unwrap_model(model)
         self.save_dir = save_dir
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.checkpointables = checkpointables

@@ -10,9 +10,9 @@ Contract (see ARCHITECTURE.md):
   so a resumed run sees exactly the same task / sample sequence, with any NUM_WORKERS;
 * every random decision of the data pipeline is seeded from where it happens, not from a process's RNG
   history: sample ``p`` of a task's stream on a rank runs its transforms (augmentation, MLM masking) under
-  python / numpy / torch RNGs seeded with ``derive_seed(task seed, rank, p, 1)``, and its batch's ``collate``
-  under ``derive_seed(task seed, rank, batch position, 2)``; so a resumed run draws the same augmentations
-  whatever worker / prefetch / resume position produced them.
+  python / numpy / torch RNGs seeded with ``derive_seed(task seed, rank, p, RngStream.SAMPLE)``, and its
+  batch's ``collate`` under ``derive_seed(task seed, rank, batch position, RngStream.COLLATE)``; so a resumed
+  run draws the same augmentations whatever worker / prefetch / resume position produced them.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from uniperceiver.utils import comm
-from uniperceiver.utils.env import derive_seed, preserved_rng, seed_cpu_rng, seeded_rng
+from uniperceiver.utils.env import RngStream, derive_seed, preserved_rng, seed_cpu_rng, seeded_rng
 
 from .samplers import InfiniteShardedSampler
 from .shards import ShardBatches
@@ -115,7 +115,7 @@ class _SeededSamples(Dataset):
 
     def __getitem__(self, item: Tuple[int, int]) -> Tuple[int, Any]:
         position, index = item
-        with seeded_rng(derive_seed(self.seed, self.rank, position, 1)):
+        with seeded_rng(derive_seed(self.seed, self.rank, position, RngStream.SAMPLE)):
             return position, self.dataset[index]
 
     def __getitems__(self, items: List[Tuple[int, int]]) -> List[Tuple[int, Any]]:
@@ -124,7 +124,7 @@ class _SeededSamples(Dataset):
         out = []
         with preserved_rng():
             for position, index in items:
-                seed_cpu_rng(derive_seed(self.seed, self.rank, position, 1))
+                seed_cpu_rng(derive_seed(self.seed, self.rank, position, RngStream.SAMPLE))
                 out.append((position, self.dataset[index]))
         return out
 
@@ -137,7 +137,7 @@ class _SeededCollate:
 
     def __call__(self, items: List[Tuple[int, Any]]) -> Any:
         batch_position = items[0][0] // self.batch_size
-        with seeded_rng(derive_seed(self.seed, self.rank, batch_position, 2)):
+        with seeded_rng(derive_seed(self.seed, self.rank, batch_position, RngStream.COLLATE)):
             return self.collate_fn([sample for _, sample in items])
 
 

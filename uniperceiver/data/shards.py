@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from uniperceiver.config import ConfigError
-from uniperceiver.utils.env import derive_seed, seeded_rng
+from uniperceiver.utils.env import RngStream, derive_seed, seeded_rng
 
 from .datasets.base import MIN_SAMPLES_FOR_FRACTION, TooManyBadSamples, load_rgb
 from .image_decode import DEFAULT_MAX_IMAGE_PIXELS
@@ -216,9 +216,9 @@ class ShardDataset(IterableDataset):
     def pass_shards(self, seed: int, worker: int, num_workers: int, pass_: int) -> List[str]:
         """The shards logical worker ``worker`` of ``num_workers`` reads in pass ``pass_``."""
         if self.resampled:
-            g = torch.Generator().manual_seed(derive_seed(seed, worker, pass_, 5))
+            g = torch.Generator().manual_seed(derive_seed(seed, worker, pass_, RngStream.SHARD_RESAMPLE))
             return [self.urls[int(torch.randint(len(self.urls), (1,), generator=g))]]
-        g = torch.Generator().manual_seed(derive_seed(seed, pass_, 6))
+        g = torch.Generator().manual_seed(derive_seed(seed, pass_, RngStream.SHARD_ORDER))
         perm = torch.randperm(len(self.urls), generator=g).tolist()
         return [self.urls[i] for i in perm[worker::num_workers]]
 
@@ -242,7 +242,7 @@ class ShardDataset(IterableDataset):
         while True:
             items = [next(raw) for _ in range(self.shuffle_buffer)]
             start = items[0][1]
-            g = torch.Generator().manual_seed(derive_seed(seed, rank, worker, chunk, 7))
+            g = torch.Generator().manual_seed(derive_seed(seed, rank, worker, chunk, RngStream.SHUFFLE_BUFFER))
             order = torch.randperm(len(items), generator=g).tolist() if self.shuffle_buffer > 1 else [0]
             for emitted, j in enumerate(order[skip:], skip + 1):
                 after = dict(start, chunk=chunk, emitted=emitted)
@@ -260,7 +260,7 @@ class ShardDataset(IterableDataset):
         worker, c, n)."""
         pos = dict(pos or start_position())
         for raw, after in self._chunks(seed, rank, worker, num_workers, pos):
-            with seeded_rng(derive_seed(seed, rank, worker, after["chunk"], after["emitted"], 1)):
+            with seeded_rng(derive_seed(seed, rank, worker, after["chunk"], after["emitted"], RngStream.SAMPLE)):
                 yield self.decode(raw), after
 
     def __iter__(self) -> Iterator[dict]:
@@ -359,7 +359,8 @@ class ShardBatches(IterableDataset):
                 continue
             batch.append(sample)
             if len(batch) == self.batch_size:
-                with seeded_rng(derive_seed(self.seed, self.rank, worker, after["chunk"], after["emitted"], 2)):
+                with seeded_rng(derive_seed(self.seed, self.rank, worker, after["chunk"], after["emitted"],
+                                             RngStream.COLLATE)):
                     collated = self.collate_fn(batch)
                 yield local, after, collated
                 batch = []

@@ -21,6 +21,8 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn as nn
 
+from uniperceiver.utils.wrappers import unwrap_model
+
 from .train_loop import HookBase
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class ModelEMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.model = getattr(model, "module", model)
+        self.model = unwrap_model(model)
         self.decay = float(decay)
         self.warmup = warmup
         self.updates = 0
@@ -83,7 +85,7 @@ class ModelEMA:
 
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into ``model`` (same architecture), in its dtypes."""
-        model = getattr(model, "module", model)
+        model = unwrap_model(model)
         current = model.state_dict()
         model.load_state_dict({k: v.to(current[k].dtype) for k, v in self.shadow.items()})
 
@@ -132,7 +134,7 @@ def load_ema_weights(model: nn.Module, path: str) -> None:
     data = load_checkpoint_file(path)
     if "model_ema" not in data:
         raise CheckpointError(f"--eval-ema: {path} has no model_ema entry (train with MODEL.MODEL_EMA True)")
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     rules = model.resize_rules() if hasattr(model, "resize_rules") else []
     state, _ = match_state_dict(model, data["model_ema"]["model"], resize_rules=rules)
     model.load_state_dict(state, strict=False)

@@ -22,6 +22,7 @@ import torch
 
 from uniperceiver.config import ConfigError
 from uniperceiver.utils import comm
+from uniperceiver.utils.wrappers import unwrap_model
 
 from .train_loop import HookBase
 
@@ -60,7 +61,7 @@ class EvalHook(HookBase):
                  model: Optional[torch.nn.Module] = None, output_dir: str = "", best_metric: str = ""):
         self.period = int(period)
         self.eval_fn = eval_fn
-        self.model = getattr(model, "module", model)
+        self.model = unwrap_model(model)
         self.output_dir = output_dir
         self.best_task, self.best_name = "", ""
         if best_metric:

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from uniperceiver.config import ConfigError
+from uniperceiver.utils.wrappers import unwrap_model
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,16 +53,9 @@ class TaskForward(nn.Module):
         return task.losses(self.module, batch)
 
 
-def unwrap_module(model: nn.Module) -> nn.Module:
-    """The module inside DDP / :class:`TaskForward` / DeepSpeed wrappers (``.module`` chains)."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return model
-
-
 def extra_losses(model: nn.Module) -> Dict[str, torch.Tensor]:
     """Losses the model recorded during its forwards (MoE load balancing: ``loss_moe_aux``); ``{}`` if none."""
-    extra = getattr(unwrap_module(model), "extra_losses", None)
+    extra = getattr(unwrap_model(model), "extra_losses", None)
     return extra() if extra is not None else {}
 
 
@@ -104,7 +98,7 @@ class StepEngine:
 
     def gradients(self) -> List[torch.Tensor]:
         """The gradients this step produced (what :meth:`nonfinite` checks)."""
-        return [p.grad for p in unwrap_module(self.model).parameters() if p.grad is not None]
+        return [p.grad for p in unwrap_model(self.model).parameters() if p.grad is not None]
 
     def nonfinite(self, loss_terms: Iterable[Dict[str, torch.Tensor]]) -> torch.Tensor:
         """A device bool: some loss term or gradient of this step is inf / NaN.  Gradients are checked with one
@@ -127,7 +121,7 @@ class StepEngine:
     def first_nonfinite_gradient(self) -> Optional[str]:
         """Slow path after :meth:`nonfinite` fired: the name of the first parameter whose gradient has an inf /
         NaN entry (None when every entry is finite: the norm overflowed on huge finite gradients)."""
-        for name, p in unwrap_module(self.model).named_parameters():
+        for name, p in unwrap_model(self.model).named_parameters():
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 return name
         return None

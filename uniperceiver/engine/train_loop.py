@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from uniperceiver.utils import comm
-from uniperceiver.utils.env import derive_seed, seed_step_rng
+from uniperceiver.utils.env import RngStream, derive_seed, seed_step_rng
 from uniperceiver.utils.events import EventStorage, get_event_storage
 
 from .step import StepEngine
@@ -137,10 +137,7 @@ class StepSeed(HookBase):
         self.seed = int(seed)
 
     def before_step(self) -> None:
-        seed_step_rng(derive_seed(self.seed, comm.get_rank(), self.trainer.iter, RNG_STREAM_STEP))
-
-
-RNG_STREAM_STEP = 3  # derive_seed stream of the per-step seeding (1, 2: the data pipeline's samples, collation)
+        seed_step_rng(derive_seed(self.seed, comm.get_rank(), self.trainer.iter, RngStream.STEP))
 
 
 class NonFiniteGuard:

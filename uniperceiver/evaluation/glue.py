@@ -94,4 +94,4 @@ class GLUEEvaluator(DatasetEvaluator):
 
 
 # The published name (INFERENCE.NAME: 'GLUEEvaler' in the published GLUE configs) names the same evaluator.
-EVALUATOR_REGISTRY._do_register("GLUEEvaler", GLUEEvaluator)
+EVALUATOR_REGISTRY.register(GLUEEvaluator, name="GLUEEvaler")

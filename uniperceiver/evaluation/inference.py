@@ -24,6 +24,7 @@ from .evaluator import build_evaluator
 from uniperceiver.utils.lockstep import batches as lockstep_batches
 from uniperceiver.utils.lockstep import lockstep
 from uniperceiver.utils import comm
+from uniperceiver.utils.wrappers import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def inference_on_dataset(cfg, model, task, split: str) -> Dict[str, float]:
 def needs_lockstep(model) -> bool:
     """Whether the model's forward is collective (see ``lockstep.py``): DeepSpeed ZeRO-3 gathers partitioned
     parameters (``ds_tensor``) as modules run; DeepSpeed-MoE expert parallelism exchanges tokens."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     return (any(hasattr(p, "ds_tensor") for p in model.parameters())
             or any(getattr(getattr(m, "spec", None), "ep_size", 1) > 1 for m in model.modules()))
 
@@ -143,12 +144,6 @@ def _progress(loader, desc: str):
     return tqdm(loader, desc=desc, total=len(loader), dynamic_ncols=True, leave=False)
 
 
-def _unwrap(model):
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def inference_on_tasks(cfg, model, tasks, splits: Sequence[str] = ("val", "test"), write: bool = True,
                        max_splits_per_task: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """``{key: {metric: value}}`` for every task (dict or list of Tasks) and split it has (see module doc);
@@ -157,7 +152,7 @@ def inference_on_tasks(cfg, model, tasks, splits: Sequence[str] = ("val", "test"
     Complete on rank 0; other ranks return ``{}``.  Writes ``OUTPUT_DIR/inference/<key>/results.json`` and
     logs a table on rank 0 when ``write``.  The model's train/eval mode is restored afterwards.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     task_list = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
     was_training = model.training
     model.eval()

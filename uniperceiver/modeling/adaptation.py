@@ -14,6 +14,7 @@ from typing import Sequence, Tuple
 import torch.nn as nn
 
 from uniperceiver.config import ConfigError
+from uniperceiver.utils.wrappers import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def apply_trainable(model: nn.Module, patterns: Sequence[str]) -> Tuple[int, int
 
     Empty ``patterns``: all parameters train.  A bad regex, or patterns that match no parameter, raise
     :class:`ConfigError` naming them (with a few parameter names to pick from)."""
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     named = list(model.named_parameters())
     if patterns:
         compiled = []

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from uniperceiver.config import ConfigError
+from uniperceiver.utils.wrappers import unwrap_model
 
 from .lr_scheduler import LRScheduler, build_lr_multiplier
 
@@ -30,7 +31,7 @@ def get_param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: f
     no-decay rule above) is the decay of ``nn.Embedding`` weights, as the published
     ``SOLVER.WEIGHT_DECAY_EMBEDDING`` (``model.no_weight_decay()`` names still win).
     """
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     patterns = [re.compile(p) for p in no_decay_patterns]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

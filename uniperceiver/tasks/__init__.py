@@ -2,7 +2,7 @@
 import importlib
 import pkgutil
 
-from .base import TASK_REGISTRY, Task, build_task, build_tasks, validate_tasks  # noqa: F401
+from .base import TASK_REGISTRY, Task, build_task, build_tasks, register_task, validate_tasks  # noqa: F401
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":

@@ -18,8 +18,27 @@ TASK_REGISTRY = Registry("TASK")
 TASK_REGISTRY.__doc__ = "Task classes keyed by task type (DATASETS.TASK_TYPE); built as cls(task_cfg, root_cfg)."
 
 
+def register_task(name: str):
+    """Class decorator: the :class:`Task` subclass handles ``DATASETS.TASK_TYPE`` ``name``, and its
+    ``task_type`` attribute becomes ``name``::
+
+        @register_task("image_matching")
+        class ImageMatchingTask(Task):
+            ...
+
+    ``register_task(name)(cls)`` on an already registered class adds one more name (an alias); its
+    ``task_type`` stays the first name."""
+    register = TASK_REGISTRY.register(name=name)
+
+    def decorate(cls):
+        if "task_type" not in vars(cls):  # the first name given to this class
+            cls.task_type = name
+        return register(cls)
+    return decorate
+
+
 class Task:
-    """Base class of task types.  Subclasses set ``task_type`` / ``default_evaluator`` / ``attributes`` and,
+    """Base class of task types.  Subclasses are registered with :func:`register_task` (which sets ``task_type``), set ``default_evaluator`` / ``attributes`` and,
     when they read images or videos, ``crop_scale`` / ``hflip``."""
 
     task_type: str = ""  # the DATASETS.TASK_TYPE this class is registered under

@@ -19,9 +19,9 @@ from uniperceiver.data.target_sets import TargetEncoder, remap, sample_entries, 
 from uniperceiver.modeling.decoding import CaptionGenerator, decode_strategy_from_config
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
-from .image_classification import unwrap
+from .base import Task, register_task
 from .image_retrieval import build_pair_dataset
 
 
@@ -33,15 +33,15 @@ def vocab_loss(model, task, queries: torch.Tensor, token_labels: torch.Tensor) -
     entries = torch.where(token_labels >= 0, entries, torch.full_like(entries, -1))
     keep = entries >= 0
     picked = sample_entries(entries[keep], len(targets.label_set), int(task.cfg.MODEL.VOCAB_NEGATIVES))
-    head = unwrap(model)
+    head = unwrap_model(model)
     feats = targets.encode_entries(head, picked)
     logits = head.logits(queries[keep], feats, task.temp_name)
     labels = remap(entries[keep], picked, len(targets.label_set))
     return cross_entropy(logits, labels, label_smoothing=task.label_smoothing)
 
 
+@register_task("image_caption")
 class ImageCaptionTask(Task):
-    task_type = "image_caption"
     default_evaluator = "CaptionEvaluator"
     crop_scale = (0.5, 1.0)  # mild: the caption must still describe the crop
     hflip = 0.0  # captions may say left / right
@@ -108,7 +108,7 @@ class ImageCaptionTask(Task):
         return self._table[1], self._table[2]
 
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
-        model = unwrap(model)
+        model = unwrap_model(model)
         images = batch["images"]
         table, banned = self._vocab_table(model, images.device)
         tok = get_tokenizer()
@@ -124,6 +124,3 @@ class ImageCaptionTask(Task):
     def end_inference(self) -> None:
         self.targets.clear()
         self._table = None
-
-
-TASK_REGISTRY._do_register(ImageCaptionTask.task_type, ImageCaptionTask)

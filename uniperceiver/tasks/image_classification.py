@@ -18,19 +18,15 @@ from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.data.transforms import build_mixup
 from uniperceiver.modeling.losses import cross_entropy, soft_target_cross_entropy
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
+from .base import Task, register_task
 
 logger = logging.getLogger(__name__)
 
 
-def unwrap(model):
-    """The module behind a DistributedDataParallel wrapper (for encode_targets / logits)."""
-    return getattr(model, "module", model)
-
-
+@register_task("image_classification")
 class ImageClassificationTask(Task):
-    task_type = "image_classification"
     default_evaluator = "ClassificationEvaluator"
     attributes = {"modality": "image", "task": "classification"}
 
@@ -70,7 +66,7 @@ class ImageClassificationTask(Task):
         }
 
     def _class_feats(self, model) -> torch.Tensor:
-        return self.targets.encode(unwrap(model))[: self.num_classes]
+        return self.targets.encode(unwrap_model(model))[: self.num_classes]
 
     def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         images, labels = batch["images"], batch["labels"]
@@ -84,7 +80,7 @@ class ImageClassificationTask(Task):
                 logger.warning("task %s: mixup/cutmix skipped for odd batch sizes", self.name)
                 self._odd_batch_warned = True
         query = model(images=images, attributes=self.attributes)["spe"]
-        logits = unwrap(model).logits(query, self._class_feats(model), self.temp_name)
+        logits = unwrap_model(model).logits(query, self._class_feats(model), self.temp_name)
         if soft is not None:
             loss = soft_target_cross_entropy(logits, soft)
         else:
@@ -93,7 +89,7 @@ class ImageClassificationTask(Task):
 
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
         query = model(images=batch["images"], attributes=self.attributes)["spe"]
-        logits = unwrap(model).logits(query, self._class_feats(model), self.temp_name)
+        logits = unwrap_model(model).logits(query, self._class_feats(model), self.temp_name)
         return {"logits": logits, "labels": batch["labels"], "index": batch["index"]}
 
     def start_inference(self, model) -> None:
@@ -101,6 +97,3 @@ class ImageClassificationTask(Task):
 
     def end_inference(self) -> None:
         self.targets.clear()
-
-
-TASK_REGISTRY._do_register(ImageClassificationTask.task_type, ImageClassificationTask)

@@ -16,9 +16,9 @@ from uniperceiver.data.datasets import build_reader
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils import comm
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
-from .image_classification import unwrap
+from .base import Task, register_task
 
 
 def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
@@ -27,8 +27,8 @@ def build_pair_dataset(task: Task, split: str) -> torch.utils.data.Dataset:
                         mode="pairs" if split == "train" else "images")
 
 
+@register_task("image_retrieval")
 class ImageRetrievalTask(Task):
-    task_type = "image_retrieval"
     default_evaluator = "RetrievalEvaluator"
     crop_scale = (0.5, 1.0)  # mild: the caption must still describe the crop
     hflip = 0.0  # captions may say left / right
@@ -74,7 +74,7 @@ class ImageRetrievalTask(Task):
         else:
             img_all, txt_all, offset = img, txt, 0
         labels = torch.arange(img.shape[0], device=img.device) + offset
-        head = unwrap(model)
+        head = unwrap_model(model)
         i2t = cross_entropy(head.logits(img, txt_all, self.temp_name), labels, self.label_smoothing)
         t2i = cross_entropy(head.logits(txt, img_all, self.temp_name), labels, self.label_smoothing)
         return {f"loss_{self.name}": 0.5 * (i2t + t2i) * self.loss_weight}
@@ -149,6 +149,3 @@ def _set_rng_state(state) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
-
-
-TASK_REGISTRY._do_register(ImageRetrievalTask.task_type, ImageRetrievalTask)

@@ -11,7 +11,7 @@ from typing import Any, Dict
 import torch
 from torch.utils.data import Dataset
 
-from .base import TASK_REGISTRY, Task
+from .base import Task, register_task
 
 _SPLIT_SIZES = {"train": 256, "val": 64, "test": 64}
 _SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -34,8 +34,8 @@ class SyntheticRegressionDataset(Dataset):
         return {"features": x, "target": y, "index": torch.tensor(index)}
 
 
+@register_task("synthetic_regression")
 class SyntheticRegressionTask(Task):
-    task_type = "synthetic_regression"
     default_evaluator = ""
     attributes = {"modality": "vector", "task": "regression"}
 
@@ -50,6 +50,3 @@ class SyntheticRegressionTask(Task):
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
         return {"pred": model(batch["features"]), "target": batch["target"], "index": batch["index"]}
 
-
-# Registered under its DATASETS.TASK_TYPE value (fvcore's register() would use the class name).
-TASK_REGISTRY._do_register(SyntheticRegressionTask.task_type, SyntheticRegressionTask)

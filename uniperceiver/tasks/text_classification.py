@@ -23,13 +23,13 @@ from uniperceiver.data.datasets.glue import MIN_SEQ_LEN, glue_task
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.modeling.losses import cross_entropy
 from uniperceiver.tokenization import get_tokenizer
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
-from .image_classification import unwrap
+from .base import Task, register_task
 
 
+@register_task("text_classification")
 class TextClassificationTask(Task):
-    task_type = "text_classification"
     default_evaluator = "GLUEEvaluator"
     attributes = {"modality": "text", "task": "classification"}
 
@@ -79,7 +79,7 @@ class TextClassificationTask(Task):
     def _logits(self, model, batch: Dict[str, Any]) -> torch.Tensor:
         query = model(text=batch["text"], text_mask=batch["text_mask"], text_index=batch["spe_index"],
                       attributes=self.attributes)["at_index"]
-        head = unwrap(model)
+        head = unwrap_model(model)
         return head.logits(query, self.targets.encode(head), self.temp_name)
 
     def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -95,6 +95,3 @@ class TextClassificationTask(Task):
 
     def end_inference(self) -> None:
         self.targets.clear()
-
-
-TASK_REGISTRY._do_register(TextClassificationTask.task_type, TextClassificationTask)

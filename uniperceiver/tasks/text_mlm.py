@@ -17,10 +17,10 @@ import torch
 from uniperceiver.data.datasets import build_reader
 from uniperceiver.data.target_sets import TargetEncoder, task_target_encoder
 from uniperceiver.tokenization import get_tokenizer
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
+from .base import Task, register_task
 from .image_caption import vocab_loss
-from .image_classification import unwrap
 
 IGNORE_INDEX = -100
 
@@ -86,8 +86,8 @@ class MaskedTextDataset(torch.utils.data.Dataset):
         return out
 
 
+@register_task("text_mlm")
 class TextMLMTask(Task):
-    task_type = "text_mlm"
     default_evaluator = "MLMEvaluator"
     attributes = {"modality": "text", "task": "mlm"}
 
@@ -128,7 +128,7 @@ class TextMLMTask(Task):
         return {f"loss_{self.name}": vocab_loss(model, self, out["text"], batch["labels"]) * self.loss_weight}
 
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
-        head = unwrap(model)
+        head = unwrap_model(model)
         labels = batch["labels"]
         keep = labels != IGNORE_INDEX
         out = model(text=batch["text"], text_mask=batch["text_mask"], attributes=self.attributes)
@@ -142,6 +142,3 @@ class TextMLMTask(Task):
 
     def end_inference(self) -> None:
         self.targets.clear()
-
-
-TASK_REGISTRY._do_register(TextMLMTask.task_type, TextMLMTask)

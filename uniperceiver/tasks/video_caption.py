@@ -6,15 +6,12 @@ query i predicting caption token i against the vocabulary label set — ``image_
 """
 from __future__ import annotations
 
-from .base import TASK_REGISTRY
+from .base import register_task
 from .image_caption import ImageCaptionTask
 from .video_classification import VideoInput
 
 
+@register_task("video_caption")
 class VideoCaptionTask(VideoInput, ImageCaptionTask):
-    task_type = "video_caption"
     default_evaluator = "CaptionEvaluator"
     attributes = {"modality": "video", "task": "caption"}
-
-
-TASK_REGISTRY._do_register(VideoCaptionTask.task_type, VideoCaptionTask)

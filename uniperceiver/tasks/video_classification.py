@@ -16,9 +16,10 @@ import torch
 
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets.video import video_transform_from_config
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY
-from .image_classification import ImageClassificationTask, unwrap
+from .base import register_task
+from .image_classification import ImageClassificationTask
 
 
 def check_frames(task) -> None:
@@ -42,8 +43,8 @@ class VideoInput:
                                            hflip=self.hflip)
 
 
+@register_task("video_classification")
 class VideoClassificationTask(VideoInput, ImageClassificationTask):
-    task_type = "video_classification"
     default_evaluator = "ClassificationEvaluator"
     attributes = {"modality": "video", "task": "classification"}
     crop_scale = (0.25, 1.0)  # milder than for images: one crop for every frame of the clip
@@ -59,8 +60,5 @@ class VideoClassificationTask(VideoInput, ImageClassificationTask):
 
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
         query = model(images=batch["images"], attributes=self.attributes)["spe"]
-        logits = unwrap(model).logits(query, self._class_feats(model), self.temp_name)
+        logits = unwrap_model(model).logits(query, self._class_feats(model), self.temp_name)
         return {"logits": logits, "labels": batch["labels"], "sample_ids": batch["sample_ids"]}
-
-
-TASK_REGISTRY._do_register(VideoClassificationTask.task_type, VideoClassificationTask)

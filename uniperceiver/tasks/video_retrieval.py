@@ -11,13 +11,13 @@ from typing import Any, Dict, List
 
 import torch
 
-from .base import TASK_REGISTRY
+from .base import register_task
 from .image_retrieval import ImageRetrievalTask
 from .video_classification import VideoInput
 
 
+@register_task("video_retrieval")
 class VideoRetrievalTask(VideoInput, ImageRetrievalTask):
-    task_type = "video_retrieval"
     default_evaluator = "RetrievalEvaluator"
     attributes = {"modality": "video", "task": "retrieval"}
 
@@ -29,6 +29,3 @@ class VideoRetrievalTask(VideoInput, ImageRetrievalTask):
             batch["text_image_ids"] = torch.tensor([i for s, i in zip(samples, ids) for _ in s["captions"]],
                                                    dtype=torch.long)
         return batch
-
-
-TASK_REGISTRY._do_register(VideoRetrievalTask.task_type, VideoRetrievalTask)

@@ -19,13 +19,13 @@ from uniperceiver.data.target_sets import VOCABULARY, TargetEncoder, shared_targ
 from uniperceiver.modeling.losses import soft_target_cross_entropy
 from uniperceiver.tokenization import get_tokenizer
 from uniperceiver.utils.paths import resolve_data_path
+from uniperceiver.utils.wrappers import unwrap_model
 
-from .base import TASK_REGISTRY, Task
-from .image_classification import unwrap
+from .base import Task, register_task
 
 
+@register_task("vqa")
 class VQATask(Task):
-    task_type = "vqa"
     default_evaluator = "VQAEvaluator"
     crop_scale = (0.5, 1.0)  # mild: the question must still be answerable from the crop
     hflip = 0.0  # questions and answers may say left / right
@@ -78,7 +78,7 @@ class VQATask(Task):
     def _logits(self, model, batch) -> torch.Tensor:
         query = model(images=batch["images"], text=batch["text"], text_mask=batch["text_mask"],
                       attributes=self.attributes)["spe"]
-        head = unwrap(model)
+        head = unwrap_model(model)
         return head.logits(query, self.targets.encode(head), self.temp_name)
 
     def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -102,6 +102,3 @@ class VQATask(Task):
 
     def end_inference(self) -> None:
         self.targets.clear()
-
-
-TASK_REGISTRY._do_register(VQATask.task_type, VQATask)

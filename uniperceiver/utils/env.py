@@ -9,6 +9,7 @@ import platform
 import random
 import subprocess
 import sys
+from enum import IntEnum
 from typing import Any, Dict
 
 import numpy as np
@@ -125,8 +126,22 @@ def _set_local_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class RngStream(IntEnum):
+    """The last part of every :func:`derive_seed` call: which kind of random decision a seed is for, so two
+    kinds drawn at the same position never share numbers.  The values are part of the run's reproducibility
+    (a resumed run, and runs of earlier versions, draw the same numbers): never renumber; add new ones."""
+
+    SAMPLE = 1  # a sample's transforms (augmentation, MLM masking): (seed, rank, position) / shards (.., chunk, n)
+    COLLATE = 2  # a batch's collate: (seed, rank, batch position) / shards (seed, rank, worker, chunk, n)
+    STEP = 3  # the global RNGs before each training step (StepSeed): (seed, rank, iteration)
+    SHARD_RESAMPLE = 5  # the shard a worker reads in a pass, drawn with replacement: (seed, worker, pass)
+    SHARD_ORDER = 6  # the shard permutation of a pass, split over workers: (seed, pass)
+    SHUFFLE_BUFFER = 7  # the order within a shuffle-buffer chunk: (seed, rank, worker, chunk)
+
+
 def derive_seed(*parts: int) -> int:
-    """A seed in [0, 2**31) mixed from non-negative ints (numpy SeedSequence): e.g. (seed, rank, position).
+    """A seed in [0, 2**31) mixed from non-negative ints (numpy SeedSequence): e.g. (seed, rank, position,
+    stream), the last part a :class:`RngStream`.
 
     Used to seed each random decision from WHERE it happens (sample position, iteration) instead of from the
     process's RNG history, so a resumed run, any NUM_WORKERS and any prefetch depth draw the same numbers."""
