@@ -38,8 +38,9 @@ def register_task(name: str):
 
 
 class Task:
-    """Base class of task types.  Subclasses are registered with :func:`register_task` (which sets ``task_type``), set ``default_evaluator`` / ``attributes`` and,
-    when they read images or videos, ``crop_scale`` / ``hflip``."""
+    """Base class of task types.  Subclasses are registered with :func:`register_task` (which sets
+    ``task_type``), set ``default_evaluator`` / ``attributes`` and, when they read images or videos,
+    ``crop_scale`` / ``hflip``."""
 
     task_type: str = ""  # the DATASETS.TASK_TYPE this class is registered under
     default_evaluator: str = ""
