@@ -14,9 +14,11 @@ serves the published configs' paths as written (``open_source_dataset/...``)::
                                                                            #   demo's word subset)
       bert_pretrain_data/glue_data/<TASK>/processed/*.tsv, GLUE_classnames/*.pkl   (demo_glue.py)
 
+      flickr30k/, cc3m/, c12m/, yfcc/, sbucaption/, visual_genome/, imagenet22k/, K700/, K400_official/,
+      MomentsInTime/, msvd_dataset/, msrvtt_dataset/, VQA/ and their label-set .pkl files (demo_published_tasks.py)
+
 Images are hard-linked (copied where links are not possible).  Tokenised target sets are pickled as the
-published notebook writes them (``{"data": [LongTensor ids], "modality": "text"}``).  Not written yet: the
-Flickr30k, web-pair, video and VQA folders of the published layout (their readers are not adapted either).
+published notebook writes them (``{"data": [LongTensor ids], "modality": "text"}``).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ PREFIX = "open_source_dataset"
 
 
 def _link(src: str, dst: str) -> None:
+    if os.path.exists(dst):  # one image behind several records (VQA questions)
+        return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     try:
         os.link(src, dst)
@@ -98,6 +102,12 @@ def _vocabulary(demo: str, base: str, tok) -> None:
                      ([i, tok.eot_id] for i in ids if i != tok.eot_id))
 
 
+def write_published_tasks(demo_root: str, base: str, tok) -> None:
+    from .demo_published_tasks import write_published_tasks as write  # imports this module's helpers
+
+    write(demo_root, base, tok)
+
+
 def write_published_layout(demo_root: str, out: str) -> str:
     """Write the published layout of the complete demo tree ``demo_root`` into ``out``; returns ``out``."""
     from uniperceiver.tokenization import get_tokenizer
@@ -110,6 +120,7 @@ def write_published_layout(demo_root: str, out: str) -> str:
     _bookswiki(demo_root, base)
     _vocabulary(demo_root, base, tok)
     write_published_glue(os.path.join(demo_root, "glue"), out, tok)
+    write_published_tasks(demo_root, base, tok)
     with open(os.path.join(out, "README.txt"), "w") as f:
         f.write("uniperceiver demo data in the published Uni-Perceiver layout (tools/make_demo_data.py --layout "
                 "published); use as DATA_PATH.\n")
