@@ -24,31 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import shutil
-from typing import Iterable, List
-
-import torch
 
 from .demo_glue import write_published_glue
+from .demo_published_io import dump_target_set, link
+from .demo_published_tasks import write_published_tasks
 
 PREFIX = "open_source_dataset"
-
-
-def _link(src: str, dst: str) -> None:
-    if os.path.exists(dst):  # one image behind several records (VQA questions)
-        return
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _dump_target_set(path: str, seqs: Iterable[List[int]]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump({"data": [torch.tensor(s, dtype=torch.long) for s in seqs], "modality": "text"}, f)
 
 
 def _imagenet(demo: str, base: str, tok) -> None:
@@ -59,14 +40,14 @@ def _imagenet(demo: str, base: str, tok) -> None:
             for line in f:
                 rel, label = line.rsplit(maxsplit=1)
                 inner = rel[len(split) + 1 :] if rel.startswith(split + "/") else rel
-                _link(os.path.join(src, rel), os.path.join(base, "imagenet", split, inner))
+                link(os.path.join(src, rel), os.path.join(base, "imagenet", split, inner))
                 lines.append(f"{inner} {label}")
         os.makedirs(os.path.join(base, "imagenet", "meta"), exist_ok=True)
         with open(os.path.join(base, "imagenet", "meta", f"{split}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     with open(os.path.join(src, "classnames.txt")) as f:
         names = [line.strip() for line in f if line.strip()]
-    _dump_target_set(os.path.join(base, "imagenet_class_name_CLIP_with_endoftext.pkl"),
+    dump_target_set(os.path.join(base, "imagenet_class_name_CLIP_with_endoftext.pkl"),
                      (tok.encode(n + " <|endoftext|>") for n in names))
 
 
@@ -79,7 +60,7 @@ def _mscoco(demo: str, base: str) -> None:
         images = []
         for im in data["images"]:
             folder, name = os.path.split(im["file_name"])
-            _link(os.path.join(src, "images", im["file_name"]), os.path.join(dst, "coco_origin", folder, name))
+            link(os.path.join(src, "images", im["file_name"]), os.path.join(dst, "coco_origin", folder, name))
             images.append({"file_name": name, "file_path": folder, "id": im["id"]})
         anns = [{"image_id": a["image_id"], "id": a["id"], "caption": a["caption"]} for a in data["annotations"]]
         os.makedirs(os.path.join(dst, "new_annotations"), exist_ok=True)
@@ -90,22 +71,16 @@ def _mscoco(demo: str, base: str) -> None:
 def _bookswiki(demo: str, base: str) -> None:
     src = os.path.join(demo, "bookswiki")
     for split, name in (("train", "bookswiki.doc"), ("val", "bookswiki-1000.doc")):
-        _link(os.path.join(src, f"{split}.txt"), os.path.join(base, "text_corpus", name))
-    _link(os.path.join(src, "train.txt"), os.path.join(base, "bert_pretrain_data", "bookswiki", "bookswiki.doc"))
+        link(os.path.join(src, f"{split}.txt"), os.path.join(base, "text_corpus", name))
+    link(os.path.join(src, "train.txt"), os.path.join(base, "bert_pretrain_data", "bookswiki", "bookswiki.doc"))
 
 
 def _vocabulary(demo: str, base: str, tok) -> None:
     from .target_sets import read_token_list
 
     ids = read_token_list(os.path.join(demo, "targets", "vocab_demo.tokens"))
-    _dump_target_set(os.path.join(base, "vocabulary_CLIP_with_endoftext.pkl"),
+    dump_target_set(os.path.join(base, "vocabulary_CLIP_with_endoftext.pkl"),
                      ([i, tok.eot_id] for i in ids if i != tok.eot_id))
-
-
-def write_published_tasks(demo_root: str, base: str, tok) -> None:
-    from .demo_published_tasks import write_published_tasks as write  # imports this module's helpers
-
-    write(demo_root, base, tok)
 
 
 def write_published_layout(demo_root: str, out: str) -> str:

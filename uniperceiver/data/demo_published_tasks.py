@@ -33,7 +33,7 @@ import pickle
 from collections import Counter
 from typing import Dict, List
 
-from .demo_published import _dump_target_set, _link
+from .demo_published_io import dump_target_set, link
 
 
 def _load(path: str):
@@ -71,7 +71,7 @@ def _flickr(demo: str, base: str) -> None:
         rows, coco_images = [], []
         for im in data["images"]:
             name = f"{split}_{os.path.basename(im['file_name'])}"  # one flat folder, as Flickr30k's
-            _link(os.path.join(src, "images", im["file_name"]), os.path.join(images, name))
+            link(os.path.join(src, "images", im["file_name"]), os.path.join(images, name))
             rows.append({"id": im["id"], "img_path": name, "sentences": caps.get(im["id"], [])})
             coco_images.append({"id": im["id"], "file_name": name})
         _jsonlines(os.path.join(base, "flickr30k", f"{stem}.jsonline"), rows)
@@ -87,26 +87,26 @@ def _web_pairs(demo: str, base: str) -> None:
             rows = []
             for r in _jsonl_rows(os.path.join(demo, name, f"{split}.jsonl")):
                 image = f"{split}_image/{os.path.basename(r['image'])}"
-                _link(os.path.join(demo, name, r["image"]), os.path.join(base, folder, image))
+                link(os.path.join(demo, name, r["image"]), os.path.join(base, folder, image))
                 rows.append({"image": f"{split}_image.zip@/{os.path.basename(r['image'])}",
                              "caption": r["caption"].split()})
             _jsonlines(os.path.join(base, folder, file), rows)
     rows = []
     for r in _jsonl_rows(os.path.join(demo, "yfcc", "train.jsonl")):
-        _link(os.path.join(demo, "yfcc", r["image"]), os.path.join(base, "yfcc", r["image"]))
+        link(os.path.join(demo, "yfcc", r["image"]), os.path.join(base, "yfcc", r["image"]))
         rows.append({"image": r["image"], "caption": r["caption"]})
     _jsonlines(os.path.join(base, "yfcc", "yfcc100m_subset_available_untokenized.json"), rows)
     sbu = {}
     for r in _jsonl_rows(os.path.join(demo, "sbu", "train.jsonl")):
         image = f"images/{os.path.basename(r['image'])}"
-        _link(os.path.join(demo, "sbu", r["image"]), os.path.join(base, "sbucaption", image))
+        link(os.path.join(demo, "sbu", r["image"]), os.path.join(base, "sbucaption", image))
         sbu[image] = r["caption"]
     for file in ("subcaption.json", "sbucaptions.json"):  # the configs' name, prepare_data.md's name
         _dump(os.path.join(base, "sbucaption", "annotations", file), sbu)
     phrase, subset = {}, {}
     for i, r in enumerate(_jsonl_rows(os.path.join(demo, "vg", "train.jsonl"))):
         image = f"VG_100K/{os.path.basename(r['image'])}"
-        _link(os.path.join(demo, "vg", r["image"]), os.path.join(base, "visual_genome", "images", image))
+        link(os.path.join(demo, "vg", r["image"]), os.path.join(base, "visual_genome", "images", image))
         key = str(next((k for k, v in subset.items() if v == image), i))
         subset[key] = image
         phrase.setdefault(key, []).append(r["caption"])
@@ -121,13 +121,13 @@ def _imagenet22k(demo: str, base: str, tok) -> None:
         for n, line in enumerate(f):
             rel, label = line.rsplit(maxsplit=1)
             wnid = f"n{int(label):08d}"
-            _link(os.path.join(src, rel), os.path.join(base, "imagenet22k", wnid, f"{wnid}_{n}.JPEG"))
+            link(os.path.join(src, rel), os.path.join(base, "imagenet22k", wnid, f"{wnid}_{n}.JPEG"))
             lines.append(f"{wnid} {n} {label}")
     with open(os.path.join(base, "imagenet_22k_filelist_short.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(src, "classnames.txt")) as f:
         names = [line.strip() for line in f if line.strip()]
-    _dump_target_set(os.path.join(base, "imagenet_22k_class_name_CLIP_with_endoftext.pkl"),
+    dump_target_set(os.path.join(base, "imagenet_22k_class_name_CLIP_with_endoftext.pkl"),
                      (tok.encode(n + " <|endoftext|>") for n in names))
 
 
@@ -144,7 +144,7 @@ def _video_classes(demo: str, base: str, tok, src_name: str, folder: str, prefix
                 rel, label = line.rsplit(maxsplit=1)
                 cls = names[int(label)].replace(" ", "_")
                 video = f"{split}_{os.path.basename(rel)}"  # one name space for both subsets
-                _link(os.path.join(src, rel), os.path.join(dst, subset, cls, video))
+                link(os.path.join(src, rel), os.path.join(dst, subset, cls, video))
                 database[video] = {"subset": subset, "annotations": {"label": cls}}
                 rows.append([f"./{subset}/{cls}/{video}", cls])
         with open(os.path.join(dst, f"{prefix}_{split}.csv"), "w", newline="") as f:
@@ -154,7 +154,7 @@ def _video_classes(demo: str, base: str, tok, src_name: str, folder: str, prefix
         f.write("".join(f"{n}\t{i}\n" for i, n in enumerate(names)))
     with open(os.path.join(dst, "categories.txt"), "w") as f:
         f.write("".join(f"{n.replace(' ', '_')},{i}\n" for i, n in enumerate(names)))
-    _dump_target_set(os.path.join(base, pkl), (tok.encode(n + " <|endoftext|>") for n in names))
+    dump_target_set(os.path.join(base, pkl), (tok.encode(n + " <|endoftext|>") for n in names))
 
 
 def _video_captions(demo: str, base: str) -> None:
@@ -174,7 +174,7 @@ def _video_captions(demo: str, base: str) -> None:
                 for v in data["videos"]:
                     stem = f"{split}_{os.path.splitext(os.path.basename(v['file_name']))[0]}"
                     ids[v["id"]] = len(images) + 1
-                    _link(os.path.join(src, "videos", v["file_name"]), os.path.join(base, folder, videos, stem + ext))
+                    link(os.path.join(src, "videos", v["file_name"]), os.path.join(base, folder, videos, stem + ext))
                     images.append({"id": ids[v["id"]], "file_name": stem})
                 for a in data["annotations"]:
                     anns.append({"id": len(anns) + 1, "image_id": ids[a["video_id"]], "caption": a["caption"]})
@@ -201,7 +201,7 @@ def _vqa(demo: str, base: str, tok) -> None:
         for q in questions["questions"]:
             rel = f"{subtype}/COCO_{subtype}_{int(q['image_id']):012d}.jpg"
             coco_map[str(q["image_id"])] = rel
-            _link(os.path.join(src, "images", rel), os.path.join(base, "mscoco_dataset", "coco_origin", rel))
+            link(os.path.join(src, "images", rel), os.path.join(base, "mscoco_dataset", "coco_origin", rel))
         _dump(os.path.join(dst, f"v2_OpenEnded_mscoco_{subtype}_questions.json"), questions)
         rows = []
         for a in anns:
@@ -218,7 +218,7 @@ def _vqa(demo: str, base: str, tok) -> None:
     for name, obj in (("trainval_label2ans.pkl", label2ans), ("trainval_ans2label.pkl", ans2label)):
         with open(os.path.join(dst, name), "wb") as f:
             pickle.dump(obj, f)
-    _dump_target_set(os.path.join(base, "VQA_Answers_CLIP_with_endoftext.pkl"),
+    dump_target_set(os.path.join(base, "VQA_Answers_CLIP_with_endoftext.pkl"),
                      (tok.encode(a + " <|endoftext|>") for a in label2ans))
 
 
