@@ -23,6 +23,11 @@ imagenet ``<split>.txt``, coco_caption ``captions_<split>.json``, jsonl_pairs ``
 ``v2_OpenEnded_mscoco_<split>_questions.json`` (+ its annotations file); glue: any value
 but a ``.tsv`` file name (e.g. the published ``GLUEDataset``) reads ``<TASK>/[processed/]<train|dev|test>.tsv``
 (glue.py).  Images and videos are read under ``DATALOADER.FEATS_FOLDER``.
+
+When ``ANNO_FOLDER`` holds the published repo's files (its data/prepare_data.md: ImageNet-22k file list,
+Flickr30k ``.jsonline``, CC3M / CC12M / YFCC / SBU / VG ``.json``, Kinetics / MiT ``annotation.json``, MSVD /
+MSR-VTT ``*_cocostyle.json``, the VQA ``.pkl`` targets), ``published.py`` reads them as the published dataset
+classes do.
 """
 from __future__ import annotations
 
