@@ -11,9 +11,11 @@ class reads it (data/datasets/published.py documents the formats).  Called by
     yfcc/yfcc100m_subset_available_untokenized.json + yfcc/images/      # caption a string
     sbucaption/annotations/subcaption.json (+ sbucaptions.json) + sbucaption/images/   # {path: caption}
     visual_genome/annotations/vg_captions_128filter.json + visual_genome/images/VG_100K/   # phrase / subset
-    imagenet22k/<wnid>/<wnid>_<n>.JPEG, imagenet_22k_filelist_short.txt, imagenet_22k_class_name_CLIP_with_endoftext.pkl
+    imagenet22k/<wnid>/<wnid>_<n>.JPEG, imagenet_22k_filelist_short.txt,
+        imagenet_22k_class_name_CLIP_with_endoftext.pkl
     K700/, K400_official/, MomentsInTime/: {training,validation}/<class>/<video>, annotation.json,
-        category_mapping.txt, categories.txt, <NAME>_{train,val}.csv; k700_ / k400_ / MiT_class_name_CLIP_with_endoftext.pkl
+        category_mapping.txt, categories.txt, <NAME>_{train,val}.csv;
+        k700_ / k400_ / MiT_class_name_CLIP_with_endoftext.pkl
     msvd_dataset/new_annotations/caption_msvd_{train,val,test}_cocostyle.json + msvd_dataset/YouTubeClips/*.avi
     msrvtt_dataset/annotations_new/caption_msrvtt_1k_{trainval,test}_cocostyle.json + msrvtt_dataset/videos/*.mp4
     VQA/: v2_OpenEnded_mscoco_{train2014,val2014,test2015}_questions.json, {train,val}_target.pkl,
@@ -230,6 +232,7 @@ def write_published_tasks(demo: str, base: str, tok) -> None:
     _imagenet22k(demo, base, tok)
     _video_classes(demo, base, tok, "kinetics700", "K700", "K700", "k700_class_name_CLIP_with_endoftext.pkl")
     _video_classes(demo, base, tok, "kinetics700", "K400_official", "K400", "k400_class_name_CLIP_with_endoftext.pkl")
-    _video_classes(demo, base, tok, "momentsintime", "MomentsInTime", "moments", "MiT_class_name_CLIP_with_endoftext.pkl")
+    _video_classes(demo, base, tok, "momentsintime", "MomentsInTime", "moments",
+                   "MiT_class_name_CLIP_with_endoftext.pkl")
     _video_captions(demo, base)
     _vqa(demo, base, tok)

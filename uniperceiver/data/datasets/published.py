@@ -40,9 +40,11 @@ import os
 from typing import Callable, Dict, List, Optional
 
 from ..safe_pickle import load_pickle
-from .base import AnnotationFileError, AnnotationProblems, check_annotation_file, json_list, load_json, read_lines
+from .base import (AnnotationFileError, AnnotationProblems, ImageRecordsDataset, check_annotation_file, json_list,
+                   load_json, read_lines)
 from .captions import CaptionDataset, _caption_ok, group_captions
 from .imagenet import ImageNetDataset
+from .video import VideoCaptionDataset, VideoClassificationDataset, VideoRecordsDataset
 from .vqa import VQADataset
 
 FLICKR_FILES = {"train": ("all_data_final_train_2014.jsonline", "all_data_final_val_set0_2014.jsonline"),
@@ -179,9 +181,15 @@ class _ListImageNet(ImageNetDataset):
     """An ImageNet reader over records already read (the published 22k list)."""
 
     def __init__(self, records: List[dict], image_root: str, **kwargs):
-        from .base import ImageRecordsDataset
-
         ImageRecordsDataset.__init__(self, records, image_root=image_root, **kwargs)
+
+
+class _ListVideoClassification(VideoClassificationDataset):
+    """A video classification reader over records already read (the published ``annotation.json``)."""
+
+    def __init__(self, records: List[dict], video_root: str, meta_file: str, **kwargs):
+        VideoRecordsDataset.__init__(self, records, image_root=video_root, **kwargs)
+        self.meta_file = meta_file
 
 
 def read_video_classes(anno_folder: str, split: str, file_extension: str = "", *, config_key: str,
@@ -302,8 +310,6 @@ class PublishedVQADataset(VQADataset):
     answers."""
 
     def __init__(self, records: List[dict], image_root: str, **kwargs):
-        from .base import ImageRecordsDataset
-
         ImageRecordsDataset.__init__(self, records, image_root=image_root, **kwargs)
 
     def make_sample(self, index: int, record: dict, image) -> dict:
@@ -345,22 +351,15 @@ def published_reader(reader: str, task_cfg, split: str, value: str, anno_folder:
         return CaptionDataset(records, image_root, **caption_kwargs)
     if reader == "video_list" and not os.path.exists(os.path.join(anno_folder, f"{value}.txt")) \
             and _existing(anno_folder, [VIDEO_ANNOTATION]):
-        from .video import VideoClassificationDataset, VideoRecordsDataset
-
         # published FILE_EXTENSION is '' in every published config: the annotation names carry it
         records = read_video_classes(anno_folder, split, config_key=key, max_bad_fraction=bad, name=label)
-        ds = VideoClassificationDataset.__new__(VideoClassificationDataset)
-        VideoRecordsDataset.__init__(ds, records, image_root=os.path.join(
-            image_root, "training" if split == "train" else "validation"), **_video_kwargs(task_cfg, split, transform,
-                                                                                          bad, label))
-        ds.meta_file = os.path.join(anno_folder, VIDEO_ANNOTATION)
-        return ds
+        root = os.path.join(image_root, "training" if split == "train" else "validation")
+        return _ListVideoClassification(records, root, os.path.join(anno_folder, VIDEO_ANNOTATION),
+                                        **_video_kwargs(task_cfg, split, transform, bad, label))
     if reader == "video_caption" and name in ("MSVDDATASET", "MSVD", "MSRVTTDATASET", "MSRVTT"):
         msvd = name.startswith("MSVD")
         paths = _existing(anno_folder, (MSVD_FILES if msvd else MSRVTT_FILES)[split])
         if paths:
-            from .video import VideoCaptionDataset
-
             records = []
             for path in paths:
                 check_annotation_file(path, key)
