@@ -254,3 +254,34 @@ def test_published_vqa_files_targets_and_score(tmp_path):
         pickle.dump({"question_id": 1}, f)
     with pytest.raises(AnnotationFileError, match=r"val_target\.pkl: not a list of answer targets"):
         read_published_vqa(str(root), "val", config_key="K")
+
+
+def test_published_vqa_task_trains_on_target_scores(tmp_path):
+    """The converted published VQA config on published files: the answer set is trainval_label2ans.pkl (rows
+    of the tokenised VQA_Answers .pkl), the soft targets are the .pkl target scores."""
+    from uniperceiver.tasks import build_tasks
+    from uniperceiver.tokenization import get_tokenizer
+
+    base = tmp_path / "open_source_dataset"
+    _vqa_files(base / "VQA")
+    for rel in ("train2014/a.jpg", "val2014/b.jpg"):
+        (base / "mscoco_dataset" / "coco_origin" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (0, 0, 255)).save(base / "mscoco_dataset" / "coco_origin" / rel)
+    tok = get_tokenizer()
+    with open(base / "VQA_Answers_CLIP_with_endoftext.pkl", "wb") as f:
+        pickle.dump({"data": [torch.tensor(tok.encode(a + " <|endoftext|>")) for a in ("yes", "no", "2")],
+                     "modality": "text"}, f)
+    cfg = setup_cfg(os.path.join(REPO, "configs", "BERT_L12_H768_experiments", "finetuning",
+                                 "vqa_finetuning_debug.yaml"), ["DATA_PATH", str(tmp_path), "MODEL.IMG_INPUT_SIZE", "32"])
+    task = build_tasks(cfg)["vqa"]
+    assert task.answers == ["yes", "no", "2"]
+    sample = task.build_dataset("train")[0]
+    batch = task.collate([sample])
+    assert batch["soft_targets"].tolist() == [[pytest.approx(0.9), pytest.approx(0.3), 0.0]]
+    val = task.build_dataset("val")
+    assert len(val) == 4 and val[0]["answer_scores"] == {"2": 1.0}
+    # a broken annotation file is one line naming it (file:line:column)
+    (base / "VQA" / "coco_map.json").write_text('{"1": "a.jpg",\n oops}')
+    with pytest.raises(AnnotationFileError, match=r"coco_map\.json:2:\d+: not valid JSON") as e:
+        task.build_dataset("val")
+    assert "\n" not in str(e.value)
