@@ -272,7 +272,8 @@ def test_published_vqa_task_trains_on_target_scores(tmp_path):
         pickle.dump({"data": [torch.tensor(tok.encode(a + " <|endoftext|>")) for a in ("yes", "no", "2")],
                      "modality": "text"}, f)
     cfg = setup_cfg(os.path.join(REPO, "configs", "BERT_L12_H768_experiments", "finetuning",
-                                 "vqa_finetuning_debug.yaml"), ["DATA_PATH", str(tmp_path), "MODEL.IMG_INPUT_SIZE", "32"])
+                                 "vqa_finetuning_debug.yaml"),
+                    ["DATA_PATH", str(tmp_path), "MODEL.IMG_INPUT_SIZE", "32"])
     task = build_tasks(cfg)["vqa"]
     assert task.answers == ["yes", "no", "2"]
     sample = task.build_dataset("train")[0]
