@@ -6,9 +6,10 @@
     python tools/make_demo_data.py --layout published --out /tmp/published   # the published repo's layout
 
 Configs whose data root is the demo root build it on first use anyway; this script is for inspecting it or
-for writing it elsewhere.  ``--layout published`` writes (part of) it as the published Uni-Perceiver's
-data/prepare_data.md lays data out (``open_source_dataset/...``, tokenised ``.pkl`` target sets, GLUE
-``processed/`` TSVs; see uniperceiver/data/demo/published.py), from the default tree in CACHE_DIR/demo.
+for writing it elsewhere.  ``--layout published`` writes it as the published Uni-Perceiver's
+data/prepare_data.md lays data out (``open_source_dataset/...``: ImageNet-1k/22k, COCO and Flickr30k, CC3M /
+CC12M / YFCC / SBU / VG, BooksWiki, Kinetics / MiT / MSVD / MSR-VTT, VQA, GLUE, tokenised ``.pkl`` label sets;
+see uniperceiver/data/demo/published.py), from the default tree in CACHE_DIR/demo.
 Needs the "demo" extras: pip install -e ".[demo]".
 """
 import argparse

@@ -55,18 +55,33 @@ class VQAEvaluator(DatasetEvaluator):
         self._chance: Dict[str, float] = {}
 
     def process(self, batch: Dict[str, Any], outputs: Dict[str, Any]) -> None:
-        for pred, answers in zip(outputs["predictions"], outputs["answers"]):
+        given = outputs.get("answer_scores") or [None] * len(outputs["predictions"])
+        for pred, answers, scores in zip(outputs["predictions"], outputs["answers"], given):
             if answers:  # test-dev questions have no human answers
                 self._scores.append(vqa_score(pred, answers))
                 self._answers.append(list(answers))
+            elif scores is not None:  # the published targets: the score of the predicted answer, as its VQAEvaler
+                self._scores.append(float(scores.get(pred, 0.0)))
+                self._answers.append(scores)
 
     def evaluate(self) -> Dict[str, float]:
         scores = gather_list(self._scores)
         answers = gather_list(self._answers)
         if not comm.is_main_process() or not scores:
             return {}
-        # Baseline: answer every question with the split's most frequent (normalised) human answer.
-        top = Counter(normalize_answer(a) for ans in answers for a in ans).most_common(1)
+        # Baseline: answer every question with the split's most frequent (normalised) human answer; with the
+        # published targets (answer -> score dicts), the answer of the highest total score.
+        if all(isinstance(a, dict) for a in answers):
+            total = Counter()
+            for a in answers:
+                total.update(a)
+            if total:
+                best = total.most_common(1)[0][0]
+                self._chance = {"vqa_acc": 100.0 * sum(a.get(best, 0.0) for a in answers) / len(answers)}
+            return {"vqa_acc": 100.0 * sum(scores) / len(scores)}
+        top = Counter(normalize_answer(a) for ans in answers if not isinstance(ans, dict)
+                      for a in ans).most_common(1)
         if top:
-            self._chance = {"vqa_acc": 100.0 * sum(vqa_score(top[0][0], a) for a in answers) / len(answers)}
+            self._chance = {"vqa_acc": 100.0 * sum(vqa_score(top[0][0], a) if not isinstance(a, dict) else
+                                                   a.get(top[0][0], 0.0) for a in answers) / len(answers)}
         return {"vqa_acc": 100.0 * sum(scores) / len(scores)}

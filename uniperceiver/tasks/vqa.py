@@ -5,6 +5,9 @@ encoded answers of the answer vocabulary (``DATASETS.TARGET_SET``: a class-name 
 Training: soft-target cross-entropy against the VQA soft scores ``min(#humans / 3, 1)`` of the in-vocabulary
 answers (normalised to sum 1); questions with no in-vocabulary answer are left out of the loss.
 Evaluation: the best-scoring answer, scored by ``VQAEvaluator`` against the ten human answers.
+The published layout (data/datasets/published.py) gives each question its target scores instead of human
+answers (``answer_scores``: answer -> score), used as they are; its label set is the tokenised
+``VQA_Answers_CLIP_with_endoftext.pkl``, whose rows are the answers of ``<ANNO_FOLDER>/trainval_label2ans.pkl``.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 
 from uniperceiver.config import ConfigError
 from uniperceiver.data.datasets import build_reader, read_class_names
+from uniperceiver.data.datasets.published import published_vqa_answers
 from uniperceiver.data.datasets.vqa import answer_scores
 from uniperceiver.data.target_sets import VOCABULARY, TargetEncoder, shared_target_node, task_target_encoder
 from uniperceiver.modeling.losses import soft_target_cross_entropy
@@ -52,7 +56,11 @@ class VQATask(Task):
             path = shared_target_node(self.root_cfg, name, key).SHARED_TARGETS_CFG.FILE_PATH
             if path == VOCABULARY or path.endswith(".tokens"):
                 raise ConfigError(f"{key}: the VQA label set must be an answer file (.txt), got {path}")
-            self._answers = read_class_names(resolve_data_path(self.root_cfg, path), key)
+            if path.endswith(".pkl"):  # published: tokenised answers; the strings are the reader's label2ans
+                self._answers = published_vqa_answers(
+                    resolve_data_path(self.root_cfg, self.cfg.DATALOADER.ANNO_FOLDER), key)
+            else:
+                self._answers = read_class_names(resolve_data_path(self.root_cfg, path), key)
             self._answer_index = {a: i for i, a in enumerate(self._answers)}
         return self._answers
 
@@ -64,13 +72,17 @@ class VQATask(Task):
         text, mask = get_tokenizer().tokenize([s["question"] for s in samples], self.max_len)
         soft = torch.zeros(len(samples), len(self._answers))
         for row, s in enumerate(samples):
-            for entry, score in answer_scores(s["answers"], self._answer_index).items():
+            given = s.get("answer_scores")  # published targets: answer -> score
+            scores = answer_scores(s["answers"], self._answer_index) if given is None else {
+                self._answer_index[a]: v for a, v in given.items() if a in self._answer_index}
+            for entry, score in scores.items():
                 soft[row, entry] = score
         return {
             "images": torch.stack([s["image"] for s in samples]),
             "text": text, "text_mask": mask,
             "soft_targets": soft,
             "answers": [s["answers"] for s in samples],
+            "answer_scores": [s.get("answer_scores") for s in samples],
             "question_ids": torch.tensor([s["question_id"] for s in samples], dtype=torch.long),
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         }
@@ -95,7 +107,7 @@ class VQATask(Task):
     def predict(self, model, batch: Dict[str, Any]) -> Dict[str, Any]:
         best = self._logits(model, batch).argmax(-1).tolist()
         return {"predictions": [self.answers[i] for i in best], "answers": batch["answers"],
-                "question_ids": batch["question_ids"]}
+                "answer_scores": batch.get("answer_scores"), "question_ids": batch["question_ids"]}
 
     def start_inference(self, model) -> None:
         self.targets.clear()

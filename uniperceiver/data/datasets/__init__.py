@@ -23,6 +23,11 @@ imagenet ``<split>.txt``, coco_caption ``captions_<split>.json``, jsonl_pairs ``
 ``v2_OpenEnded_mscoco_<split>_questions.json`` (+ its annotations file); glue: any value
 but a ``.tsv`` file name (e.g. the published ``GLUEDataset``) reads ``<TASK>/[processed/]<train|dev|test>.tsv``
 (glue.py).  Images and videos are read under ``DATALOADER.FEATS_FOLDER``.
+
+When ``ANNO_FOLDER`` holds the published repo's files (its data/prepare_data.md: ImageNet-22k file list,
+Flickr30k ``.jsonline``, CC3M / CC12M / YFCC / SBU / VG ``.json``, Kinetics / MiT ``annotation.json``, MSVD /
+MSR-VTT ``*_cocostyle.json``, the VQA ``.pkl`` targets), ``published.py`` reads them as the published dataset
+classes do.
 """
 from __future__ import annotations
 
@@ -39,18 +44,21 @@ from .imagenet import ImageNetDataset, read_class_names, read_image_label_list  
 from .text_corpus import TextCorpusDataset  # noqa: F401
 from .video import VideoCaptionDataset, VideoClassificationDataset, read_video_captions  # noqa: F401
 from .vqa import VQADataset, read_vqa  # noqa: F401
+from .published import published_reader
 from .glue import DATASET_NAMES as GLUE_DATASET_NAMES, GLUEDataset, glue_file, read_glue_tsv  # noqa: F401
 
 READERS = ("imagenet", "coco_caption", "jsonl_pairs", "text_corpus", "video_list", "video_caption", "vqa", "glue")
 _ALIASES = {
     "imagenet1k": "imagenet", "imagenet22k": "imagenet", "imagenet": "imagenet",
     "mscoco": "coco_caption", "coco": "coco_caption", "flickr30k": "coco_caption", "coco_caption": "coco_caption",
+    "flickr": "coco_caption",
     "cc3m": "jsonl_pairs", "cc12m": "jsonl_pairs", "sbu": "jsonl_pairs", "vg": "jsonl_pairs",
     "yfcc": "jsonl_pairs", "jsonl_pairs": "jsonl_pairs",
     "bookswiki": "text_corpus", "text_corpus": "text_corpus",
     "k400": "video_list", "k700": "video_list", "kinetics400": "video_list", "kinetics700": "video_list",
     "mit": "video_list", "momentsintime": "video_list", "video_list": "video_list",
     "msvd": "video_caption", "msrvtt": "video_caption", "msr-vtt": "video_caption", "video_caption": "video_caption",
+    "msvddataset": "video_caption", "msrvttdataset": "video_caption",
     "vqa": "vqa", "vqav2": "vqa",
     **{name: "glue" for name in GLUE_DATASET_NAMES},
 }
@@ -155,6 +163,14 @@ def _build_reader(task_cfg, root_cfg, split: str, *, transform: Optional[Callabl
     image_root = resolve_data_path(root_cfg, task_cfg.DATALOADER.FEATS_FOLDER) or resolve_data_path(root_cfg, ".")
     bad = task_cfg.DATALOADER.MAX_BAD_FRACTION
     label = f"{task_cfg.NAME}/{split}"
+    value = getattr(task_cfg.DATASETS, split.upper())
+    if value.endswith(("Dataset", "DataSet")) and not os.path.splitext(value)[1]:
+        value = split
+    anno_folder = resolve_data_path(root_cfg, task_cfg.DATALOADER.ANNO_FOLDER) or resolve_data_path(root_cfg, ".")
+    ds = published_reader(reader, task_cfg, split, value, anno_folder, image_root, transform=transform, mode=mode,
+                          bad=bad, key=key, label=label)  # the published layout's files (published.py)
+    if ds is not None:
+        return ds
     if reader == "imagenet":
         return ImageNetDataset(
             path, image_root, transform=transform, max_bad_fraction=bad, config_key=key, name=label

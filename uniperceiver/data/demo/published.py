@@ -14,37 +14,22 @@ serves the published configs' paths as written (``open_source_dataset/...``)::
                                                                            #   demo's word subset)
       bert_pretrain_data/glue_data/<TASK>/processed/*.tsv, GLUE_classnames/*.pkl   (glue.py)
 
+      flickr30k/, cc3m/, c12m/, yfcc/, sbucaption/, visual_genome/, imagenet22k/, K700/, K400_official/,
+      MomentsInTime/, msvd_dataset/, msrvtt_dataset/, VQA/ and their label-set .pkl files (published_tasks.py)
+
 Images are hard-linked (copied where links are not possible).  Tokenised target sets are pickled as the
-published notebook writes them (``{"data": [LongTensor ids], "modality": "text"}``).  Not written yet: the
-Flickr30k, web-pair, video and VQA folders of the published layout (their readers are not adapted either).
+published notebook writes them (``{"data": [LongTensor ids], "modality": "text"}``).
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import shutil
-from typing import Iterable, List
-
-import torch
 
 from .glue import write_published_glue
+from .published_io import dump_target_set, link
+from .published_tasks import write_published_tasks
 
 PREFIX = "open_source_dataset"
-
-
-def _link(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _dump_target_set(path: str, seqs: Iterable[List[int]]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump({"data": [torch.tensor(s, dtype=torch.long) for s in seqs], "modality": "text"}, f)
 
 
 def _imagenet(demo: str, base: str, tok) -> None:
@@ -55,14 +40,14 @@ def _imagenet(demo: str, base: str, tok) -> None:
             for line in f:
                 rel, label = line.rsplit(maxsplit=1)
                 inner = rel[len(split) + 1 :] if rel.startswith(split + "/") else rel
-                _link(os.path.join(src, rel), os.path.join(base, "imagenet", split, inner))
+                link(os.path.join(src, rel), os.path.join(base, "imagenet", split, inner))
                 lines.append(f"{inner} {label}")
         os.makedirs(os.path.join(base, "imagenet", "meta"), exist_ok=True)
         with open(os.path.join(base, "imagenet", "meta", f"{split}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     with open(os.path.join(src, "classnames.txt")) as f:
         names = [line.strip() for line in f if line.strip()]
-    _dump_target_set(os.path.join(base, "imagenet_class_name_CLIP_with_endoftext.pkl"),
+    dump_target_set(os.path.join(base, "imagenet_class_name_CLIP_with_endoftext.pkl"),
                      (tok.encode(n + " <|endoftext|>") for n in names))
 
 
@@ -75,7 +60,7 @@ def _mscoco(demo: str, base: str) -> None:
         images = []
         for im in data["images"]:
             folder, name = os.path.split(im["file_name"])
-            _link(os.path.join(src, "images", im["file_name"]), os.path.join(dst, "coco_origin", folder, name))
+            link(os.path.join(src, "images", im["file_name"]), os.path.join(dst, "coco_origin", folder, name))
             images.append({"file_name": name, "file_path": folder, "id": im["id"]})
         anns = [{"image_id": a["image_id"], "id": a["id"], "caption": a["caption"]} for a in data["annotations"]]
         os.makedirs(os.path.join(dst, "new_annotations"), exist_ok=True)
@@ -86,15 +71,15 @@ def _mscoco(demo: str, base: str) -> None:
 def _bookswiki(demo: str, base: str) -> None:
     src = os.path.join(demo, "bookswiki")
     for split, name in (("train", "bookswiki.doc"), ("val", "bookswiki-1000.doc")):
-        _link(os.path.join(src, f"{split}.txt"), os.path.join(base, "text_corpus", name))
-    _link(os.path.join(src, "train.txt"), os.path.join(base, "bert_pretrain_data", "bookswiki", "bookswiki.doc"))
+        link(os.path.join(src, f"{split}.txt"), os.path.join(base, "text_corpus", name))
+    link(os.path.join(src, "train.txt"), os.path.join(base, "bert_pretrain_data", "bookswiki", "bookswiki.doc"))
 
 
 def _vocabulary(demo: str, base: str, tok) -> None:
     from ..target_sets import read_token_list
 
     ids = read_token_list(os.path.join(demo, "targets", "vocab_demo.tokens"))
-    _dump_target_set(os.path.join(base, "vocabulary_CLIP_with_endoftext.pkl"),
+    dump_target_set(os.path.join(base, "vocabulary_CLIP_with_endoftext.pkl"),
                      ([i, tok.eot_id] for i in ids if i != tok.eot_id))
 
 
@@ -110,6 +95,7 @@ def write_published_layout(demo_root: str, out: str) -> str:
     _bookswiki(demo_root, base)
     _vocabulary(demo_root, base, tok)
     write_published_glue(os.path.join(demo_root, "glue"), out, tok)
+    write_published_tasks(demo_root, base, tok)
     with open(os.path.join(out, "README.txt"), "w") as f:
         f.write("uniperceiver demo data in the published Uni-Perceiver layout (tools/make_demo_data.py --layout "
                 "published); use as DATA_PATH.\n")
