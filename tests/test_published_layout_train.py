@@ -25,7 +25,7 @@ H768 = "BERT_L12_H768_experiments"
 SHORT = ["SOLVER.MAX_ITER", "2", "DATALOADER.TRAIN_BATCH_SIZE", "2", "MODEL.BERT.NUM_HIDDEN_LAYERS", "2",
          "MODEL.IMG_INPUT_SIZE", "32", "MODEL.VOCAB_NEGATIVES", "32", "DATALOADER.NUM_WORKERS", "0",
          "SOLVER.EVAL_PERIOD", "0", "SOLVER.WRITE_PERIOD", "1"]
-# one published file per task family: (path under configs/, extra overrides, tasks it trains)
+# one published file per task type: (path under configs/, extra overrides, tasks it trains)
 CASES = {
     "image_classification": (f"{H768}/finetuning/in1k_training.yaml", ["TASKS.imagenet.MODEL.LABELS_NUM", "10"], 1),
     "image_caption": (f"{H768}/finetuning/mscoco_caption_finetuning.yaml", [], 1),
@@ -64,10 +64,10 @@ def published_demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(CASES))
-def test_published_config_trains_two_steps_on_published_layout(family, published_configs, published_demo,
+@pytest.mark.parametrize("task_type", list(CASES))
+def test_published_config_trains_two_steps_on_published_layout(task_type, published_configs, published_demo,
                                                                 tmp_path):
-    rel, extra, num_tasks = CASES[family]
+    rel, extra, num_tasks = CASES[task_type]
     out = tmp_path / "out"
     proc = run_main(["--config-file", os.path.join(published_configs, rel), *SHORT, *extra, "OUTPUT_DIR", out],
                     env={"DATA_PATH": published_demo}, timeout=600)
