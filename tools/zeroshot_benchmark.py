@@ -83,24 +83,52 @@ def main(argv=None) -> dict:
     parser.add_argument("--iters", type=int, default=0, help="optimizer steps (default: the config's MAX_ITER)")
     parser.add_argument("--output-dir", default="", help="default: a temporary folder")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated SEEDs (e.g. 0,1,2): one run per seed, one JSON line each, then a "
+                             "summary line with the per-seed figures and their medians")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the training config")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from uniperceiver.config import setup_cfg
-    from uniperceiver.engine import train
-    from uniperceiver.engine.evaluate import run_eval_only
     from uniperceiver.utils.logger import setup_logger
 
-    t0 = time.perf_counter()
     out = args.output_dir or tempfile.mkdtemp(prefix="zeroshot_benchmark_")
     os.makedirs(out, exist_ok=True)
     setup_logger(out)
-    logging.getLogger("uniperceiver").setLevel(logging.WARNING)  # keep stdout to the one JSON line
+    logging.getLogger("uniperceiver").setLevel(logging.WARNING)  # keep stdout to the JSON lines
+    if not args.seeds:
+        return run_once(args, list(args.opts), out)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"zeroshot_benchmark: --seeds {args.seeds!r} is not a comma-separated list of integers")
+    if not seeds:
+        raise SystemExit(f"zeroshot_benchmark: --seeds {args.seeds!r} names no seed")
+    lines = [run_once(args, list(args.opts) + ["SEED", str(s)], os.path.join(out, f"seed{s}")) for s in seeds]
+    summary = {"seeds": seeds, "steps": lines[0]["steps"], "threads": args.threads, "output_dir": out}
+    for key in SUMMARY_KEYS:
+        summary[key] = [line[key] for line in lines]
+        summary[key + "_median"] = statistics.median(summary[key])
+    print(json.dumps(summary), flush=True)
+    return summary
 
-    opts = list(args.opts) + ["OUTPUT_DIR", os.path.join(out, "train")]
+
+# the figures --seeds lists per seed and summarises by their median
+SUMMARY_KEYS = ("zeroshot_Acc@1", "i2t_R@1", "t2i_R@1", "zeroshot_Acc@5", "wall_seconds", "seconds_per_step")
+
+
+def run_once(args, opts, out) -> dict:
+    """Train with the KEY VALUE overrides ``opts`` into ``out``/train, evaluate, print and return one JSON line."""
+    from uniperceiver.config import setup_cfg
+    from uniperceiver.engine import train
+    from uniperceiver.engine.evaluate import run_eval_only
+
+    t0 = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    user_opts = list(opts)
+    opts = user_opts + ["OUTPUT_DIR", os.path.join(out, "train")]
     if args.iters:
         opts += ["SOLVER.MAX_ITER", str(args.iters)]
     train_cfg = setup_cfg(args.config_file, opts)
@@ -111,7 +139,7 @@ def main(argv=None) -> dict:
     weights = os.path.join(out, "train", "model_final.pth")
     eval_opts = ["OUTPUT_DIR", os.path.join(out, "eval"), "MODEL.WEIGHTS", weights]
     # the evaluation reads the data the training run read, with the same model
-    for key, value in zip(args.opts[::2], args.opts[1::2]):
+    for key, value in zip(user_opts[::2], user_opts[1::2]):
         if key in ("DATA_PATH", "CACHE_DIR") or key.startswith("MODEL."):
             eval_opts += [key, value]
     eval_cfg = setup_cfg(args.eval_config, eval_opts)
@@ -141,6 +169,7 @@ def main(argv=None) -> dict:
         "i2t_R@1": round(ret["i2t_R@1"], 2),
         "t2i_R@1": round(ret["t2i_R@1"], 2),
         "template": templates,
+        "seed": int(train_cfg.SEED),
         "steps": int(train_cfg.SOLVER.MAX_ITER),
         "train_seconds": round(train_seconds, 1),
         "seconds_per_step": round(statistics.median(step_times), 4) if step_times else None,
