@@ -12,7 +12,7 @@ from conftest import PYTHON, REPO, clean_env
 sys.path.insert(0, str(REPO / "tools"))
 
 KEYS = {"zeroshot_Acc@1", "zeroshot_Acc@5", "zeroshot_digits", "zeroshot_Acc@1_val", "i2t_R@1", "t2i_R@1",
-        "template", "seed", "steps", "train_seconds", "seconds_per_step", "wall_seconds", "threads", "load_avg_1m",
+        "template", "seed", "ema", "steps", "train_seconds", "seconds_per_step", "wall_seconds", "threads", "load_avg_1m",
         "output_dir"}
 
 

@@ -156,7 +156,9 @@ def run_once(args, opts, out) -> dict:
             if "time" in row:
                 step_times.append(row["time"])
 
-    results = run_eval_only(eval_cfg)
+    # a run that keeps an EMA of its weights (MODEL.MODEL_EMA) is scored on the average, as --eval-ema does
+    ema = bool(train_cfg.MODEL.MODEL_EMA)
+    results = run_eval_only(eval_cfg, argparse.Namespace(eval_ema=ema))
     # val and test: 200 held-out digits each (separate retrieval galleries); figures are their means
     acc = _mean_over_splits(results, "digits_zeroshot", ("Acc@1", "Acc@5"))
     n_digits = sum(_num_images(eval_cfg, key) for key in ("VAL", "TEST"))
@@ -170,6 +172,7 @@ def run_once(args, opts, out) -> dict:
         "t2i_R@1": round(ret["t2i_R@1"], 2),
         "template": templates,
         "seed": int(train_cfg.SEED),
+        "ema": ema,
         "steps": int(train_cfg.SOLVER.MAX_ITER),
         "train_seconds": round(train_seconds, 1),
         "seconds_per_step": round(statistics.median(step_times), 4) if step_times else None,
