@@ -124,6 +124,7 @@ def run_once(args, opts, out) -> dict:
     from uniperceiver.config import setup_cfg
     from uniperceiver.engine import train
     from uniperceiver.engine.evaluate import run_eval_only
+    from uniperceiver.utils.env import seed_all_rng
 
     t0 = time.perf_counter()
     os.makedirs(out, exist_ok=True)
@@ -146,6 +147,8 @@ def run_once(args, opts, out) -> dict:
     templates = [tpl for node in eval_cfg.SHARED_TARGETS for tpl in node.SHARED_TARGETS_CFG.TEMPLATES]
     check_honest(train_cfg, eval_cfg, templates)
 
+    # as main.py's setup does: SEED seeds python / numpy / torch, so the model's init follows it too
+    seed_all_rng(int(train_cfg.SEED))
     start = time.perf_counter()
     train(train_cfg)
     train_seconds = time.perf_counter() - start
