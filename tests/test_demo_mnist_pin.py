@@ -6,7 +6,6 @@ A change of the pinned digest means the benchmark's figures (docs/zeroshot_bench
 comparable: rerun ``python tools/zeroshot_benchmark.py --seeds 0,1,2`` and update the docs before re-pinning."""
 import hashlib
 import os
-import random
 
 import numpy as np
 from PIL import Image
@@ -36,13 +35,12 @@ def _tree_digest(root: str) -> str:
 
 
 def test_demo_mnist_folder_is_pinned(tmp_path):
-    from uniperceiver.data import demo
+    from uniperceiver.data.demo.images import build_mnist, load_mnist
 
-    # build_demo_data's mnist/ step alone (seed 0): its own random stream, the MNIST permutation of seed 0
-    mnist, mnist_y = demo._load_mnist()
-    order = np.random.RandomState(0).permutation(len(mnist))
+    # build_demo_data's mnist/ step alone (seed 0)
+    mnist, mnist_y = load_mnist()
     out = tmp_path / "mnist"
-    demo._build_mnist(random.Random(0 + 4), mnist, mnist_y, order, str(out))
+    build_mnist(str(out), mnist, mnist_y, seed=0)
     counts = {s: len(os.listdir(out / "images" / s)) for s in ("train", "val", "test")}
     assert counts == {"train": 4400, "val": 200, "test": 200}
     assert _tree_digest(str(out)) == MNIST_SHA256

@@ -160,7 +160,12 @@ def mnist_splits(rng, labels: np.ndarray, order: np.ndarray) -> Dict[str, List[T
     return splits
 
 
-def _build_mnist(rng, mnist, mnist_y, order, out_dir) -> None:
+def build_mnist(out_dir: str, mnist: np.ndarray, mnist_y: np.ndarray, seed: int = 0) -> None:
+    """Write ``mnist/`` (the zero-shot digits benchmark's data) into ``out_dir``: the step of
+    :func:`build_image_demo` on its own random stream (``seed + 4``) and the MNIST permutation of ``seed``, so it
+    can be rebuilt alone (tests/test_demo_mnist_pin.py pins its files)."""
+    rng = random.Random(seed + 4)
+    order = np.random.RandomState(seed).permutation(len(mnist))
     for split, picked in mnist_splits(rng, mnist_y, order).items():
         ks = np.array([k for k, _ in picked])
         mention = MNIST_STYLE_MENTION if split == "train" else 1.0
@@ -280,7 +285,7 @@ def build_image_demo(out: str, mnist: np.ndarray, mnist_y: np.ndarray, seed: int
 
     # mnist/: plain grey digits with captions (train / val / test) and ImageNet-style lists of the same images.
     # Its own random stream, so the other sets are what they were before it existed.
-    _build_mnist(random.Random(seed + 4), mnist, mnist_y, order, os.path.join(out, "mnist"))
+    build_mnist(os.path.join(out, "mnist"), mnist, mnist_y, seed)
 
     # Flickr30k: sklearn's 8x8 digits, blurry captions.
     digits = load_digits()
