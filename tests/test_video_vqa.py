@@ -218,7 +218,9 @@ TINY = ["MODEL.BERT.NUM_HIDDEN_LAYERS", "2", "MODEL.BERT.HIDDEN_SIZE", "192", "M
         "MODEL.VOCAB_NEGATIVES", "32", "SOLVER.AMP.ENABLED", "False", "SOLVER.MAX_ITER", "4",
         "LR_SCHEDULER.WARMUP", "1", "SOLVER.WRITE_PERIOD", "1",
         # the video task in every stage: the others keep their published weights
-        "TASKS.K700_retrieve.DATALOADER.SAMPLING_WEIGHT", "100"]
+        "TASKS.K700_retrieve.DATALOADER.SAMPLING_WEIGHT", "100",
+        # the demo ImageNet-22k label set has 10 classes, not the published 21842
+        "TASKS.imagenet22k.MODEL.LABELS_NUM", "10"]
 
 
 @pytest.mark.slow
