@@ -26,7 +26,7 @@ from uniperceiver.config.validate import validate_cfg
 from uniperceiver.data.datasets import TooManyBadSamples
 from uniperceiver.engine import NonFiniteLossError, default_argument_parser, default_setup, launch, train
 from uniperceiver.engine.defaults import lock_output_dir, run_is_finished
-from uniperceiver.engine.preemption import INTERRUPT_EXIT_CODE
+from uniperceiver.engine.preemption import INTERRUPT_EXIT_CODE, watch_setup_interrupts
 from uniperceiver.tasks import validate_tasks
 from uniperceiver.utils.paths import demo_data_root
 
@@ -55,6 +55,7 @@ def main(args):
     """The job of one process (every worker runs it).  An expected failure becomes one line on stderr and an
     exit code here, in the worker, so that spawned workers report it as cleanly as a single process."""
     lock = None
+    watch_setup_interrupts()
     try:
         cfg, lock = setup(args)
         if cfg is None:

@@ -149,6 +149,33 @@ def test_second_ctrl_c_exits_at_once(monkeypatch, capfd):
     assert "received SIGINT again: exiting now without a checkpoint" in err
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_swallowed_by_a_finalizer_during_set_up_is_honoured_by_the_loop(capfd):
+    """Python drops a KeyboardInterrupt raised inside ``__del__`` ("Exception ignored in ..."): a Ctrl-C landing
+    there during set-up would be lost.  main.py counts set-up Ctrl-Cs (watch_setup_interrupts), and the training
+    loop's handler takes a counted one as received: the first step ends with a checkpoint and exit 130."""
+    from uniperceiver.engine import preemption
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the python-level handler runs here, inside the finalizer
+                pass
+
+    previous = signal.getsignal(signal.SIGINT)
+    hook = preemption.PreemptionHandler(checkpointer=None, signals=())
+    try:
+        preemption.watch_setup_interrupts()
+        obj = Finalized()
+        del obj  # the handler ran inside __del__; its KeyboardInterrupt went to sys.unraisablehook, not here
+        assert preemption._setup_interrupts == 1
+        hook.before_train()
+        assert hook.received == signal.SIGINT and preemption._setup_interrupts == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "received SIGINT: stopping after this step with a checkpoint" in capfd.readouterr().err
+
+
 def test_ctrl_c_before_training_is_one_line_exit_130(tmp_path):
     """During set-up (after config.yaml: model, demo data, loaders) Ctrl-C is one line and 130."""
     out = tmp_path / "out"

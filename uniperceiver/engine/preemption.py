@@ -40,6 +40,26 @@ DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd program
 
 
+# Ctrl-Cs seen by watch_setup_interrupts' handler before the training loop installs its own.
+_setup_interrupts = 0
+
+
+def watch_setup_interrupts() -> None:
+    """From now until :class:`PreemptionHandler` takes over: SIGINT raises ``KeyboardInterrupt`` as Python's
+    default handler does, and is counted.  Python drops an exception raised inside a finalizer (``__del__``, a
+    weakref or GC callback: "Exception ignored in ..."), so a Ctrl-C landing there during set-up would be lost;
+    the count lets the training loop honour it after its first step (checkpoint, exit 130)."""
+    def on_sigint(signum, frame) -> None:
+        global _setup_interrupts
+        _setup_interrupts += 1
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Python's own handler stays
+        pass
+
+
 class TrainingPreempted(SystemExit):
     """Raised (with exit status 0) after the preemption checkpoint is written."""
 
@@ -104,6 +124,7 @@ class PreemptionHandler(HookBase):
             os._exit(INTERRUPT_EXIT_CODE)
 
     def before_train(self) -> None:
+        global _setup_interrupts
         for sig in self.signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -111,6 +132,9 @@ class PreemptionHandler(HookBase):
                 logger.warning("Preemption handler not installed (not in the main thread)")
                 self._previous.clear()
                 return
+        if signal.SIGINT in self.signals and _setup_interrupts:  # a Ctrl-C during set-up that a finalizer swallowed
+            _setup_interrupts = 0
+            self._on_signal(signal.SIGINT, None)
 
     def after_train(self) -> None:
         for sig, handler in self._previous.items():
