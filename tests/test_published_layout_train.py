@@ -5,7 +5,7 @@ The published files are read from UNIPERCEIVER_PUBLISHED_CONFIGS (default /work/
 else extracted from a bare git mirror of the published repo (UNIPERCEIVER_PUBLISHED_MIRROR); without either the
 tests skip.  Overrides: the issue's shortening (SOLVER.MAX_ITER 2, DATALOADER.TRAIN_BATCH_SIZE 2,
 MODEL.BERT.NUM_HIDDEN_LAYERS 2) plus what keeps a CPU case to a few seconds: 32 px images, 32 sampled vocabulary
-negatives, no data workers, no evaluation; the ImageNet file's LABELS_NUM 1000 is set to the demo's 10 classes.
+negatives, no data workers, no evaluation; the ImageNet tasks' LABELS_NUM 1000 is set to the demo's 10 classes.
 """
 import json
 import math
@@ -35,7 +35,8 @@ CASES = {
     "vqa": (f"{H768}/finetuning/vqa_finetuning_debug.yaml", [], 1),
     "glue": (f"{H768}/finetuning/GLUE_finetuning_experiments/GLUE_SST2_mlm_finetune.yaml", [], 1),
     # ImageNet, COCO, YFCC, CC12M, CC3M, SBU, VG and Flickr30k captioning and retrieval
-    "multitask_pretraining": ("BERT_L12_H192_experiments/4tasks_training.yaml", [], 15),
+    "multitask_pretraining": ("BERT_L12_H192_experiments/4tasks_training.yaml",
+                              ["TASKS.imagenet.MODEL.LABELS_NUM", "10"], 15),
 }
 
 
