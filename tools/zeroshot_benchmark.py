@@ -1,12 +1,12 @@
 """Does it learn?  Train on the demo data WITHOUT digit classification, then classify held-out digits zero-shot.
 
-    python tools/zeroshot_benchmark.py                      # CPU, 2 threads: ~7 minutes on 2 free cores
+    python tools/zeroshot_benchmark.py                      # CPU, 2 threads: ~14 minutes on 2 free cores
     python tools/zeroshot_benchmark.py --iters 1000 --threads 1 --output-dir work_dirs/zs_bench SOLVER.BASE_LR 2e-3
     python tools/zeroshot_benchmark.py --seeds 0,1,2        # one run per SEED, then the per-seed figures + medians
 
 Training (configs/benchmarks/zeroshot_digits.yaml): image-text retrieval on the demo mnist/ pairs (4400 grey
 MNIST digits, 70% styled, 5 captions each naming the digit and, 3 times in 4, its style), with a shallow Tiny
-(4 layers, d=128, 28 px in 7 px patches behind a 3x3 conv stem, mean pooling and a content-first init).  No
+(4 layers, d=128, 28 px in 7 px patches behind two 3x3 convs, mean pooling and a content-first init).  No
 classification task is trained (checked).
 Evaluation (configs/benchmarks/zeroshot_digits_eval.yaml, the same evaluators as ``--eval-only``): the 400
 held-out mnist/ digits (val + test, MNIST digits nothing trains on) classified through the class names
@@ -18,9 +18,10 @@ Targets from issue 6: zero-shot Acc@1 >= 90, i2t_R@1 >= 80, within 10 minutes on
 median over SEED 0, 1, 2 at >= 95 zero-shot Acc@1 and >= 90 i2t_R@1 within 3,000 steps (``--seeds 0,1,2``).
 Status and the measured diagnosis: README, "Evaluation".
 
-Two intra-op threads by default (the target machine's 2 cores): 0.14 s per step alone, against 0.23 s with one
-thread each for two benchmarks side by side.  On a machine busy with other jobs use ``--threads 1``: a second
-thread that has to wait for a busy core costs more than it saves.
+Two intra-op threads by default (the target machine's 2 cores): ~0.28 s per step alone on a 2-core machine
+(~14 minutes for 3,000 steps), ~0.55 s with one thread each for three benchmarks side by side.  On a machine
+busy with other jobs use ``--threads 1``: a second thread that has to wait for a busy core costs more than it
+saves.
 """
 from __future__ import annotations
 
