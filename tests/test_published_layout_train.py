@@ -22,6 +22,7 @@ from conftest import run_main  # noqa: E402
 PUBLISHED_ROOT = os.environ.get("UNIPERCEIVER_PUBLISHED_CONFIGS", "/work/ref/Uni-Perceiver/configs")
 MIRROR = os.environ.get("UNIPERCEIVER_PUBLISHED_MIRROR", "/work/.mirror/fundamentalvision+Uni-Perceiver/repo")
 H768 = "BERT_L12_H768_experiments"
+DEMO_IMAGENET = ["TASKS.imagenet.MODEL.LABELS_NUM", "10"]  # the published 1000 classes -> the demo's 10
 SHORT = ["SOLVER.MAX_ITER", "2", "DATALOADER.TRAIN_BATCH_SIZE", "2", "MODEL.BERT.NUM_HIDDEN_LAYERS", "2",
          "MODEL.IMG_INPUT_SIZE", "32", "MODEL.VOCAB_NEGATIVES", "32", "DATALOADER.NUM_WORKERS", "0",
          "SOLVER.EVAL_PERIOD", "0", "SOLVER.WRITE_PERIOD", "1"]
@@ -29,14 +30,13 @@ SHORT = ["SOLVER.MAX_ITER", "2", "DATALOADER.TRAIN_BATCH_SIZE", "2", "MODEL.BERT
 # MiT video classification and retrieval, BooksWiki MLM, ImageNet-22k and the web pairs train on the published
 # layout in the 16-task two-stage recipe (tests/test_video_vqa.py), so no file of theirs is repeated here.
 CASES = {
-    "image_classification": (f"{H768}/finetuning/in1k_training.yaml", ["TASKS.imagenet.MODEL.LABELS_NUM", "10"], 1),
+    "image_classification": (f"{H768}/finetuning/in1k_training.yaml", DEMO_IMAGENET, 1),
     "image_caption": (f"{H768}/finetuning/mscoco_caption_finetuning.yaml", [], 1),
     "video_caption": (f"{H768}/finetuning/msvd_caption_finetuning.yaml", [], 1),
     "vqa": (f"{H768}/finetuning/vqa_finetuning_debug.yaml", [], 1),
     "glue": (f"{H768}/finetuning/GLUE_finetuning_experiments/GLUE_SST2_mlm_finetune.yaml", [], 1),
     # ImageNet, COCO, YFCC, CC12M, CC3M, SBU, VG and Flickr30k captioning and retrieval
-    "multitask_pretraining": ("BERT_L12_H192_experiments/4tasks_training.yaml",
-                              ["TASKS.imagenet.MODEL.LABELS_NUM", "10"], 15),
+    "multitask_pretraining": ("BERT_L12_H192_experiments/4tasks_training.yaml", DEMO_IMAGENET, 15),
 }
 
 
