@@ -2,14 +2,18 @@
 cache, batched fetch with per-sample seeding."""
 from __future__ import annotations
 
+import random
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from uniperceiver.data.datasets import base
 from uniperceiver.data.multitask import _SeededSamples
-from uniperceiver.data.transforms import ToNormalizedTensor, build_image_transform
+from uniperceiver.data.transforms import CropFlipNormalize, ToNormalizedTensor, build_image_transform
 from uniperceiver.modeling.tokenization import get_tokenizer
+from uniperceiver.utils.env import RngStream, derive_seed, derive_seeds
 
 
 class _Images(base.ImageRecordsDataset):
@@ -44,8 +48,69 @@ def test_fused_to_tensor_normalize_is_bit_identical():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = T.Normalize(mean, std)(T.ToTensor()(image))
     assert torch.equal(ToNormalizedTensor(mean, std)(image), expected)
-    train = build_image_transform(16, True, scale=(1.0, 1.0), hflip=0.0)
-    assert any(isinstance(t, ToNormalizedTensor) for t in train.transforms)
+    test = build_image_transform(16, False)
+    assert any(isinstance(t, ToNormalizedTensor) for t in test.transforms)
+
+
+def _timm_train(size, scale, hflip):
+    """timm's own train transform, unfused (ToTensor, Normalize): the reference."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=size, is_training=True, scale=scale, hflip=hflip, color_jitter=None,
+                            interpolation="bicubic")
+
+
+@pytest.mark.parametrize("size,scale,hflip", [(28, (1.0, 1.0), 0.5), (16, (0.08, 1.0), 0.5), (24, (0.5, 0.9), 0.0),
+                                               (28, (0.3, 1.0), 1.0)])
+def test_crop_flip_normalize_draws_and_returns_what_timm_does(size, scale, hflip):
+    fast = build_image_transform(size, True, scale=scale, hflip=hflip)
+    assert isinstance(fast, CropFlipNormalize)
+    reference = _timm_train(size, scale, hflip)
+    rng = np.random.default_rng(size)
+    shapes = [(28, 28), (20, 41), (47, 19), (12, 12), (64, 50), (size, size)]
+    for n, (h, w) in enumerate(shapes * 4):
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        outs, states = [], []
+        for transform, source in ((reference, image), (fast, image), (fast, np.asarray(image))):
+            random.seed(n)
+            torch.manual_seed(n)
+            outs.append(transform(source))
+            states.append((random.random(), torch.rand(1).item()))  # where each generator was left
+        assert outs[0].shape == (3, size, size)
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (h, w)
+        assert states[0] == states[1] == states[2]
+
+
+def test_crop_flip_normalize_only_replaces_crop_and_flip():
+    assert not isinstance(build_image_transform(28, True, rand_augment="rand-m9-mstd0.5-inc1"), CropFlipNormalize)
+    fast = build_image_transform(8, True, scale=(1.0, 1.0), hflip=0.0)
+    modes = []
+    fast.fallback = lambda image: modes.append(image.mode) or "timm's steps"
+    assert fast(Image.fromarray(np.full((8, 8), 7, dtype=np.uint8))) == "timm's steps"  # not RGB
+    assert fast(np.full((8, 8, 4), 7, dtype=np.uint8)) == "timm's steps"
+    assert isinstance(fast(np.full((8, 8, 3), 7, dtype=np.uint8)), torch.Tensor) and modes == ["L", "RGBA"]
+
+
+def test_image_cache_hands_arrays_only_to_transforms_that_take_them(tmp_path):
+    Image.fromarray(np.full((8, 8, 3), 40, dtype=np.uint8)).save(tmp_path / "0.png")
+    seen = []
+    ds = _Images([{"image": "0.png"}], image_root=str(tmp_path), transform=lambda im: seen.append(im) or im)
+    ds.enable_image_cache(1)
+    ds[0], ds[0]
+    assert all(isinstance(im, Image.Image) for im in seen) and seen[0] is not seen[1]
+    fast = build_image_transform(8, True, scale=(1.0, 1.0), hflip=0.0)
+    ds.transform = lambda im: seen.append(im) or fast(im)
+    ds.transform.accepts_arrays = True
+    first, second = ds[0]["image"], ds[0]["image"]
+    assert isinstance(seen[-1], np.ndarray) and not seen[-1].flags.writeable and torch.equal(first, second)
+
+
+def test_derive_seeds_is_derive_seed_per_row():
+    rng = random.Random(0)
+    values = [0, 1, 2**31 - 1, 2**32 - 1, 2**32, 2**40 + 3, 2**63 - 1]
+    rows = [[rng.choice(values + [rng.randrange(2**32)]) for _ in range(rng.randint(0, 7))] for _ in range(500)]
+    rows += [(5, 0, p, RngStream.SAMPLE) for p in range(64)]
+    assert derive_seeds(rows) == [derive_seed(*row) for row in rows]
 
 
 def test_tokenizer_cache_and_packing():

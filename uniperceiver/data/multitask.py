@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from uniperceiver.utils import comm
-from uniperceiver.utils.env import RngStream, derive_seed, preserved_rng, seed_cpu_rng, seeded_rng
+from uniperceiver.utils.env import RngStream, derive_seed, derive_seeds, preserved_rng, seed_cpu_rng, seeded_rng
 
 from .samplers import InfiniteShardedSampler
 from .shards import ShardBatches
@@ -122,9 +122,10 @@ class _SeededSamples(Dataset):
         """A batch's samples (torch's DataLoader fetches batches through this): each sample seeded as in
         ``__getitem__``, the global RNG states saved and restored once per batch, not per sample."""
         out = []
+        seeds = derive_seeds([(self.seed, self.rank, position, RngStream.SAMPLE) for position, _ in items])
         with preserved_rng():
-            for position, index in items:
-                seed_cpu_rng(derive_seed(self.seed, self.rank, position, RngStream.SAMPLE))
+            for (position, index), seed in zip(items, seeds):
+                seed_cpu_rng(seed)
                 out.append((position, self.dataset[index]))
         return out
 

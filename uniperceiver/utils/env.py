@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 from enum import IntEnum
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -146,6 +146,61 @@ def derive_seed(*parts: int) -> int:
     Used to seed each random decision from WHERE it happens (sample position, iteration) instead of from the
     process's RNG history, so a resumed run, any NUM_WORKERS and any prefetch depth draw the same numbers."""
     return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1)[0]) % (2**31)
+
+
+# numpy's SeedSequence (a port of O'Neill's seed_seq_fe): hash constants, multipliers and the shift.
+_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R, _SS_POOL, _SS_SHIFT = 0xCA01F9DD, 0x4973F715, 4, 16
+
+
+def derive_seeds(rows: Sequence[Sequence[int]]) -> List[int]:
+    """``[derive_seed(*row) for row in rows]``, vectorised over the rows: numpy's SeedSequence hashing on uint32
+    arrays (one pass over a batch instead of one SeedSequence per sample; ``tests/test_data_fastpath.py``
+    checks it against ``derive_seed``).  Rows whose parts are not all below 2**32 take ``derive_seed``."""
+    rows = [[int(p) % (2**63) for p in row] for row in rows]
+    out: List[Optional[int]] = [None] * len(rows)
+    by_len: Dict[int, List[int]] = {}
+    for r, row in enumerate(rows):
+        if all(p < 2**32 for p in row):
+            by_len.setdefault(len(row), []).append(r)
+        else:
+            out[r] = derive_seed(*row)
+    for length, members in by_len.items():
+        words = np.asarray([rows[r] for r in members], dtype=np.uint32).reshape(len(members), length)
+        for r, seed in zip(members, _seed_sequence_first_word(words)):
+            out[r] = int(seed) % (2**31)
+    return out  # type: ignore[return-value]
+
+
+def _seed_sequence_first_word(entropy: np.ndarray) -> np.ndarray:
+    """``SeedSequence(row).generate_state(1)[0]`` for each row of ``entropy`` (uint32 [n, words])."""
+    mask = 0xFFFFFFFF
+    hash_const = _SS_INIT_A
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        nonlocal hash_const
+        value = value ^ np.uint32(hash_const)
+        hash_const = (hash_const * _SS_MULT_A) & mask
+        value = value * np.uint32(hash_const)
+        return value ^ (value >> np.uint32(_SS_SHIFT))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        result = np.uint32(_SS_MIX_L) * x - np.uint32(_SS_MIX_R) * y
+        return result ^ (result >> np.uint32(_SS_SHIFT))
+
+    n, words = entropy.shape
+    zero = np.zeros(n, dtype=np.uint32)
+    pool = [hashmix(entropy[:, i] if i < words else zero) for i in range(_SS_POOL)]
+    for src in range(_SS_POOL):
+        for dst in range(_SS_POOL):
+            if src != dst:
+                pool[dst] = mix(pool[dst], hashmix(pool[src]))
+    for src in range(_SS_POOL, words):
+        for dst in range(_SS_POOL):
+            pool[dst] = mix(pool[dst], hashmix(entropy[:, src]))
+    value = pool[0] ^ np.uint32(_SS_INIT_B)
+    value = value * np.uint32((_SS_INIT_B * _SS_MULT_B) & mask)
+    return value ^ (value >> np.uint32(_SS_SHIFT))
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -223,15 +224,17 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
                 return None
             if cache is not None and self._decoded_budget >= image.width * image.height * 3:
                 self._decoded_budget -= image.width * image.height * 3
-                cache[path] = image
-        if self.transform is not None:
-            return self.transform(image)
-        return image.copy() if cache is not None else image
+                cache[path] = array = np.asarray(image)
+                array.setflags(write=False)
+        elif not getattr(self.transform, "accepts_arrays", False):
+            image = Image.fromarray(image)  # a copy, as a PIL image
+        return self.transform(image) if self.transform is not None else image
 
     def enable_image_cache(self, megabytes: float) -> None:
-        """Keep decoded images (RGB, up to ``megabytes`` per process) so later epochs skip the decode
-        (``DATALOADER.IMAGE_CACHE_MB``; each worker keeps its own).  Transforms make new images, so cached
-        ones are never modified."""
+        """Keep decoded images (RGB uint8 arrays [H, W, 3], read-only, up to ``megabytes`` per process) so later
+        epochs skip the decode (``DATALOADER.IMAGE_CACHE_MB``; each worker keeps its own).  A transform that
+        ``accepts_arrays`` (:class:`~uniperceiver.data.transforms.CropFlipNormalize`) gets the array; others a
+        PIL copy."""
         self._decoded: Dict[str, Any] = {}
         self._decoded_budget = int(megabytes * 2**20)
 
