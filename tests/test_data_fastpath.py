@@ -2,6 +2,7 @@
 cache, batched fetch with per-sample seeding."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -143,3 +144,20 @@ def test_batched_fetch_seeds_each_sample_like_single_fetch():
     assert torch.equal(torch.rand(1), before)  # the global RNG is where it was
     for (pos, sample), item in zip(batched, items):
         assert pos == item[0] and torch.equal(sample, ds[item][1])
+
+
+def test_image_cache_prefill_decodes_up_to_the_budget_before_any_read(tmp_path, monkeypatch):
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    ds = _Images([{"image": n} for n in ("bad.png", "0.png", "1.png", "2.png")], image_root=str(tmp_path),
+                 transform=build_image_transform(8, False, crop_pct=1.0))
+    decoded = []
+    original = base.load_rgb
+    monkeypatch.setattr(base, "load_rgb",
+                        lambda path, **kw: decoded.append(os.path.basename(path)) or original(path, **kw))
+    assert ds.enable_image_cache(2 * 8 * 8 * 3 / 2**20, prefill=range(4)) == 2  # room for two; the bad one skipped
+    assert decoded == ["bad.png", "0.png", "1.png", "2.png"] and ds.num_read == ds.num_bad == 0
+    decoded.clear()
+    [ds[i] for i in (1, 2, 3)]
+    assert decoded == ["2.png"]  # over the budget: read when used

@@ -11,7 +11,7 @@ add ``ratio``), so results can be grepped, diffed and plotted.  Modes (README, "
     python tools/benchmark.py --mode train_step --config-file CFG --batch-size 32 --img-size 224 \
         --activation-checkpointing off,on --amp bf16 --compile off
     # P2: framework overhead of main.py's training loop against a bare loop (same model, optimizer, batches held on
-    # the device), 3 interleaved rounds in one process; --num-workers 0 or the config's own
+    # the device), 3 rounds in one process, loop and bare steps alternating; --num-workers 0 or the config's own
     python tools/benchmark.py --mode loop --config-file configs/benchmarks/zeroshot_digits.yaml --num-workers config
     # P4: zero-shot retrieval: encode + rank throughput and peak memory vs the number of candidates
     python tools/benchmark.py --mode eval_retrieval --candidates 1000,25000
@@ -434,9 +434,9 @@ def bare_step_fn(trainer, batches, grad_clip: float) -> Callable[[], None]:
 def mode_loop(args) -> None:
     """Framework overhead of main.py's training loop: ``engine.defaults.train(cfg)`` (hooks, writers, loader,
     step engine: everything main.py runs) against a bare loop on the same model, optimizer and micro-batches
-    (pre-collated, held on the device), in one process.  ``rounds`` x (``iters`` loop steps, then ``iters`` bare
-    steps, interleaved); per round overhead = 100 x (median loop step - median bare step) / median loop step;
-    reported: the median over rounds."""
+    (pre-collated, held on the device), in one process.  ``rounds`` x (``iters`` loop steps and ``iters`` bare
+    steps, alternating in blocks of ``--block`` steps); per round overhead = 100 x (median loop step - median
+    bare step) / median loop step; reported: the median over rounds."""
     import tempfile
 
     from uniperceiver.engine import defaults as engine_defaults
@@ -464,6 +464,11 @@ def mode_loop(args) -> None:
             t.DATALOADER.NUM_WORKERS = int(args.num_workers)
         cfg.freeze()
     workers = sorted({int(t.DATALOADER.NUM_WORKERS) for t in cfg.TASKS})
+    # Loop and bare steps alternate in blocks: one step each without workers (both sides see the same machine
+    # at the same moment), a whole round each with workers (they refill their queues during the first bare
+    # steps of a block: per-step blocks would charge that work to the bare loop).
+    block = args.block or (1 if workers == [0] else n)
+    on_device: List[Any] = []  # the recorded micro-batches, moved to the device (outside the timed steps)
     loop_times: List[List[float]] = [[] for _ in range(rounds)]
     bare_times: List[List[float]] = [[] for _ in range(rounds)]
     warmup_times: List[float] = []
@@ -490,12 +495,14 @@ def mode_loop(args) -> None:
             return
         loop_times[done // n].append(time.perf_counter() - state["start"])
         loop_cpu[done // n].append(time.process_time() - state["cpu"])
-        if (done + 1) % n == 0:  # a round of loop steps is complete: the same number of bare steps
+        pos = done % n
+        if (pos + 1) % block == 0 or pos == n - 1:  # a block of loop steps is complete: as many bare steps
+            kept = state["recorder"].kept
+            on_device.extend((name, to_device(batch, device)) for name, batch in kept[len(on_device):])
             if "bare" not in state:
-                kept = [(name, to_device(batch, device)) for name, batch in state["recorder"].kept]
-                state["bare"] = bare_step_fn(self, kept, cfg.SOLVER.GRAD_CLIP)
+                state["bare"] = bare_step_fn(self, on_device, cfg.SOLVER.GRAD_CLIP)
                 state["bare"]()  # warm-up
-            for _ in range(n):
+            for _ in range(pos % block + 1):
                 cpu = time.process_time()
                 bare_times[done // n].append(timed(state["bare"], device))
                 bare_cpu[done // n].append(time.process_time() - cpu)
@@ -514,7 +521,8 @@ def mode_loop(args) -> None:
     loop_med = [statistics.median(t) for t in loop_times]
     bare_med = [statistics.median(t) for t in bare_times]
     overheads = [100 * (lo - b) / lo for lo, b in zip(loop_med, bare_med)]
-    common = dict(steps_per_round=n, rounds=rounds, warmup=args.warmup, device=str(device), tasks=len(cfg.TASKS),
+    common = dict(steps_per_round=n, rounds=rounds, block=block, warmup=args.warmup, device=str(device),
+                  tasks=len(cfg.TASKS),
                   img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=workers if len(workers) > 1 else workers[0],
                   cache_images=bool(args.cache_images), accum_iter=cfg.SOLVER.ACCUM_ITER,
                   threads=torch.get_num_threads())
@@ -527,6 +535,12 @@ def mode_loop(args) -> None:
     emit("framework_overhead", statistics.median(overheads), "%", ratio=round(statistics.median(overheads) / 100, 4),
          per_round=[round(v, 3) for v in overheads],
          what="100 x (loop step - bare step) / loop step, median of the rounds", **common)
+    if block == 1:  # each loop step has its bare step next to it: the median of the pairs' differences
+        paired = [100 * statistics.median(a - b for a, b in zip(lo, ba)) / statistics.median(lo)
+                  for lo, ba in zip(loop_times, bare_times)]
+        emit("framework_overhead_paired", statistics.median(paired), "%",
+             ratio=round(statistics.median(paired) / 100, 4), per_round=[round(v, 3) for v in paired],
+             what="100 x median(loop step i - bare step i) / median loop step, median of the rounds", **common)
     cpu = [100 * (statistics.median(lo) - statistics.median(b)) / statistics.median(lo)
            for lo, b in zip(loop_cpu, bare_cpu)]
     emit("framework_overhead_cpu", statistics.median(cpu), "%", ratio=round(statistics.median(cpu) / 100, 4),
@@ -789,6 +803,8 @@ def parse_args(argv=None):
                    "interleaved rounds of shards / files")
     p.add_argument("--num-workers", default="0", help="loop mode: DATALOADER.NUM_WORKERS of every task (an int), "
                                                        "or 'config' for the config's own")
+    p.add_argument("--block", type=int, default=0, help="loop mode: loop and bare steps alternate in blocks of this "
+                   "many steps (0: 1 step without data workers, a whole round with them)")
     p.add_argument("--cache-images", action="store_true", help="loop mode: keep decoded images in memory")
     p.add_argument("--activation-checkpointing", type=on_off, default=[False], help="on / off / off,on")
     p.add_argument("--compile", type=compile_list, default=["off"],

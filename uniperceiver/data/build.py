@@ -34,8 +34,6 @@ def build_train_loader(cfg, tasks: Dict[str, "Task"], seed: Optional[int] = None
     for index, (name, task) in enumerate(tasks.items()):
         tcfg = cfg.task(name).DATALOADER
         dataset = task.build_dataset("train")
-        if tcfg.IMAGE_CACHE_MB > 0 and hasattr(dataset, "enable_image_cache"):
-            dataset.enable_image_cache(tcfg.IMAGE_CACHE_MB)
         if tcfg.TRAIN_BATCH_SIZE <= 0:
             raise ConfigError(f"TASKS.{name}.DATALOADER.TRAIN_BATCH_SIZE must be > 0")
         if isinstance(dataset, ShardDataset):
@@ -51,9 +49,20 @@ def build_train_loader(cfg, tasks: Dict[str, "Task"], seed: Optional[int] = None
                             len(dataset), full)
             if len(dataset) == 0:
                 raise ConfigError(f"task {name}: the training set is empty")
+            if tcfg.IMAGE_CACHE_MB > 0:
+                enable_image_cache(dataset, tcfg.IMAGE_CACHE_MB)
             logger.info("task %s: %d training samples, batch %d per rank, weight %g", name, len(dataset),
                         tcfg.TRAIN_BATCH_SIZE, tcfg.SAMPLING_WEIGHT)
         streams.append(TaskStream(name, dataset, tcfg.TRAIN_BATCH_SIZE, task.collate, tcfg.NUM_WORKERS,
                                   seed=task_seed(seed, index), rank=rank, world_size=world,
                                   weight=tcfg.SAMPLING_WEIGHT))
     return MultiTaskLoader(streams, seed=seed, strategy=strategy, rank=rank, world_size=world)
+
+
+def enable_image_cache(dataset, megabytes: float) -> None:
+    """``DATALOADER.IMAGE_CACHE_MB``: decode the training images once, up to the budget, before the loader
+    starts (its workers then share them); a reader without images ignores it."""
+    indices = dataset.indices if isinstance(dataset, Subset) else None
+    reader = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if hasattr(reader, "enable_image_cache"):
+        reader.enable_image_cache(megabytes, range(len(reader)) if indices is None else indices)

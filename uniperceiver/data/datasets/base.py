@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -230,13 +231,35 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
             image = Image.fromarray(image)  # a copy, as a PIL image
         return self.transform(image) if self.transform is not None else image
 
-    def enable_image_cache(self, megabytes: float) -> None:
-        """Keep decoded images (RGB uint8 arrays [H, W, 3], read-only, up to ``megabytes`` per process) so later
-        epochs skip the decode (``DATALOADER.IMAGE_CACHE_MB``; each worker keeps its own).  A transform that
-        ``accepts_arrays`` (:class:`~uniperceiver.data.transforms.CropFlipNormalize`) gets the array; others a
-        PIL copy."""
+    def enable_image_cache(self, megabytes: float, prefill: Optional[Iterable[int]] = None) -> int:
+        """Keep decoded images (RGB uint8 arrays [H, W, 3], read-only, up to ``megabytes`` per process) so they
+        are decoded once (``DATALOADER.IMAGE_CACHE_MB``).  A transform that ``accepts_arrays``
+        (:class:`~uniperceiver.data.transforms.CropFlipNormalize`) gets the array; others a PIL copy.
+
+        ``prefill``: record indices to decode now, in order, until the budget is used (an unreadable one is left
+        for ``read_image`` to count).  Done before the loader forks its workers, they share the arrays; images
+        cached later are each worker's own.  Returns how many were decoded."""
         self._decoded: Dict[str, Any] = {}
-        self._decoded_budget = int(megabytes * 2**20)
+        self._decoded_budget = budget = int(megabytes * 2**20)
+        decoded, start = 0, time.perf_counter()
+        for index in prefill if prefill is not None else ():
+            path = self.image_path(self.records[index])
+            if path in self._decoded:
+                continue
+            try:
+                image = load_rgb(path, max_pixels=self.max_image_pixels)
+            except DECODE_ERRORS:
+                continue
+            if self._decoded_budget < image.width * image.height * 3:
+                break
+            self._decoded_budget -= image.width * image.height * 3
+            self._decoded[path] = array = np.asarray(image)
+            array.setflags(write=False)
+            decoded += 1
+        if prefill is not None:
+            logger.info("%s: %d images decoded into the image cache (%.1f of %g MiB) in %.1f s", self.name, decoded,
+                        (budget - self._decoded_budget) / 2**20, megabytes, time.perf_counter() - start)
+        return decoded
 
     def drop_records(self, bad: Callable[[dict], bool], reason: str, path: str = "") -> int:
         """Skip the records for which ``bad(record)`` holds (logged with ``path:record["line"]``, counted; more
