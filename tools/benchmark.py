@@ -390,34 +390,36 @@ def cache_decoded_images() -> None:
 
 
 class _Recorder:
-    """Wraps the trainer's data iterator; keeps the first ``need`` micro-batches it hands out (for the bare loop)."""
+    """Wraps the trainer's data iterator; keeps the micro-batches it hands out until ``take()`` (the bare loop
+    replays them: the same tasks and shapes as the loop steps it is compared with)."""
 
-    def __init__(self, it, need: int):
-        self.it, self.need, self.kept = it, need, []
+    def __init__(self, it):
+        self.it, self.kept = it, []
 
     def __iter__(self):
         return self
 
     def __next__(self):
         item = next(self.it)
-        if len(self.kept) < self.need:
-            self.kept.append(item)
+        self.kept.append(item)
         return item
 
+    def take(self) -> list:
+        kept, self.kept = self.kept, []
+        return kept
 
-def bare_step_fn(trainer, batches, grad_clip: float) -> Callable[[], None]:
-    """The loop without the framework: the same model (unwrapped), optimizer, autocast and micro-batches, already
-    collated and on the device; forward, backward of sum / k, clip (when configured), optimizer step."""
+
+def bare_step_fn(trainer, grad_clip: float) -> Callable[[list], None]:
+    """The loop without the framework: the same model (unwrapped), optimizer and autocast; ``step(micro_batches)``
+    on micro-batches already collated and on the device: forward, backward of sum / k, clip (when configured),
+    optimizer step."""
     engine, k = trainer.step_engine, trainer.accum_iter
     model = engine.model  # the module main.py steps (compiled when MODEL.COMPILE), single process: no DDP
     optimizer = engine.optimizer
-    state = {"i": 0}
 
-    def step() -> None:
+    def step(micro_batches: list) -> None:
         model.train()
-        for _ in range(k):
-            task_name, batch = batches[state["i"] % len(batches)]
-            state["i"] += 1
+        for task_name, batch in micro_batches:
             with engine.autocast():
                 losses = trainer.tasks[task_name].losses(model, batch)
                 extra = getattr(model, "extra_losses", None)  # MoE aux losses
@@ -467,8 +469,7 @@ def mode_loop(args) -> None:
     # Loop and bare steps alternate in blocks: one step each without workers (both sides see the same machine
     # at the same moment), a whole round each with workers (they refill their queues during the first bare
     # steps of a block: per-step blocks would charge that work to the bare loop).
-    block = args.block or (1 if workers == [0] else n)
-    on_device: List[Any] = []  # the recorded micro-batches, moved to the device (outside the timed steps)
+    block = args.block or (1 if workers == [0] else n)  # each block's bare steps replay its loop steps' batches
     loop_times: List[List[float]] = [[] for _ in range(rounds)]
     bare_times: List[List[float]] = [[] for _ in range(rounds)]
     warmup_times: List[float] = []
@@ -479,7 +480,7 @@ def mode_loop(args) -> None:
 
     def init(self, *a, **k):
         original_init(self, *a, **k)
-        state["recorder"] = self._data_iter = _Recorder(self._data_iter, n * self.accum_iter)
+        state["recorder"] = self._data_iter = _Recorder(self._data_iter)
 
     def before_step(self):  # the step starts before the before_step hooks
         synchronize(device)
@@ -492,19 +493,21 @@ def mode_loop(args) -> None:
         done = self.iter - args.warmup
         if done < 0:
             warmup_times.append(time.perf_counter() - state["start"])
+            state["recorder"].take()
             return
         loop_times[done // n].append(time.perf_counter() - state["start"])
         loop_cpu[done // n].append(time.process_time() - state["cpu"])
         pos = done % n
         if (pos + 1) % block == 0 or pos == n - 1:  # a block of loop steps is complete: as many bare steps
-            kept = state["recorder"].kept
-            on_device.extend((name, to_device(batch, device)) for name, batch in kept[len(on_device):])
+            kept = [(name, to_device(batch, device)) for name, batch in state["recorder"].take()]
+            k = self.accum_iter
+            steps = [kept[i:i + k] for i in range(0, len(kept), k)]  # this block's steps, replayed
             if "bare" not in state:
-                state["bare"] = bare_step_fn(self, on_device, cfg.SOLVER.GRAD_CLIP)
-                state["bare"]()  # warm-up
-            for _ in range(pos % block + 1):
+                state["bare"] = bare_step_fn(self, cfg.SOLVER.GRAD_CLIP)
+                state["bare"](steps[0])  # warm-up
+            for micro_batches in steps:
                 cpu = time.process_time()
-                bare_times[done // n].append(timed(state["bare"], device))
+                bare_times[done // n].append(timed(functools.partial(state["bare"], micro_batches), device))
                 bare_cpu[done // n].append(time.process_time() - cpu)
 
     patches = [(Trainer, "__init__", init), (Trainer, "before_step", before_step), (Trainer, "after_step", after_step)]
