@@ -62,7 +62,7 @@ def _timm_train(size, scale, hflip):
 
 
 @pytest.mark.parametrize("size,scale,hflip", [(28, (1.0, 1.0), 0.5), (16, (0.08, 1.0), 0.5), (24, (0.5, 0.9), 0.0),
-                                               (28, (0.3, 1.0), 1.0)])
+                                               (28, (0.3, 1.0), 1.0), (20, (0.08, 1.0), 0.3)])
 def test_crop_flip_normalize_draws_and_returns_what_timm_does(size, scale, hflip):
     fast = build_image_transform(size, True, scale=scale, hflip=hflip)
     assert isinstance(fast, CropFlipNormalize)

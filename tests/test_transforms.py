@@ -12,6 +12,7 @@ import pytest
 from uniperceiver.config import get_cfg
 from uniperceiver.data.datasets import READERS
 from uniperceiver.data.datasets.video import VideoTransform
+from uniperceiver.data.transforms import CropFlipNormalize
 from uniperceiver.tasks import TASK_REGISTRY, build_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def _training_transform(task_type: str, monkeypatch, crop_scale=()):
 
 
 def _crop_and_flip(transform):
-    if isinstance(transform, VideoTransform):
+    if isinstance(transform, (VideoTransform, CropFlipNormalize)):
         return tuple(transform.scale), float(transform.hflip)
     steps = transform.transforms
     (crop,) = [s for s in steps if type(s).__name__.startswith("RandomResizedCrop")]

@@ -99,7 +99,7 @@ class CropFlipNormalize:
         if (h, w) != self.size:
             crop = Image.fromarray(np.ascontiguousarray(a))
             a = np.asarray(crop.resize(self.size[::-1], self.interpolation))
-        if self.hflip > 0 and torch.rand(1) < self.hflip:
+        if self.hflip > 0 and torch.rand(1).item() < self.hflip:  # float32 draw: the same answer as the tensor's <
             a = a[:, ::-1]
         return self.normalize(a)
 
