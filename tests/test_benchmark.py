@@ -74,3 +74,6 @@ def test_loop_mode_reports_framework_overhead():
     loop, bare = out["loop_step_time"]["per_round"], out["bare_step_time"]["per_round"]
     expected = sorted(100 * (lo - b) / lo for lo, b in zip(loop, bare))
     assert overhead["value"] == pytest.approx(sum(expected) / 2, abs=1e-2)  # median of two rounds
+    # no workers: loop and bare steps alternate one by one, and the paired figure is reported beside it
+    paired = out["framework_overhead_paired"]
+    assert overhead["block"] == paired["block"] == 1 and len(paired["per_round"]) == 2

@@ -111,7 +111,7 @@ def test_sample_entries_and_remap_exact():
 def test_whole_word_masking_80_10_10():
     rng = random.Random(0)
     words = [[10 + i, 1000 + i] for i in range(2000)]  # two tokens a word
-    random_ids = torch.tensor([5, 6])
+    random_ids = [5, 6]
     out = whole_word_mask(words, rng, prob=0.15, mask_id=99, random_ids=random_ids)
     ids, labels = out["ids"], out["labels"]
     chosen = [w for w in range(2000) if labels[2 * w] != IGNORE_INDEX]

@@ -10,7 +10,7 @@ random window of a long sample and random masks; evaluation masks deterministica
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ IGNORE_INDEX = -100
 
 
 def whole_word_mask(words: List[List[int]], rng: random.Random, *, prob: float, mask_id: int,
-                    random_ids: torch.Tensor) -> Dict[str, List[int]]:
+                    random_ids: Sequence[int]) -> Dict[str, List[int]]:
     """BERT whole-word masking over per-word token lists -> ``{"ids", "labels"}`` (labels -100 = unmasked).
 
     At least one word is chosen (when there is one)."""
@@ -46,7 +46,7 @@ def whole_word_mask(words: List[List[int]], rng: random.Random, *, prob: float, 
             if r < 0.8:
                 ids.append(mask_id)
             elif r < 0.9:
-                ids.append(int(random_ids[rng.randrange(len(random_ids))]))
+                ids.append(random_ids[rng.randrange(len(random_ids))])
             else:
                 ids.append(p)
             labels.append(p)
@@ -59,7 +59,7 @@ class MaskedTextDataset(torch.utils.data.Dataset):
 
     def __init__(self, base, *, max_len: int, prob: float, random_ids: torch.Tensor, train: bool, seed: int = 0):
         self.base, self.max_len, self.prob, self.train, self.seed = base, max_len, prob, train, seed
-        self.random_ids = random_ids
+        self.random_ids = [int(i) for i in random_ids]  # python ints: a draw is a list lookup, not a tensor read
 
     def __len__(self) -> int:
         return len(self.base)
@@ -111,16 +111,13 @@ class TextMLMTask(Task):
                                  random_ids=words, train=split == "train", seed=int(self.root_cfg.SEED))
 
     def collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        width = max(1, max(len(s["ids"]) for s in samples))
-        ids = torch.zeros(len(samples), width, dtype=torch.long)
-        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros(len(samples), width, dtype=torch.bool)
-        for r, s in enumerate(samples):
-            n = len(s["ids"])
-            ids[r, :n] = torch.tensor(s["ids"], dtype=torch.long)
-            labels[r, :n] = torch.tensor(s["labels"], dtype=torch.long)
-            mask[r, :n] = True
-        return {"text": ids, "text_mask": mask, "labels": labels,
+        lengths = [len(s["ids"]) for s in samples]
+        width = max(1, max(lengths))
+        ids = torch.tensor([s["ids"] + [0] * (width - n) for s, n in zip(samples, lengths)], dtype=torch.long)
+        labels = torch.tensor([s["labels"] + [IGNORE_INDEX] * (width - n) for s, n in zip(samples, lengths)],
+                              dtype=torch.long)
+        mask = torch.arange(width) < torch.tensor(lengths).unsqueeze(1)
+        return {"text": ids.reshape(len(samples), width), "text_mask": mask, "labels": labels.reshape(ids.shape),
                 "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
 
     def losses(self, model, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
