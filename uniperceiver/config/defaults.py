@@ -220,8 +220,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.TRAIN_BATCH_SIZE = 4
 _C.DATALOADER.TEST_BATCH_SIZE = 32
 _C.DATALOADER.NUM_WORKERS = 0
-# Training images kept decoded in memory, in MiB per loader process (0: decode every time).  Small datasets
-# (the demo digits: ~10 MiB) then decode each file once; larger ones fill the budget and decode the rest.
+# Training images kept decoded in memory, in MiB per task (0: decode every time): decoded at start, in record
+# order, until the budget is used (the demo digits: 4,400 tiles, ~10 MiB, in ~1 s), before the loader forks its
+# workers, which share them; images beyond the budget are decoded when read.
 _C.DATALOADER.IMAGE_CACHE_MB = 0
 # Image / feature root, relative to DATA_PATH.
 _C.DATALOADER.FEATS_FOLDER = ""
