@@ -145,6 +145,10 @@ def derive_seed(*parts: int) -> int:
 
     Used to seed each random decision from WHERE it happens (sample position, iteration) instead of from the
     process's RNG history, so a resumed run, any NUM_WORKERS and any prefetch depth draw the same numbers."""
+    return _seed_sequence_seed(parts)
+
+
+def _seed_sequence_seed(parts: Sequence[int]) -> int:
     return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1)[0]) % (2**31)
 
 
@@ -164,7 +168,7 @@ def derive_seeds(rows: Sequence[Sequence[int]]) -> List[int]:
         if all(p < 2**32 for p in row):
             by_len.setdefault(len(row), []).append(r)
         else:
-            out[r] = derive_seed(*row)
+            out[r] = _seed_sequence_seed(row)
     for length, members in by_len.items():
         words = np.asarray([rows[r] for r in members], dtype=np.uint32).reshape(len(members), length)
         for r, seed in zip(members, _seed_sequence_first_word(words)):
