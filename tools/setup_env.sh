@@ -21,3 +21,12 @@ if [ -n "$TORCH_SPEC" ]; then
 fi
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -c "import uniperceiver, torch; print('uniperceiver', uniperceiver.__version__, 'torch', torch.__version__)"
+# DeepSpeed builds its CPU shared-memory collective op on first use (~1 min on 2 cores); build it now, where the
+# tests and CPU runs look for it (tests/test_deepspeed.py: TORCH_EXTENSIONS_DIR).  Optional: without a C++
+# compiler DeepSpeed builds nothing and falls back to torch.distributed.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/uniperceiver/torch_extensions}
+DS_ACCELERATOR=cpu .venv/bin/python -c "
+from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+ShareMemCommBuilder().load(verbose=False)
+print('deepspeed: shared-memory comm op built in', '$TORCH_EXTENSIONS_DIR')" 2>/dev/null \
+    || echo "deepspeed: shared-memory comm op not built here (it builds on first use, or DeepSpeed does without)"
