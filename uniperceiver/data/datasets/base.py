@@ -223,10 +223,8 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
             except DECODE_ERRORS as err:
                 self._mark_bad(path, err)
                 return None
-            if cache is not None and self._decoded_budget >= image.width * image.height * 3:
-                self._decoded_budget -= image.width * image.height * 3
-                cache[path] = array = np.asarray(image)
-                array.setflags(write=False)
+            if cache is not None:
+                self._keep_decoded(path, image)
         elif not getattr(self.transform, "accepts_arrays", False):
             image = Image.fromarray(image)  # a copy, as a PIL image
         return self.transform(image) if self.transform is not None else image
@@ -250,16 +248,23 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
                 image = load_rgb(path, max_pixels=self.max_image_pixels)
             except DECODE_ERRORS:
                 continue
-            if self._decoded_budget < image.width * image.height * 3:
+            if not self._keep_decoded(path, image):
                 break
-            self._decoded_budget -= image.width * image.height * 3
-            self._decoded[path] = array = np.asarray(image)
-            array.setflags(write=False)
             decoded += 1
         if prefill is not None:
             logger.info("%s: %d images decoded into the image cache (%.1f of %g MiB) in %.1f s", self.name, decoded,
                         (budget - self._decoded_budget) / 2**20, megabytes, time.perf_counter() - start)
         return decoded
+
+    def _keep_decoded(self, path: str, image: Image.Image) -> bool:
+        """Put ``image`` into the cache as a read-only array if the budget has room; False if it has not."""
+        size = image.width * image.height * 3
+        if self._decoded_budget < size:
+            return False
+        self._decoded_budget -= size
+        self._decoded[path] = array = np.asarray(image)
+        array.setflags(write=False)
+        return True
 
     def drop_records(self, bad: Callable[[dict], bool], reason: str, path: str = "") -> int:
         """Skip the records for which ``bad(record)`` holds (logged with ``path:record["line"]``, counted; more
