@@ -154,43 +154,46 @@ def _seed_sequence_seed(parts: Sequence[int]) -> int:
 
 # numpy's SeedSequence (a port of O'Neill's seed_seq_fe): hash constants, multipliers and the shift.
 _SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_SS_MIX_L, _SS_MIX_R, _SS_POOL, _SS_SHIFT = 0xCA01F9DD, 0x4973F715, 4, 16
+_SS_POOL, _SS_MAX_WORDS = 4, 16  # pool size; entropy words handled vectorised (more: one SeedSequence a row)
+_SS_MIX_L, _SS_MIX_R, _SS_SHIFT = np.uint32(0xCA01F9DD), np.uint32(0x4973F715), np.uint32(16)
+_SS_OUT_XOR, _SS_OUT_MUL = np.uint32(_SS_INIT_B), np.uint32((_SS_INIT_B * _SS_MULT_B) & 0xFFFFFFFF)
+# hashmix k xors with constant k and multiplies by constant k + 1 (INIT_A * MULT_A**k mod 2**32)
+_SS_HASH = [np.uint32((_SS_INIT_A * pow(_SS_MULT_A, k, 2**32)) & 0xFFFFFFFF)
+            for k in range(_SS_POOL + _SS_POOL * _SS_POOL + _SS_POOL * _SS_MAX_WORDS + 1)]
 
 
 def derive_seeds(rows: Sequence[Sequence[int]]) -> List[int]:
     """``[derive_seed(*row) for row in rows]``, vectorised over the rows: numpy's SeedSequence hashing on uint32
     arrays (one pass over a batch instead of one SeedSequence per sample; ``tests/test_data_fastpath.py``
-    checks it against ``derive_seed``).  Rows whose parts are not all below 2**32 take ``derive_seed``."""
-    rows = [[int(p) % (2**63) for p in row] for row in rows]
-    out: List[Optional[int]] = [None] * len(rows)
-    by_len: Dict[int, List[int]] = {}
-    for r, row in enumerate(rows):
-        if all(p < 2**32 for p in row):
-            by_len.setdefault(len(row), []).append(r)
-        else:
-            out[r] = _seed_sequence_seed(row)
-    for length, members in by_len.items():
-        words = np.asarray([rows[r] for r in members], dtype=np.uint32).reshape(len(members), length)
-        for r, seed in zip(members, _seed_sequence_first_word(words)):
-            out[r] = int(seed) % (2**31)
-    return out  # type: ignore[return-value]
+    checks it against ``derive_seed``).  Rows of other lengths, or with a part outside [0, 2**32), take one
+    SeedSequence each."""
+    lengths = {len(row) for row in rows}
+    if len(lengths) == 1 and 0 < next(iter(lengths)) <= _SS_MAX_WORDS:
+        try:
+            words = np.asarray(rows, dtype=np.int64)
+        except OverflowError:
+            words = None
+        if words is not None and (words >= 0).all() and (words < 2**32).all():
+            return (_seed_sequence_first_word(words.astype(np.uint32)) % np.uint32(2**31)).tolist()
+    return [_seed_sequence_seed(row) for row in rows]
 
 
 def _seed_sequence_first_word(entropy: np.ndarray) -> np.ndarray:
     """``SeedSequence(row).generate_state(1)[0]`` for each row of ``entropy`` (uint32 [n, words])."""
-    mask = 0xFFFFFFFF
-    hash_const = _SS_INIT_A
+    step = iter(range(len(_SS_HASH) - 1))
 
     def hashmix(value: np.ndarray) -> np.ndarray:
-        nonlocal hash_const
-        value = value ^ np.uint32(hash_const)
-        hash_const = (hash_const * _SS_MULT_A) & mask
-        value = value * np.uint32(hash_const)
-        return value ^ (value >> np.uint32(_SS_SHIFT))
+        k = next(step)
+        value = value ^ _SS_HASH[k]
+        value *= _SS_HASH[k + 1]
+        value ^= value >> _SS_SHIFT
+        return value
 
     def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        result = np.uint32(_SS_MIX_L) * x - np.uint32(_SS_MIX_R) * y
-        return result ^ (result >> np.uint32(_SS_SHIFT))
+        result = _SS_MIX_L * x
+        result -= _SS_MIX_R * y
+        result ^= result >> _SS_SHIFT
+        return result
 
     n, words = entropy.shape
     zero = np.zeros(n, dtype=np.uint32)
@@ -202,9 +205,10 @@ def _seed_sequence_first_word(entropy: np.ndarray) -> np.ndarray:
     for src in range(_SS_POOL, words):
         for dst in range(_SS_POOL):
             pool[dst] = mix(pool[dst], hashmix(entropy[:, src]))
-    value = pool[0] ^ np.uint32(_SS_INIT_B)
-    value = value * np.uint32((_SS_INIT_B * _SS_MULT_B) & mask)
-    return value ^ (value >> np.uint32(_SS_SHIFT))
+    value = pool[0] ^ _SS_OUT_XOR
+    value *= _SS_OUT_MUL
+    value ^= value >> _SS_SHIFT
+    return value
 
 
 @contextlib.contextmanager
