@@ -118,6 +118,38 @@ def test_derive_seeds_is_derive_seed_per_row():
     assert derive_seeds(mixed) == [derive_seed(*row) for row in mixed] and derive_seeds([]) == []
 
 
+def test_tokenizer_cache_and_packing():
+    tok = get_tokenizer()
+    first = tok.encode("A photo of the digit 7.")
+    first.append(-1)  # callers may modify what they get
+    assert tok.encode("A photo of the digit 7.") == first[:-1]
+    ids, mask = tok.tokenize(["a b c", "", "the digit seven in red"], 5, add_sot=True, add_eot=True)
+    assert ids.shape == (3, 5) and mask.dtype == torch.bool
+    assert mask.sum(1).tolist() == [5, 2, 5] and ids[1, :2].tolist() == [tok.sot_id, tok.eot_id]
+    assert (ids[~mask] == 0).all() and ids[0, -1] == tok.eot_id
+    empty_ids, empty_mask = tok.tokenize([], 4)
+    assert empty_ids.shape == (0, 4) and empty_mask.shape == (0, 4)
+
+
+def test_batched_fetch_seeds_each_sample_like_single_fetch():
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.rand(2) + i + float(np.random.rand())
+
+    ds = _SeededSamples(Noisy(), seed=3, rank=0)
+    items = [(p, p % 10) for p in range(5, 9)]
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    batched = ds.__getitems__(items)
+    assert torch.equal(torch.rand(1), before)  # the global RNG is where it was
+    for (pos, sample), item in zip(batched, items):
+        assert pos == item[0] and torch.equal(sample, ds[item][1])
+
+
 def test_image_cache_prefill_decodes_up_to_the_budget_before_any_read(tmp_path, monkeypatch):
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
