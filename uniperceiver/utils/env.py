@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 from enum import IntEnum
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
