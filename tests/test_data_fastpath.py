@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from uniperceiver.data.datasets import base
-from uniperceiver.data.multitask import _SeededSamples
+from uniperceiver.data.multitask import _SeededBatches
 from uniperceiver.data.transforms import CropFlipNormalize, ToNormalizedTensor, build_image_transform
 from uniperceiver.modeling.tokenization import get_tokenizer
-from uniperceiver.utils.env import RngStream, derive_seed, derive_seeds
+from uniperceiver.utils.env import RngStream, derive_seed, derive_seeds, seeded_rng
 
 
 class _Images(base.ImageRecordsDataset):
@@ -106,6 +106,38 @@ def test_image_cache_hands_arrays_only_to_transforms_that_take_them(tmp_path):
     assert isinstance(seen[-1], np.ndarray) and not seen[-1].flags.writeable and torch.equal(first, second)
 
 
+def test_derive_seed_is_numpys_seed_sequence():
+    rng = random.Random(1)
+    values = [0, 1, 2**31 - 1, 2**32 - 1, 2**32, 2**40 + 3, 2**63 - 1, 2**63, 2**64 + 5, -1, -2**40]
+    for length in range(0, 22):  # up to 21 parts of up to 2 words each: past the 16 precomputed constants
+        for _ in range(50):
+            row = [rng.choice(values + [rng.randrange(2**32), rng.randrange(2**64)]) for _ in range(length)]
+            expected = np.random.SeedSequence([p % 2**63 for p in row]).generate_state(1)[0] % 2**31
+            assert derive_seed(*row) == int(expected), row
+
+
+def test_clean_text_fast_path_agrees_with_ftfy():
+    import html
+    import string
+
+    import ftfy
+
+    from uniperceiver.tokenization.clip_bpe import _clean
+
+    def full(text):
+        return " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
+
+    rng = random.Random(0)
+    pieces = ["&amp;", "&lt;b&gt;", "<b>", "\x1b[31m", "\r\n", "\n", "\t", "caf\u00e9", "\u00c3\u00a9",
+              "\u201chi\u201d", "\ufb01", "\uff21", "\x85", "\x7f", "\x00", "it's", "A", "7", " "]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces + [rng.choice(string.printable)]) for _ in range(rng.randrange(1, 10)))
+        assert _clean(text) == full(text), repr(text)
+    for _ in range(3000):  # printable ASCII: the fast path unless there is a "&"
+        text = "".join(chr(rng.randrange(0x20, 0x7F)) for _ in range(rng.randrange(0, 30)))
+        assert _clean(text) == full(text), repr(text)
+
+
 def test_derive_seeds_is_derive_seed_per_row():
     rng = random.Random(0)
     values = [0, 1, 2**31 - 1, 2**32 - 1, 2**32, 2**40 + 3, 2**63 - 1, -1]
@@ -131,23 +163,32 @@ def test_tokenizer_cache_and_packing():
     assert empty_ids.shape == (0, 4) and empty_mask.shape == (0, 4)
 
 
-def test_batched_fetch_seeds_each_sample_like_single_fetch():
+def test_batch_fetch_seeds_each_sample_and_the_collate_from_their_positions():
     class Noisy(torch.utils.data.Dataset):
         def __len__(self):
             return 10
 
         def __getitem__(self, i):
-            return torch.rand(2) + i + float(np.random.rand())
+            return torch.rand(2) + i + float(np.random.rand()) + random.random()
 
-    ds = _SeededSamples(Noisy(), seed=3, rank=0)
-    items = [(p, p % 10) for p in range(5, 9)]
+    def collate(samples):
+        return torch.stack(samples), torch.rand(1)
+
+    ds = _SeededBatches(Noisy(), collate, seed=3, rank=0, batch_size=4)
+    ds.SEED_BLOCK = 6  # seeds are derived for 6 positions at a time: the calls below move the block
+    items = [(p, p % 10) for p in range(4, 8)]
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    batched = ds.__getitems__(items)
+    samples, collated = ds[items]
     assert torch.equal(torch.rand(1), before)  # the global RNG is where it was
-    for (pos, sample), item in zip(batched, items):
-        assert pos == item[0] and torch.equal(sample, ds[item][1])
+    for row, (position, index) in zip(samples, items):
+        with seeded_rng(derive_seed(3, 0, position, RngStream.SAMPLE)):
+            assert torch.equal(row, Noisy()[index])
+    with seeded_rng(derive_seed(3, 0, 1, RngStream.COLLATE)):  # batch position 4 // 4
+        assert torch.equal(collated, torch.rand(1))
+    for positions in ([9, 12], [2], [30, 31, 32, 33, 34, 35, 36, 37]):  # past the block, before it, longer
+        assert ds.sample_seeds(positions) == [derive_seed(3, 0, p, RngStream.SAMPLE) for p in positions]
 
 
 def test_image_cache_prefill_decodes_up_to_the_budget_before_any_read(tmp_path, monkeypatch):

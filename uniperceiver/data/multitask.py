@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from uniperceiver.utils import comm
-from uniperceiver.utils.env import RngStream, derive_seed, derive_seeds, preserved_rng, seed_cpu_rng, seeded_rng
+from uniperceiver.utils.env import RngStream, derive_seed, derive_seeds, preserved_rng, seed_cpu_rng
 
 from .samplers import InfiniteShardedSampler
 from .shards import ShardBatches
@@ -66,15 +66,15 @@ class TaskStream:
                                    pin_memory=torch.cuda.is_available(),
                                    worker_init_fn=_WorkerInit(self.seed, self.rank, self.consumed)))
         start = self.consumed * self.batch_size
-        sampler = _PositionedSampler(InfiniteShardedSampler(len(self.dataset), seed=self.seed, rank=self.rank,
-                                                            world_size=self.world_size, start=start), start)
+        sampler = _PositionedBatches(InfiniteShardedSampler(len(self.dataset), seed=self.seed, rank=self.rank,
+                                                            world_size=self.world_size, start=start),
+                                     start, self.batch_size)
         # generator: the DataLoader draws its base seed from it, not from the global torch RNG (which would
-        # shift every later draw of a resumed run by one).
-        loader = DataLoader(_SeededSamples(self.dataset, self.seed, self.rank), batch_size=self.batch_size,
-                            sampler=sampler, drop_last=True,
-                            collate_fn=_SeededCollate(self.collate_fn, self.seed, self.rank, self.batch_size),
-                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed),
-                            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        # shift every later draw of a resumed run by one).  batch_size=None: the sampler yields whole batches
+        # and _SeededBatches returns them collated.
+        batches = _SeededBatches(self.dataset, self.collate_fn, self.seed, self.rank, self.batch_size)
+        loader = DataLoader(batches, batch_size=None, sampler=sampler, collate_fn=_as_is, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                             worker_init_fn=_WorkerInit(self.seed, self.rank, self.consumed))
         return iter(loader)
 
@@ -94,52 +94,59 @@ class TaskStream:
         self._iter = None  # rebuilt lazily from the new position
 
 
-class _PositionedSampler:
-    """Yields ``(position, index)``: ``position`` counts this rank's samples of the stream from 0."""
+class _PositionedBatches:
+    """Yields each batch's ``[(position, index), ...]``: ``position`` counts this rank's samples of the stream from
+    0 (``start`` for the first sample drawn)."""
 
-    def __init__(self, sampler: InfiniteShardedSampler, start: int):
-        self.sampler, self.start = sampler, int(start)
+    def __init__(self, sampler: InfiniteShardedSampler, start: int, batch_size: int):
+        self.sampler, self.start, self.batch_size = sampler, int(start), int(batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
-        return zip(itertools.count(self.start), iter(self.sampler))
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        items = zip(itertools.count(self.start), iter(self.sampler))
+        while True:
+            yield list(itertools.islice(items, self.batch_size))
 
 
-class _SeededSamples(Dataset):
-    """``dataset[index]`` under RNGs seeded from (task seed, rank, stream position) (module docstring)."""
+def _as_is(batch: Any) -> Any:
+    """The DataLoader's collate_fn: batches come collated from :class:`_SeededBatches`."""
+    return batch
 
-    def __init__(self, dataset: Dataset, seed: int, rank: int):
-        self.dataset, self.seed, self.rank = dataset, int(seed), int(rank)
+
+class _SeededBatches(Dataset):
+    """``self[items]``: one batch, ``collate_fn([dataset[index] for position, index in items])``, each sample
+    under RNGs seeded from (task seed, rank, position, SAMPLE) and the collate under RNGs seeded from (task seed,
+    rank, batch position, COLLATE) (module docstring).  The global RNG states are saved before and restored after
+    the whole batch (once: numpy's save + restore alone costs ~0.1 ms)."""
+
+    SEED_BLOCK = 4096  # sample seeds are derived for this many consecutive positions at once (one numpy pass)
+
+    def __init__(self, dataset: Dataset, collate_fn: Callable, seed: int, rank: int, batch_size: int):
+        self.dataset, self.collate_fn, self.seed, self.rank = dataset, collate_fn, int(seed), int(rank)
+        self.batch_size = int(batch_size)
+        self._block_start, self._block = -1, []  # seeds of positions _block_start, _block_start + 1, ...
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: Tuple[int, int]) -> Tuple[int, Any]:
-        position, index = item
-        with seeded_rng(derive_seed(self.seed, self.rank, position, RngStream.SAMPLE)):
-            return position, self.dataset[index]
+    def sample_seeds(self, positions: List[int]) -> List[int]:
+        """``derive_seed(task seed, rank, position, RngStream.SAMPLE)`` of each position."""
+        lo, hi = min(positions), max(positions)
+        if not (self._block_start <= lo and hi < self._block_start + len(self._block)):
+            count = max(self.SEED_BLOCK, hi - lo + 1)
+            self._block_start = lo
+            self._block = derive_seeds([(self.seed, self.rank, p, RngStream.SAMPLE) for p in range(lo, lo + count)])
+        return [self._block[p - self._block_start] for p in positions]
 
-    def __getitems__(self, items: List[Tuple[int, int]]) -> List[Tuple[int, Any]]:
-        """A batch's samples (torch's DataLoader fetches batches through this): each sample seeded as in
-        ``__getitem__``, the global RNG states saved and restored once per batch, not per sample."""
-        out = []
-        seeds = derive_seeds([(self.seed, self.rank, position, RngStream.SAMPLE) for position, _ in items])
-        with preserved_rng():
-            for (position, index), seed in zip(items, seeds):
-                seed_cpu_rng(seed)
-                out.append((position, self.dataset[index]))
-        return out
-
-
-class _SeededCollate:
-    """``collate_fn(samples)`` under RNGs seeded from (task seed, rank, batch position)."""
-
-    def __init__(self, collate_fn: Callable, seed: int, rank: int, batch_size: int):
-        self.collate_fn, self.seed, self.rank, self.batch_size = collate_fn, int(seed), int(rank), int(batch_size)
-
-    def __call__(self, items: List[Tuple[int, Any]]) -> Any:
+    def __getitem__(self, items: List[Tuple[int, int]]) -> Any:
+        seeds = self.sample_seeds([position for position, _ in items])
         batch_position = items[0][0] // self.batch_size
-        with seeded_rng(derive_seed(self.seed, self.rank, batch_position, RngStream.COLLATE)):
-            return self.collate_fn([sample for _, sample in items])
+        with preserved_rng():
+            samples = []
+            for (_, index), seed in zip(items, seeds):
+                seed_cpu_rng(seed)
+                samples.append(self.dataset[index])
+            seed_cpu_rng(derive_seed(self.seed, self.rank, batch_position, RngStream.COLLATE))
+            return self.collate_fn(samples)
 
 
 class _WorkerInit:

@@ -63,8 +63,14 @@ def _byte_symbols() -> Tuple[List[str], Dict[int, str]]:
 
 
 def _clean(text: str) -> str:
-    """CLIP's normalisation: fix mojibake, unescape HTML twice, collapse whitespace, lower-case."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    """CLIP's normalisation: fix mojibake, unescape HTML twice, collapse whitespace, lower-case.
+
+    Printable ASCII without ``&`` (most captions and words) skips ftfy and the unescaping: none of their steps
+    changes such text (mojibake, ligatures, wide or curly characters and C1 controls are non-ASCII; control
+    characters, terminal escapes and line breaks are not printable; entities need ``&``), and ftfy is about half
+    the cost of encoding a new caption.  ``tests/test_data_fastpath.py`` checks the two paths agree."""
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return " ".join(text.split()).lower()
 
 

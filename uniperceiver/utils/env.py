@@ -148,25 +148,65 @@ def derive_seed(*parts: int) -> int:
     return _seed_sequence_seed(parts)
 
 
-def _seed_sequence_seed(parts: Sequence[int]) -> int:
-    return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1)[0]) % (2**31)
-
-
 # numpy's SeedSequence (a port of O'Neill's seed_seq_fe): hash constants, multipliers and the shift.
 _SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_SS_POOL, _SS_MAX_WORDS = 4, 16  # pool size; entropy words handled vectorised (more: one SeedSequence a row)
+_SS_POOL, _SS_MAX_WORDS = 4, 16  # pool size; entropy words handled vectorised (more: hashed row by row)
 _SS_MIX_L, _SS_MIX_R, _SS_SHIFT = np.uint32(0xCA01F9DD), np.uint32(0x4973F715), np.uint32(16)
 _SS_OUT_XOR, _SS_OUT_MUL = np.uint32(_SS_INIT_B), np.uint32((_SS_INIT_B * _SS_MULT_B) & 0xFFFFFFFF)
 # hashmix k xors with constant k and multiplies by constant k + 1 (INIT_A * MULT_A**k mod 2**32)
 _SS_HASH = [np.uint32((_SS_INIT_A * pow(_SS_MULT_A, k, 2**32)) & 0xFFFFFFFF)
             for k in range(_SS_POOL + _SS_POOL * _SS_POOL + _SS_POOL * _SS_MAX_WORDS + 1)]
+_SS_MASK, _SS_MIX_L_INT, _SS_MIX_R_INT = 0xFFFFFFFF, 0xCA01F9DD, 0x4973F715
+
+
+def _seed_sequence_seed(parts: Sequence[int]) -> int:
+    """``SeedSequence([p % 2**63 for p in parts]).generate_state(1)[0] % 2**31`` in python ints: the same hashing
+    (each part split into little-endian 32-bit words, as numpy does) without building a SeedSequence, whose
+    construction costs ~15 us alone and over 100 us between two training steps."""
+    words: List[int] = []
+    for p in parts:
+        p = int(p) % (2**63)
+        words.append(p & _SS_MASK)
+        while p > _SS_MASK:
+            p >>= 32
+            words.append(p & _SS_MASK)
+    consts = _SS_HASH_INT if len(words) <= _SS_MAX_WORDS else _hash_constants(len(words))
+    mask, left, right = _SS_MASK, _SS_MIX_L_INT, _SS_MIX_R_INT
+    pool = []
+    for k in range(_SS_POOL):  # hashmix k of word k (0 past the end)
+        v = ((words[k] if k < len(words) else 0) ^ consts[k]) * consts[k + 1] & mask
+        pool.append(v ^ (v >> 16))
+    k = _SS_POOL
+    sources = [(src, None) for src in range(_SS_POOL)] + [(None, word) for word in words[_SS_POOL:]]
+    for src, word in sources:
+        for dst in range(_SS_POOL):
+            if src == dst:
+                continue
+            v = ((pool[src] if word is None else word) ^ consts[k]) * consts[k + 1] & mask  # hashmix
+            v ^= v >> 16
+            k += 1
+            r = (left * pool[dst] - right * v) & mask  # mix
+            pool[dst] = r ^ (r >> 16)
+    v = ((pool[0] ^ _SS_INIT_B) * _SS_OUT_MUL_INT) & mask
+    return (v ^ (v >> 16)) % (2**31)
+
+
+def _hash_constants(words: int) -> List[int]:
+    """The hashmix constants of SeedSequence's mixing of ``words`` entropy words: hashmix k xors with constant
+    k and multiplies by constant k + 1 (INIT_A * MULT_A**k mod 2**32)."""
+    count = _SS_POOL + _SS_POOL * (_SS_POOL - 1) + _SS_POOL * max(0, words - _SS_POOL) + 1
+    return [(_SS_INIT_A * pow(_SS_MULT_A, k, 2**32)) & _SS_MASK for k in range(count)]
+
+
+_SS_HASH_INT = _hash_constants(_SS_MAX_WORDS)
+_SS_OUT_MUL_INT = (_SS_INIT_B * _SS_MULT_B) & _SS_MASK
 
 
 def derive_seeds(rows: Sequence[Sequence[int]]) -> List[int]:
     """``[derive_seed(*row) for row in rows]``, vectorised over the rows: numpy's SeedSequence hashing on uint32
     arrays (one pass over a batch instead of one SeedSequence per sample; ``tests/test_data_fastpath.py``
-    checks it against ``derive_seed``).  Rows of other lengths, or with a part outside [0, 2**32), take one
-    SeedSequence each."""
+    checks it against ``derive_seed``).  Rows of other lengths, or with a part outside [0, 2**32), are hashed one
+    by one."""
     lengths = {len(row) for row in rows}
     if len(lengths) == 1 and 0 < next(iter(lengths)) <= _SS_MAX_WORDS:
         try:

@@ -291,7 +291,8 @@ class ImageRecordsDataset(torch.utils.data.Dataset):
         n = len(self.records)
         for offset in range(n):
             i = (index + offset) % n
-            image = self.read_image(self.records[i])
+            record = self.records[i]  # unpickled once (SerializedRecords)
+            image = self.read_image(record)
             if image is not None:
-                return self.make_sample(i, self.records[i], image)
+                return self.make_sample(i, record, image)
         raise TooManyBadSamples(f"{self.name}: no readable image in the whole dataset ({n} records)")

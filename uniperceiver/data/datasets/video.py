@@ -240,9 +240,10 @@ class VideoRecordsDataset(ImageRecordsDataset):
         record_index, self._view = divmod(int(index), self.num_views)
         for offset in range(n):
             i = (record_index + offset) % n
-            clip = self.read_image(self.records[i])
+            record = self.records[i]
+            clip = self.read_image(record)
             if clip is not None:
-                sample = self.make_sample(i, self.records[i], clip)
+                sample = self.make_sample(i, record, clip)
                 sample["sample_id"] = i
                 sample["view"] = self._view
                 return sample
