@@ -133,6 +133,28 @@ def test_text_corpus_reader_packs_lines_within_documents(tmp_path):
     assert len(list((tmp_path / "cache" / "text_index").iterdir())) == 2
 
 
+def test_text_corpus_reader_keeps_a_few_files_open_per_process(tmp_path):
+    import os
+    import pickle
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"{k}.txt").write_text(f"file{k} a\nfile{k} b\n\nfile{k} c\n")
+    ds = TextCorpusDataset(str(folder), max_words=8)
+    ds.MAX_OPEN_FILES = 2
+    expected = [ds[i]["text"] for i in range(len(ds))]
+    assert expected[0] == "file0 a file0 b" and expected[-1] == "file2 c" and len(ds._handles) == 2
+    for i in (8, 0, 4, 8, 2):  # files 2, 0, 1, 2, 0: each read right whichever handle was evicted
+        assert ds[i]["text"] == expected[i]
+    assert len(ds._handles) == 2 and all(not f.closed for f in ds._handles.values())
+    copy = pickle.loads(pickle.dumps(ds))  # open files are not part of the state
+    assert "_handles" not in copy.__dict__ and [copy[i]["text"] for i in range(len(ds))] == expected
+    mine = dict(ds._handles)
+    ds._handles_pid = os.getpid() + 1  # as seen from a forked worker: opens its own files
+    assert ds[0]["text"] == expected[0] and all(f is not ds._handles.get(k) for k, f in mine.items())
+
+
 def _task_cfg(tmp_path, **datasets):
     cfg = get_cfg()
     cfg.DATA_PATH = str(tmp_path)

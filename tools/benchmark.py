@@ -416,9 +416,9 @@ def bare_step_fn(trainer, grad_clip: float) -> Callable[[list], None]:
     engine, k = trainer.step_engine, trainer.accum_iter
     model = engine.model  # the module main.py steps (compiled when MODEL.COMPILE), single process: no DDP
     optimizer = engine.optimizer
+    model.train()  # once, as main.py's loop (it sets the mode again only if something changed it)
 
     def step(micro_batches: list) -> None:
-        model.train()
         for task_name, batch in micro_batches:
             with engine.autocast():
                 losses = trainer.tasks[task_name].losses(model, batch)

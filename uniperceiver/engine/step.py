@@ -106,11 +106,10 @@ class StepEngine:
         finite through :meth:`first_nonfinite_gradient` on the slow path); left to the loss scaler when one is on.
         No host read: the trainer reads the flag once, reduced over ranks."""
         values = [v for terms in loss_terms for v in terms.values()]
-        bad = ~torch.stack(values).isfinite().all() if values else None
         norm = self.grad_norm()
         if norm is not None:
-            bad = ~norm.isfinite() if bad is None else bad | ~norm.isfinite()
-        return bad if bad is not None else torch.zeros((), dtype=torch.bool)
+            values.append(norm.float())
+        return ~torch.stack(values).isfinite().all() if values else torch.zeros((), dtype=torch.bool)
 
     def grad_norm(self) -> Optional[torch.Tensor]:
         """The total L2 norm of :meth:`gradients` (a device scalar) for the non-finite check, or None when

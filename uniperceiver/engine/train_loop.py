@@ -193,7 +193,7 @@ def step_metrics(losses: List[Tuple[str, Dict[str, torch.Tensor]]], stats: Mappi
     metrics: Dict[str, Any] = {name: torch.stack(vs).mean() if len(vs) > 1 else vs[0] for name, vs in terms.items()}
     totals = [torch.stack(list(d.values())).sum() for _, d in losses if d]
     if totals:
-        metrics["total_loss"] = torch.stack(totals).mean()
+        metrics["total_loss"] = torch.stack(totals).mean() if len(totals) > 1 else totals[0]
     metrics.update(stats)
     return metrics
 
@@ -239,7 +239,8 @@ class Trainer(TrainerBase):
 
     def run_step(self) -> None:
         engine = self.step_engine
-        engine.model.train()
+        if not engine.model.training:  # evaluation restores the mode itself; walking every module costs ~0.1 ms
+            engine.model.train()
         start = time.perf_counter()
         micro_batches = [(name, to_device(b, self.device)) for name, b in islice(self._data_iter, self.accum_iter)]
         data_time = time.perf_counter() - start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -87,14 +88,38 @@ class TextCorpusDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.offsets)
 
+    MAX_OPEN_FILES = 32  # corpus files kept open per process (least recently used closed first)
+
+    def _open(self, file_id: int):
+        """Corpus file ``file_id`` opened for reading, kept open for the next samples (an open per sample cost
+        as much as reading its lines).  Per process: a forked worker opens its own, since a descriptor shared
+        with the parent would share its seek position."""
+        handles = self.__dict__.get("_handles")
+        if handles is None or self._handles_pid != os.getpid():
+            handles = self._handles = OrderedDict()
+            self._handles_pid = os.getpid()
+        f = handles.get(file_id)
+        if f is None:
+            if len(handles) >= self.MAX_OPEN_FILES:
+                handles.popitem(last=False)[1].close()
+            f = handles[file_id] = open(self.files[file_id], "rb")
+        else:
+            handles.move_to_end(file_id)
+        return f
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_handles", None)  # open files stay with their process
+        return state
+
     def __getitem__(self, index: int) -> dict:
         words: List[str] = []
-        i = index
-        with open(self.files[self.file_ids[index]], "rb") as f:
-            while i < len(self) and self.file_ids[i] == self.file_ids[index] and len(words) < self.max_words:
-                f.seek(int(self.offsets[i]))
-                words.extend(f.readline().decode("utf-8", errors="replace").split())
-                if self.doc_end[i]:
-                    break
-                i += 1
+        i, file_id = index, self.file_ids[index]
+        f = self._open(int(file_id))
+        while i < len(self) and self.file_ids[i] == file_id and len(words) < self.max_words:
+            f.seek(int(self.offsets[i]))
+            words.extend(f.readline().decode("utf-8", errors="replace").split())
+            if self.doc_end[i]:
+                break
+            i += 1
         return {"text": " ".join(words[: self.max_words]), "index": index}
