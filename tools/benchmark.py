@@ -529,7 +529,8 @@ def mode_loop(args) -> None:
     common = dict(steps_per_round=n, rounds=rounds, block=block, warmup=args.warmup, device=str(device),
                   tasks=len(cfg.TASKS),
                   img_size=cfg.MODEL.IMG_INPUT_SIZE, num_workers=workers if len(workers) > 1 else workers[0],
-                  cache_images=bool(args.cache_images), preload=bool(args.preload), accum_iter=cfg.SOLVER.ACCUM_ITER,
+                  cache_images=bool(args.cache_images), preload=bool(args.preload),
+                  accum_iter=cfg.SOLVER.ACCUM_ITER,
                   threads=torch.get_num_threads())
     emit("loop_step_time", statistics.median(loop_med), "s", per_round=[round(v, 6) for v in loop_med],
          what="main.py's step: before_step hooks, run_step, after_step hooks", **common)
@@ -812,8 +813,8 @@ def parse_args(argv=None):
                    "many steps (0: 1 step without data workers, a whole round with them)")
     p.add_argument("--cache-images", action="store_true", help="loop mode: keep decoded images in memory")
     p.add_argument("--preload", action="store_true",
-                   help="loop mode: draw and collate all the run's batches before it starts, so the loop's data loading "
-                        "costs nothing: the overhead left is the rest of the framework (plus the measurement's noise)")
+                   help="loop mode: draw and collate all the run's batches before it starts, so the loop's data "
+                        "loading costs nothing: the overhead left is the rest of the framework (plus the noise)")
     p.add_argument("--activation-checkpointing", type=on_off, default=[False], help="on / off / off,on")
     p.add_argument("--compile", type=compile_list, default=["off"],
                    help="MODEL.COMPILE: off / blocks / model (on = model), comma-separated: e.g. off,blocks,model")

@@ -73,8 +73,9 @@ class TaskStream:
         # shift every later draw of a resumed run by one).  batch_size=None: the sampler yields whole batches
         # and _SeededBatches returns them collated.
         batches = _SeededBatches(self.dataset, self.collate_fn, self.seed, self.rank, self.batch_size)
-        loader = DataLoader(batches, batch_size=None, sampler=sampler, collate_fn=_as_is, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        loader = DataLoader(batches, batch_size=None, sampler=sampler, collate_fn=_as_is,
+                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed),
+                            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                             worker_init_fn=_WorkerInit(self.seed, self.rank, self.consumed))
         return iter(loader)
 

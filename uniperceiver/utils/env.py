@@ -150,13 +150,23 @@ def derive_seed(*parts: int) -> int:
 
 # numpy's SeedSequence (a port of O'Neill's seed_seq_fe): hash constants, multipliers and the shift.
 _SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_SS_POOL, _SS_MAX_WORDS = 4, 16  # pool size; entropy words handled vectorised (more: hashed row by row)
-_SS_MIX_L, _SS_MIX_R, _SS_SHIFT = np.uint32(0xCA01F9DD), np.uint32(0x4973F715), np.uint32(16)
-_SS_OUT_XOR, _SS_OUT_MUL = np.uint32(_SS_INIT_B), np.uint32((_SS_INIT_B * _SS_MULT_B) & 0xFFFFFFFF)
-# hashmix k xors with constant k and multiplies by constant k + 1 (INIT_A * MULT_A**k mod 2**32)
-_SS_HASH = [np.uint32((_SS_INIT_A * pow(_SS_MULT_A, k, 2**32)) & 0xFFFFFFFF)
-            for k in range(_SS_POOL + _SS_POOL * _SS_POOL + _SS_POOL * _SS_MAX_WORDS + 1)]
 _SS_MASK, _SS_MIX_L_INT, _SS_MIX_R_INT = 0xFFFFFFFF, 0xCA01F9DD, 0x4973F715
+_SS_OUT_MUL_INT = (_SS_INIT_B * _SS_MULT_B) & _SS_MASK
+_SS_POOL, _SS_MAX_WORDS = 4, 16  # pool size; entropy words handled vectorised (more: hashed row by row)
+
+
+def _hash_constants(words: int) -> List[int]:
+    """The hashmix constants of SeedSequence's mixing of ``words`` entropy words: hashmix k xors with constant
+    k and multiplies by constant k + 1 (INIT_A * MULT_A**k mod 2**32)."""
+    count = _SS_POOL + _SS_POOL * (_SS_POOL - 1) + _SS_POOL * max(0, words - _SS_POOL) + 1
+    return [(_SS_INIT_A * pow(_SS_MULT_A, k, 2**32)) & _SS_MASK for k in range(count)]
+
+
+_SS_HASH_INT = _hash_constants(_SS_MAX_WORDS)
+# the same as numpy scalars, for the vectorised hash (uint32 arithmetic wraps like the C code)
+_SS_HASH = [np.uint32(c) for c in _SS_HASH_INT]
+_SS_MIX_L, _SS_MIX_R, _SS_SHIFT = np.uint32(_SS_MIX_L_INT), np.uint32(_SS_MIX_R_INT), np.uint32(16)
+_SS_OUT_XOR, _SS_OUT_MUL = np.uint32(_SS_INIT_B), np.uint32(_SS_OUT_MUL_INT)
 
 
 def _seed_sequence_seed(parts: Sequence[int]) -> int:
@@ -189,17 +199,6 @@ def _seed_sequence_seed(parts: Sequence[int]) -> int:
             pool[dst] = r ^ (r >> 16)
     v = ((pool[0] ^ _SS_INIT_B) * _SS_OUT_MUL_INT) & mask
     return (v ^ (v >> 16)) % (2**31)
-
-
-def _hash_constants(words: int) -> List[int]:
-    """The hashmix constants of SeedSequence's mixing of ``words`` entropy words: hashmix k xors with constant
-    k and multiplies by constant k + 1 (INIT_A * MULT_A**k mod 2**32)."""
-    count = _SS_POOL + _SS_POOL * (_SS_POOL - 1) + _SS_POOL * max(0, words - _SS_POOL) + 1
-    return [(_SS_INIT_A * pow(_SS_MULT_A, k, 2**32)) & _SS_MASK for k in range(count)]
-
-
-_SS_HASH_INT = _hash_constants(_SS_MAX_WORDS)
-_SS_OUT_MUL_INT = (_SS_INIT_B * _SS_MULT_B) & _SS_MASK
 
 
 def derive_seeds(rows: Sequence[Sequence[int]]) -> List[int]:
