@@ -22,8 +22,8 @@ fi
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -c "import uniperceiver, torch; print('uniperceiver', uniperceiver.__version__, 'torch', torch.__version__)"
 # Byte-compile the package (pip compiles site-packages, not an editable install): with PYTHONDONTWRITEBYTECODE set,
-# as in many containers, every process would otherwise compile it again at import (0.3-0.7 s a process here; the
-# tests start several hundred).  A changed source file is recompiled at import as usual.
+# as in many containers, every process would otherwise compile the modules it imports again (all of them: 0.3 s here;
+# the tests start several hundred processes).  A changed source file is recompiled at import as usual.
 .venv/bin/python -m compileall -q uniperceiver tools main.py > /dev/null
 # DeepSpeed builds its CPU shared-memory collective op on first use (~1 min on 2 cores); build it now, where the
 # tests and CPU runs look for it (tests/test_deepspeed.py: TORCH_EXTENSIONS_DIR).  Optional: without a C++
