@@ -190,12 +190,17 @@ def step_metrics(losses: List[Tuple[str, Dict[str, torch.Tensor]]], stats: Mappi
     for _, loss_dict in losses:
         for name, value in loss_dict.items():
             terms[name].append(value)
-    metrics: Dict[str, Any] = {name: torch.stack(vs).mean() if len(vs) > 1 else vs[0] for name, vs in terms.items()}
+    metrics: Dict[str, Any] = {name: _mean(vs) for name, vs in terms.items()}
     totals = [torch.stack(list(d.values())).sum() for _, d in losses if d]
     if totals:
-        metrics["total_loss"] = torch.stack(totals).mean() if len(totals) > 1 else totals[0]
+        metrics["total_loss"] = _mean(totals)
     metrics.update(stats)
     return metrics
+
+
+def _mean(values: List[torch.Tensor]) -> torch.Tensor:
+    """The mean of device scalars; one value is its own mean (no stack, no division)."""
+    return torch.stack(values).mean() if len(values) > 1 else values[0]
 
 
 class Trainer(TrainerBase):
