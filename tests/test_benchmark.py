@@ -64,12 +64,15 @@ def test_eval_retrieval_mode_reports_memory_growth():
 
 
 @pytest.mark.slow
-def test_loop_mode_reports_framework_overhead():
+@pytest.mark.parametrize("preload", [False, True])  # --preload: every batch collated before the run (a control)
+def test_loop_mode_reports_framework_overhead(preload):
     cfg = str(REPO / "configs" / "quick_schedules" / "instant_retrieval.yaml")
     out = run_tool("--mode", "loop", "--config-file", cfg, "--iters", "2", "--warmup", "1", "--rounds", "2",
+                   *(["--preload"] if preload else []),
                    "TASKS.mscoco_retrieval.DATALOADER.TRAIN_BATCH_SIZE", "4", timeout=400)
     overhead = out["framework_overhead"]
     assert overhead["unit"] == "%" and overhead["value"] <= 100 and overhead["steps_per_round"] == 2
+    assert overhead["preload"] is preload
     assert len(overhead["per_round"]) == 2 and overhead["num_workers"] == 0
     loop, bare = out["loop_step_time"]["per_round"], out["bare_step_time"]["per_round"]
     expected = sorted(100 * (lo - b) / lo for lo, b in zip(loop, bare))
