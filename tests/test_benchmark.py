@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import PYTHON, REPO, clean_env
+from conftest import PYTHON, REPO, clean_env, load_tool
 
 TOOL = str(REPO / "tools" / "benchmark.py")
 TINY = ["MODEL.BERT.NUM_HIDDEN_LAYERS", "2", "MODEL.BERT.HIDDEN_SIZE", "32", "MODEL.BERT.NUM_ATTENTION_HEADS", "2",
@@ -80,3 +80,14 @@ def test_loop_mode_reports_framework_overhead(preload):
     # no workers: loop and bare steps alternate one by one, and the paired figure is reported beside it
     paired = out["framework_overhead_paired"]
     assert overhead["block"] == paired["block"] == 1 and len(paired["per_round"]) == 2
+    assert len(out["framework_overhead_pooled"]["per_round"]) == 2  # the all-steps median, beside it
+
+
+def test_loop_step_time_is_each_kinds_median_weighted_by_its_steps():
+    step_time = load_tool("benchmark").step_time
+    assert step_time([0.3, 0.1, 0.2, 9.0], [("a",)] * 4) == 0.25  # one kind of step: the median
+    kinds = [("a",)] * 3 + [("b",)] * 4
+    assert step_time([0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 9.0], kinds) == pytest.approx((3 * 0.1 + 4 * 0.2) / 7)
+    # a round of two clusters (3 steps at 0.1, 4 at 0.2): the all-steps median is 0.2, and 0.1 as soon as one
+    # "b" step is a little faster than an "a" step; per kind, that step moves its kind's median by nothing
+    assert step_time([0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.099], kinds) == pytest.approx((3 * 0.1 + 4 * 0.2) / 7)
