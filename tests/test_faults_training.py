@@ -71,3 +71,24 @@ def test_nonfinite_gradients_are_skipped_up_to_k_consecutive():
         trainer.iter = 6
         with pytest.raises(NonFiniteLossError, match="iteration 6"):
             trainer.run_step()
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])  # without clipping: the gradients' sum; with it: the shared norm
+def test_gradient_check_flags_any_nonfinite_entry_and_nothing_else(grad_clip):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    engine = AMPStepEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), grad_clip=grad_clip)
+
+    def flag(*entries) -> bool:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 1e30)  # finite, and their squares overflow float32
+        for index, value in entries:
+            list(model.parameters())[index].grad.view(-1)[1] = value
+        engine._norm = None
+        return bool(engine.nonfinite([{"loss": torch.tensor(1.0)}]))
+
+    assert flag((0, float("nan")))
+    assert flag((2, float("inf")))
+    assert flag((1, float("inf")), (3, -float("inf")))  # inf + (-inf) in two gradients: NaN, still flagged
+    # all finite: the norm (clipping) overflows on these squares, the sum of 41 entries of 1e30 does not
+    assert flag() is (grad_clip > 0)
+    assert flag((0, -1e30)) is (grad_clip > 0)

@@ -101,19 +101,30 @@ class StepEngine:
         return [p.grad for p in unwrap_model(self.model).parameters() if p.grad is not None]
 
     def nonfinite(self, loss_terms: Iterable[Dict[str, torch.Tensor]]) -> torch.Tensor:
-        """A device bool: some loss term or gradient of this step is inf / NaN.  Gradients are checked with one
-        multi-tensor norm (a finite norm means finite entries; an overflowing norm of finite gradients counts as
-        finite through :meth:`first_nonfinite_gradient` on the slow path); left to the loss scaler when one is on.
-        No host read: the trainer reads the flag once, reduced over ranks."""
+        """A device bool: some loss term or gradient of this step is inf / NaN (gradients through
+        :meth:`gradient_check`; left to the loss scaler when one is on).  No host read: the trainer reads the
+        flag once, reduced over ranks."""
         values = [v for terms in loss_terms for v in terms.values()]
-        norm = self.grad_norm()
-        if norm is not None:
-            values.append(norm.float())
+        check = self.gradient_check()
+        if check is not None:
+            values.append(check.float())
         return ~torch.stack(values).isfinite().all() if values else torch.zeros((), dtype=torch.bool)
 
+    def gradient_check(self) -> Optional[torch.Tensor]:
+        """A device scalar that is finite when every entry of :meth:`gradients` is, or None when gradients are
+        not checked.  It also overflows when finite gradients are astronomically large (the slow path then
+        names no parameter).  On the CPU the sum of every gradient (each read once, nothing squared: 2.4 -> 1.0
+        ms for the zero-shot digits model's 7.4 M entries when they are not in cache); on a GPU the total norm
+        (a few multi-tensor kernels rather than one launch per gradient)."""
+        grads = self.gradients()
+        if not grads:
+            return None
+        if grads[0].device.type == "cpu":
+            return torch.stack([g.sum(dtype=torch.float32) for g in grads]).sum()
+        return torch.nn.utils.get_total_norm(grads)
+
     def grad_norm(self) -> Optional[torch.Tensor]:
-        """The total L2 norm of :meth:`gradients` (a device scalar) for the non-finite check, or None when
-        gradients are not checked (no gradients, or a loss scaler deals with overflow)."""
+        """The total L2 norm of :meth:`gradients` (a device scalar), or None when there are none."""
         grads = self.gradients()
         return torch.nn.utils.get_total_norm(grads) if grads else None
 
@@ -204,10 +215,17 @@ class AMPStepEngine(StepEngine):
     def gradients(self) -> List[torch.Tensor]:
         return [p.grad for p in self._params()]
 
+    def gradient_check(self) -> Optional[torch.Tensor]:
+        if self.scaler.is_enabled():
+            return None  # fp16: the GradScaler finds inf / NaN gradients and skips the update itself
+        if self.grad_clip > 0:
+            return self.grad_norm()  # clipping computes the norm anyway: the check shares it
+        return super().gradient_check()
+
     def grad_norm(self) -> Optional[torch.Tensor]:
         """Computed once per step: the non-finite check and gradient clipping share it."""
         if self.scaler.is_enabled():
-            return None  # fp16: the GradScaler finds inf / NaN gradients and skips the update itself
+            return None  # fp16: the norm of the unscaled gradients is computed in step()
         if getattr(self, "_norm", None) is None:
             self._norm = super().grad_norm()
         return self._norm
