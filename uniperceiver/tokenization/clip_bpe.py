@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import ftfy
+import numpy as np
 import regex
 import torch
 
@@ -142,12 +143,16 @@ class ClipTokenizer:
     def encode(self, text: str) -> List[int]:
         """Token ids of ``text`` (no start/end tokens added).  Texts seen before come from a cache (captions and
         sentences repeat every epoch; cleaning + BPE of a caption costs far more than the lookup)."""
+        return list(self._cached_encode(text))
+
+    def _cached_encode(self, text: str) -> List[int]:
+        """:meth:`encode`'s list itself, from the cache: callers must not modify it."""
         cached = self._text_cache.get(text)
         if cached is None:
             cached = self._encode(text)
             if len(self._text_cache) < TEXT_CACHE_SIZE:
                 self._text_cache[text] = cached
-        return list(cached)
+        return cached
 
     def _encode(self, text: str) -> List[int]:
         ids: List[int] = []
@@ -197,18 +202,19 @@ class ClipTokenizer:
         the end token when ``add_eot``).  No ``<|spe|>`` is added: the model prepends it."""
         if isinstance(texts, str):
             texts = [texts]
-        rows, lengths = [], []
+        flat, lengths = [], []  # the padded rows, one after the other: numpy packs a flat list of ints fastest
         for text in texts:
-            tokens = self.encode(text)
+            tokens = self._cached_encode(text)  # not modified: every step below makes a new list
             if add_sot:
                 tokens = [self.sot_id] + tokens
             if add_eot:
                 tokens = tokens[: context_length - 1] + [self.eot_id]
             tokens = tokens[:context_length]
             lengths.append(len(tokens))
-            rows.append(tokens + [0] * (context_length - len(tokens)))
-        ids = torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
-        mask = torch.arange(context_length) < torch.tensor(lengths, dtype=torch.long).reshape(-1, 1)
+            flat += tokens
+            flat += [0] * (context_length - len(tokens))
+        ids = torch.from_numpy(np.array(flat, dtype=np.int64).reshape(len(lengths), context_length))
+        mask = torch.from_numpy(np.arange(context_length) < np.array(lengths, dtype=np.int64).reshape(-1, 1))
         return ids, mask
 
     def __len__(self) -> int:
