@@ -411,10 +411,10 @@ class _Recorder:
 
 def step_time(times: List[float], kinds: List[Any]) -> float:
     """A round's step time: the median step of each kind (a step's tasks), weighted by how many steps of that kind
-    the round has.  A multi-task loop's steps cluster by task (90 to 210 ms on the 7-task demo on 2 cores): the
-    median of such a mixture sits at a cluster's edge and jumps when a step or two cross it, so two rounds of the
-    same steps can differ by several percent; per kind, the median still ignores a stalled step.  One kind: the
-    median."""
+    the round has.  A multi-task loop's steps cluster by task (medians 64 to 140 ms on the 7-task demo, 2 cores):
+    the median of such a mixture sits at a cluster's edge and jumps when a step or two cross it, so two rounds of
+    the same steps can differ by several percent; per kind, the median still ignores a stalled step.  One kind:
+    the median."""
     groups: Dict[Any, List[float]] = {}
     for t, kind in zip(times, kinds):
         groups.setdefault(kind, []).append(t)
