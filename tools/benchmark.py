@@ -570,10 +570,11 @@ def mode_loop(args) -> None:
              ratio=round(statistics.median(paired) / 100, 4), per_round=[round(v, 3) for v in paired],
              what="100 x median(loop step i - bare step i) / median loop step, median of the rounds", **common)
     loop_cpu_med = [step_time(t, k) for t, k in zip(loop_cpu, kinds)]
-    cpu = [100 * (lo - step_time(b, k)) / lo for lo, b, k in zip(loop_cpu_med, bare_cpu, kinds)]
+    bare_cpu_med = [step_time(t, k) for t, k in zip(bare_cpu, kinds)]
+    cpu = [100 * (lo - b) / lo for lo, b in zip(loop_cpu_med, bare_cpu_med)]
     emit("framework_overhead_cpu", statistics.median(cpu), "%", ratio=round(statistics.median(cpu) / 100, 4),
          per_round=[round(v, 3) for v in cpu], loop_cpu_s=round(statistics.median(loop_cpu_med), 6),
-         bare_cpu_s=round(statistics.median(step_time(b, k) for b, k in zip(bare_cpu, kinds)), 6),
+         bare_cpu_s=round(statistics.median(bare_cpu_med), 6),
          what="the same with this process's CPU time (data workers' CPU not counted), median of the rounds",
          **common)
 
